@@ -1,0 +1,3 @@
+from vaultk8s.cli.main import run
+
+run()

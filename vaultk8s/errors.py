@@ -1,0 +1,46 @@
+"""The error hierarchy. Every message is one line a user can act on; the CLI prints it and exits."""
+
+
+class VaultK8sError(Exception):
+    """Base class: an expected failure with a one-line, actionable message."""
+
+    exit_code = 1
+
+
+class ConfigError(VaultK8sError):
+    """The cluster file is invalid. Carries every problem found, one per line."""
+
+    exit_code = 2
+
+    def __init__(self, problems: list[str] | str, source: str = "cluster file"):
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        self.source = source
+        super().__init__(f"{source}: " + "; ".join(self.problems))
+
+
+class VaultError(VaultK8sError):
+    """Vault is unreachable, sealed, refused the token, or answered unexpectedly."""
+
+    exit_code = 3
+
+
+class PermissionDeniedError(VaultError):
+    """Vault answered 403."""
+
+
+class StoreError(VaultK8sError):
+    """The output directory cannot be read or written."""
+
+    exit_code = 4
+
+
+class HsmError(VaultK8sError):
+    """The PKCS#11 module, token, PIN or key is not usable."""
+
+    exit_code = 5
+
+
+class PlanRefused(VaultK8sError):
+    """The requested change is unsafe or out of order; nothing was changed."""
+
+    exit_code = 6
