@@ -19,6 +19,10 @@ app = typer.Typer(
 
 def _register() -> None:
     """Import each command group here; one line per group keeps merges trivial."""
+    from vaultk8s.cli import bootstrap, certs
+
+    app.command("bootstrap")(bootstrap.bootstrap)
+    app.add_typer(certs.app, name="certs", help="Inspect issued certificates.")
 
 
 _register()

@@ -1,1 +1,1 @@
-
+"""The only package that writes output files."""

@@ -1,0 +1,192 @@
+"""The certificate catalog: the one table everything else is derived from.
+
+Vault mounts and roles, issued files, kubeconfigs, RBAC manifests, policies, the expiry check and
+the agent's renewal list all read these tuples. Adding a component is one entry here.
+Facts follow kubeadm's certlist.go and kubeconfig phase (see shared/reference/k8s-pki.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+
+class Usage(str, Enum):
+    SERVER = "server"
+    CLIENT = "client"
+
+
+class Placement(str, Enum):
+    CONTROL_PLANE = "control-plane"
+    ALL_NODES = "all-nodes"
+
+
+class San(str, Enum):
+    """Kinds of subject alternative names, resolved per node by plan.resolve."""
+
+    NODE_NAME = "node-name"
+    NODE_IPS = "node-ips"
+    NODE_EXTRA_SANS = "node-extra-sans"
+    LOCALHOST = "localhost"  # localhost, 127.0.0.1, ::1
+    API_SERVICE = "api-service"  # kubernetes.default.svc.<domain>... and the first service IP
+    ENDPOINT_HOST = "endpoint-host"
+
+
+class Server(str, Enum):
+    """Which API server address a kubeconfig names."""
+
+    ENDPOINT = "endpoint"  # cluster.endpoint (controlPlaneEndpoint)
+    LOCAL = "local"  # this node's own API server (kubeadm's localAPIEndpoint)
+
+
+NODE = "{node}"  # placeholder in a common name, replaced by the node's name
+
+
+@dataclass(frozen=True)
+class CASpec:
+    name: str  # also the Vault mount name under the cluster's mount prefix
+    common_name: str
+    cert_file: str  # relative to pki/
+    description: str
+
+
+@dataclass(frozen=True)
+class CertSpec:
+    name: str  # unique id; the Vault role name (suffixed with the node for per-node roles)
+    ca: str
+    file_base: str  # relative to pki/, without .crt/.key
+    common_name: str  # may contain NODE
+    organization: str | None
+    usages: frozenset[Usage]
+    sans: tuple[San, ...]
+    placement: Placement
+    description: str
+
+    @property
+    def per_node(self) -> bool:
+        """A cert whose CN or SANs name the node gets a role per node, so one node cannot
+        obtain another node's identity."""
+        node_sans = {San.NODE_NAME, San.NODE_IPS, San.NODE_EXTRA_SANS}
+        return NODE in self.common_name or bool(node_sans & set(self.sans))
+
+    @property
+    def cert_file(self) -> str:
+        return f"{self.file_base}.crt"
+
+    @property
+    def key_file(self) -> str:
+        return f"{self.file_base}.key"
+
+
+@dataclass(frozen=True)
+class KubeconfigSpec:
+    file: str  # relative to the node directory, as kubeadm names it
+    cert: str  # CertSpec.name of the client identity
+    server: Server
+    embed_cert: bool  # admin configs travel; component configs reference files client-go reloads
+    placement: Placement
+
+
+@dataclass(frozen=True)
+class ClusterRoleBindingSpec:
+    name: str
+    cluster_role: str
+    subject_kind: str  # User or Group
+    subject_name: str
+
+
+CAS: tuple[CASpec, ...] = (
+    CASpec("kubernetes-ca", "kubernetes", "ca.crt", "API server, kubelets, control-plane clients"),
+    CASpec("etcd-ca", "etcd-ca", "etcd/ca.crt", "etcd server, peer and client certificates"),
+    CASpec("front-proxy-ca", "front-proxy-ca", "front-proxy-ca.crt", "aggregation-layer client"),
+)
+
+_SERVER = frozenset({Usage.SERVER})
+_CLIENT = frozenset({Usage.CLIENT})
+_BOTH = frozenset({Usage.SERVER, Usage.CLIENT})
+_CP = Placement.CONTROL_PLANE
+_ALL = Placement.ALL_NODES
+_ETCD_SANS = (San.NODE_NAME, San.LOCALHOST, San.NODE_IPS)
+
+CERTS: tuple[CertSpec, ...] = (
+    CertSpec("apiserver", "kubernetes-ca", "apiserver", "kube-apiserver", None, _SERVER,
+             (San.NODE_NAME, San.API_SERVICE, San.NODE_IPS, San.ENDPOINT_HOST, San.NODE_EXTRA_SANS),
+             _CP, "kube-apiserver serving certificate"),
+    CertSpec("apiserver-kubelet-client", "kubernetes-ca", "apiserver-kubelet-client",
+             "kube-apiserver-kubelet-client", None, _CLIENT, (), _CP,
+             "API server to kubelet client; bound to system:kubelet-api-admin"),
+    CertSpec("apiserver-etcd-client", "etcd-ca", "apiserver-etcd-client", "kube-apiserver-etcd-client",
+             None, _CLIENT, (), _CP, "API server to etcd client"),
+    CertSpec("front-proxy-client", "front-proxy-ca", "front-proxy-client", "front-proxy-client", None,
+             _CLIENT, (), _CP, "aggregation-layer (front proxy) client"),
+    CertSpec("etcd-server", "etcd-ca", "etcd/server", NODE, None, _BOTH, _ETCD_SANS, _CP,
+             "etcd serving certificate"),
+    CertSpec("etcd-peer", "etcd-ca", "etcd/peer", NODE, None, _BOTH, _ETCD_SANS, _CP,
+             "etcd peer certificate"),
+    CertSpec("etcd-healthcheck-client", "etcd-ca", "etcd/healthcheck-client",
+             "kube-etcd-healthcheck-client", None, _CLIENT, (), _CP, "etcd liveness probe client"),
+    CertSpec("controller-manager", "kubernetes-ca", "controller-manager", "system:kube-controller-manager",
+             None, _CLIENT, (), _CP, "kube-controller-manager client"),
+    CertSpec("scheduler", "kubernetes-ca", "scheduler", "system:kube-scheduler", None, _CLIENT, (), _CP,
+             "kube-scheduler client"),
+    CertSpec("admin", "kubernetes-ca", "admin", "kubernetes-admin", "kubeadm:cluster-admins", _CLIENT, (),
+             _CP, "cluster administrator, bound to cluster-admin by a ClusterRoleBinding"),
+    CertSpec("super-admin", "kubernetes-ca", "super-admin", "kubernetes-super-admin", "system:masters",
+             _CLIENT, (), _CP, "break-glass administrator (system:masters bypasses RBAC)"),
+    CertSpec("kubelet-client", "kubernetes-ca", "kubelet-client", f"system:node:{NODE}", "system:nodes",
+             _CLIENT, (), _ALL, "kubelet client (Node authorizer identity)"),
+    CertSpec("kubelet-serving", "kubernetes-ca", "kubelet", f"system:node:{NODE}", "system:nodes", _SERVER,
+             (San.NODE_NAME, San.NODE_IPS, San.NODE_EXTRA_SANS), _ALL,
+             "kubelet serving certificate, verified by the API server"),
+    CertSpec("kube-proxy", "kubernetes-ca", "kube-proxy", "system:kube-proxy", None, _CLIENT, (), _ALL,
+             "kube-proxy client; bound to system:node-proxier by default RBAC"),
+)
+
+KUBECONFIGS: tuple[KubeconfigSpec, ...] = (
+    KubeconfigSpec("admin.conf", "admin", Server.ENDPOINT, True, _CP),
+    KubeconfigSpec("super-admin.conf", "super-admin", Server.ENDPOINT, True, _CP),
+    KubeconfigSpec("controller-manager.conf", "controller-manager", Server.LOCAL, False, _CP),
+    KubeconfigSpec("scheduler.conf", "scheduler", Server.LOCAL, False, _CP),
+    KubeconfigSpec("kubelet.conf", "kubelet-client", Server.ENDPOINT, False, _ALL),
+    KubeconfigSpec("kube-proxy.conf", "kube-proxy", Server.ENDPOINT, False, _ALL),
+)
+
+CLUSTER_ROLE_BINDINGS: tuple[ClusterRoleBindingSpec, ...] = (
+    ClusterRoleBindingSpec("kubeadm:apiserver-kubelet-client", "system:kubelet-api-admin", "User",
+                           "kube-apiserver-kubelet-client"),
+    ClusterRoleBindingSpec("kubeadm:cluster-admins", "cluster-admin", "Group", "kubeadm:cluster-admins"),
+)
+
+# kubeadm's external-CA mode: these must never exist in the output.
+CA_KEY_FILES = frozenset({"ca.key", "etcd/ca.key", "front-proxy-ca.key"})
+
+SA_KEY_FILE = "sa.key"
+SA_PUB_FILE = "sa.pub"
+
+
+def ca(name: str) -> CASpec:
+    for spec in CAS:
+        if spec.name == name:
+            return spec
+    raise KeyError(name)
+
+
+def cert(name: str) -> CertSpec:
+    for spec in CERTS:
+        if spec.name == name:
+            return spec
+    raise KeyError(name)
+
+
+def certs_for(control_plane: bool) -> tuple[CertSpec, ...]:
+    return tuple(c for c in CERTS if control_plane or c.placement is Placement.ALL_NODES)
+
+
+def kubeconfigs_for(control_plane: bool) -> tuple[KubeconfigSpec, ...]:
+    return tuple(k for k in KUBECONFIGS if control_plane or k.placement is Placement.ALL_NODES)
+
+
+def cas_for(control_plane: bool) -> tuple[CASpec, ...]:
+    """CA bundles a node needs: every CA whose certificates it holds."""
+    needed = {c.ca for c in certs_for(control_plane)}
+    return tuple(c for c in CAS if c.name in needed)

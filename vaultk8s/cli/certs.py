@@ -1,0 +1,38 @@
+"""`vaultk8s certs ...`: thin CLI over ops.check."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from vaultk8s.cli import common
+from vaultk8s.ops.check import check_out_dir, format_residual
+
+app = typer.Typer(no_args_is_help=True)
+
+
+@app.command("check")
+def check(
+    out: Path = common.OutDirOption,
+    output: common.Output = common.OutputOption,
+) -> None:
+    """Every certificate under OUT with its expiry, residual time, CA and problems.
+
+    Exits 1 when any certificate is expired, has the wrong CA, or a missing or mismatched key.
+    """
+    rows = check_out_dir(out, common.now())
+    bad = [r for r in rows if r.problems]
+    if output is common.Output.json:
+        common.print_json({"certificates": [r.to_dict() for r in rows], "problems": len(bad)})
+    else:
+        table = Table("NODE", "CERTIFICATE", "EXPIRES", "RESIDUAL", "CA", "STATUS", box=None)
+        for r in rows:
+            status = ", ".join(r.problems) or ("renewal due" if r.renewal_due else "ok")
+            expires = r.not_after.strftime("%Y-%m-%d %H:%M UTC") if r.not_after else "-"
+            table.add_row(r.node, r.file, expires, format_residual(r.residual_seconds), r.ca, status)
+        Console(width=200).print(table)
+    if bad:
+        raise typer.Exit(1)

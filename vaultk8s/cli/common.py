@@ -1,0 +1,56 @@
+"""Shared CLI plumbing: output format, the clock, JSON printing and progress bars."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from datetime import datetime, timezone
+from enum import Enum
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from vaultk8s.config import ClusterConfig, load_config
+
+
+class Output(str, Enum):
+    text = "text"
+    json = "json"
+
+
+ConfigOption = typer.Option(..., "--config", "-c", help="The cluster file (see examples/cluster.yaml).",
+                            dir_okay=False)
+OutDirOption = typer.Option(..., "--out", "-o", help="Output directory: one folder per node, like /etc/kubernetes.",
+                            file_okay=False)
+OutputOption = typer.Option(Output.text, "--output", help="Output format.")
+
+stderr = Console(stderr=True)
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def load(path: Path) -> ClusterConfig:
+    return load_config(path)
+
+
+def print_json(data: Any) -> None:
+    typer.echo(json.dumps(data, indent=2, sort_keys=False, default=str))
+
+
+@contextlib.contextmanager
+def progress_bars(enabled: bool) -> Iterator[Callable[[str, int], Callable[[], None]]]:
+    """A progress factory for ops: (phase, total) -> advance(). Quiet when stderr is no terminal."""
+    show = enabled and sys.stderr.isatty()
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=stderr, transient=True, disable=not show) as bars:
+        def start(phase: str, total: int) -> Callable[[], None]:
+            task = bars.add_task(phase, total=total)
+            return lambda: bars.advance(task)
+
+        yield start

@@ -1,0 +1,315 @@
+"""The cluster file: parsing and full validation before anything touches Vault or disk.
+
+Every problem found is collected, so an operator fixes the file in one pass.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+
+from vaultk8s.errors import ConfigError
+
+KEY_TYPES = ("ec-p256", "ec-p384", "rsa-2048", "rsa-3072")
+DEFAULT_APISERVER_PORT = 6443
+
+# Sections other modules own; they validate their own contents.
+TOP_LEVEL_KEYS = {"cluster", "pki", "vault", "nodes", "hsm", "service_account", "agent", "policy"}
+
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_DURATION_PART = re.compile(r"(\d+)(d|h|m|s)")
+_DURATION_UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+_MOUNT_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    name: str
+    ips: tuple[IPAddress, ...]
+    sans: tuple[str, ...] = ()
+    control_plane: bool = False
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    name: str
+    endpoint: str
+    endpoint_host: str
+    service_cidr: ipaddress.IPv4Network | ipaddress.IPv6Network
+    domain: str
+    key_type: str
+    leaf_ttl: timedelta
+    ca_ttl: timedelta
+    mount_prefix: str
+    control_plane: tuple[NodeSpec, ...]
+    workers: tuple[NodeSpec, ...]
+    apiserver_port: int = DEFAULT_APISERVER_PORT
+    raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def nodes(self) -> tuple[NodeSpec, ...]:
+        return self.control_plane + self.workers
+
+    @property
+    def first_service_ip(self) -> IPAddress:
+        return self.service_cidr.network_address + 1
+
+    def node(self, name: str) -> NodeSpec:
+        for node in self.nodes:
+            if node.name == name:
+                return node
+        raise ConfigError(f"no node named {name!r} in the cluster file")
+
+    def mount(self, ca_name: str) -> str:
+        """The Vault mount path of a CA: the prefix lets several clusters share one Vault."""
+        return f"{self.mount_prefix}{ca_name}"
+
+
+def parse_duration(text: Any) -> timedelta:
+    """Go-style durations as Kubernetes and Vault write them: 24h, 90m, 87600h, 1h30m, 30d."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        return timedelta(seconds=text)
+    if not isinstance(text, str) or not text:
+        raise ValueError(f"{text!r} is not a duration such as 24h or 90m")
+    parts = _DURATION_PART.findall(text)
+    if "".join(n + u for n, u in parts) != text:
+        raise ValueError(f"{text!r} is not a duration such as 24h or 90m")
+    return timedelta(seconds=sum(int(n) * _DURATION_UNITS[u] for n, u in parts))
+
+
+def format_duration(delta: timedelta) -> str:
+    """Inverse of parse_duration for whole seconds, the form Vault's ttl parameters take."""
+    return f"{int(delta.total_seconds())}s"
+
+
+def is_dns_subdomain(name: str) -> bool:
+    return 0 < len(name) <= 253 and all(_DNS_LABEL.match(p) for p in name.split("."))
+
+
+def load_config(path: Path) -> ClusterConfig:
+    try:
+        text = Path(path).read_text()
+    except OSError as err:
+        raise ConfigError(f"cannot read {path}: {err.strerror}", source=str(path)) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"not valid YAML{where}", source=str(path)) from None
+    return parse_config(data, source=str(path))
+
+
+def parse_config(data: Any, source: str = "cluster file") -> ClusterConfig:
+    problems: list[str] = []
+    if not isinstance(data, dict):
+        raise ConfigError("must be a YAML mapping with cluster, pki, vault and nodes", source)
+    for key in sorted(set(data) - TOP_LEVEL_KEYS):
+        problems.append(f"unknown top-level key {key!r} (known: {', '.join(sorted(TOP_LEVEL_KEYS))})")
+    cluster = _section(data, "cluster", problems, required=True)
+    pki = _section(data, "pki", problems)
+    vault = _section(data, "vault", problems)
+    nodes = _section(data, "nodes", problems, required=True)
+
+    _unknown_keys(cluster, "cluster", {"name", "endpoint", "service_cidr", "domain", "apiserver_port"}, problems)
+    _unknown_keys(pki, "pki", {"key_type", "leaf_ttl", "ca_ttl"}, problems)
+    _unknown_keys(vault, "vault", {"mount_prefix"}, problems)
+    _unknown_keys(nodes, "nodes", {"control_plane", "workers"}, problems)
+
+    name = _cluster_name(cluster.get("name"), problems)
+    endpoint, endpoint_host = _endpoint(cluster.get("endpoint"), problems)
+    service_cidr = _service_cidr(cluster.get("service_cidr", "10.96.0.0/12"), problems)
+    domain = _domain(cluster.get("domain", "cluster.local"), problems)
+    apiserver_port = _port(cluster.get("apiserver_port", DEFAULT_APISERVER_PORT), problems)
+    key_type = pki.get("key_type", "ec-p256")
+    if key_type not in KEY_TYPES:
+        problems.append(f"pki.key_type {key_type!r} is not one of {', '.join(KEY_TYPES)}")
+    leaf_ttl = _ttl(pki.get("leaf_ttl", "24h"), "pki.leaf_ttl", problems)
+    ca_ttl = _ttl(pki.get("ca_ttl", "87600h"), "pki.ca_ttl", problems)
+    if leaf_ttl and ca_ttl and leaf_ttl >= ca_ttl:
+        problems.append("pki.leaf_ttl must be shorter than pki.ca_ttl")
+    if leaf_ttl and leaf_ttl < timedelta(minutes=10):
+        problems.append("pki.leaf_ttl must be at least 10m, or certificates expire before they are renewed")
+    mount_prefix = _mount_prefix(vault.get("mount_prefix", ""), problems)
+    control_plane = _nodes(nodes.get("control_plane"), "nodes.control_plane", True, problems)
+    workers = _nodes(nodes.get("workers", []), "nodes.workers", False, problems)
+    if not control_plane and "control_plane" in nodes and not problems:
+        problems.append("nodes.control_plane needs at least one node")
+    _check_unique(control_plane + workers, problems)
+
+    if problems:
+        raise ConfigError(problems, source)
+    return ClusterConfig(
+        name=name, endpoint=endpoint, endpoint_host=endpoint_host, service_cidr=service_cidr,
+        domain=domain, key_type=key_type, leaf_ttl=leaf_ttl, ca_ttl=ca_ttl,
+        mount_prefix=mount_prefix, control_plane=control_plane, workers=workers,
+        apiserver_port=apiserver_port, raw=data,
+    )
+
+
+def _section(data: dict, key: str, problems: list[str], required: bool = False) -> dict:
+    value = data.get(key)
+    if value is None:
+        if required:
+            problems.append(f"missing section {key!r}")
+        return {}
+    if not isinstance(value, dict):
+        problems.append(f"{key} must be a mapping")
+        return {}
+    return value
+
+
+def _unknown_keys(section: dict, where: str, known: set[str], problems: list[str]) -> None:
+    for key in sorted(set(section) - known, key=str):
+        problems.append(f"unknown key {where}.{key} (known: {', '.join(sorted(known))})")
+
+
+def _cluster_name(value: Any, problems: list[str]) -> str:
+    if not isinstance(value, str) or not _DNS_LABEL.match(value):
+        problems.append(f"cluster.name {value!r} must be a DNS-1123 label (lower-case letters, digits, '-')")
+        return ""
+    return value
+
+
+def _endpoint(value: Any, problems: list[str]) -> tuple[str, str]:
+    if not isinstance(value, str):
+        problems.append("cluster.endpoint is required, e.g. https://10.0.0.10:6443")
+        return "", ""
+    parts = urlsplit(value)
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    host = parts.hostname or ""
+    if parts.scheme != "https" or not host or port == -1 or parts.path not in ("", "/"):
+        problems.append(f"cluster.endpoint {value!r} must look like https://HOST:PORT")
+        return "", ""
+    if not _is_ip(host) and not is_dns_subdomain(host):
+        problems.append(f"cluster.endpoint host {host!r} is neither an IP address nor a DNS name")
+    return value.rstrip("/"), host
+
+
+def _service_cidr(value: Any, problems: list[str]):
+    try:
+        network = ipaddress.ip_network(str(value), strict=True)
+    except ValueError:
+        problems.append(f"cluster.service_cidr {value!r} is not a valid CIDR such as 10.96.0.0/12")
+        return None
+    if network.num_addresses < 4:
+        problems.append(f"cluster.service_cidr {value!r} is too small")
+    return network
+
+
+def _domain(value: Any, problems: list[str]) -> str:
+    if not isinstance(value, str) or not is_dns_subdomain(value):
+        problems.append(f"cluster.domain {value!r} must be a DNS name such as cluster.local")
+        return ""
+    return value
+
+
+def _port(value: Any, problems: list[str]) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 < value < 65536:
+        problems.append(f"cluster.apiserver_port {value!r} must be a port number")
+        return DEFAULT_APISERVER_PORT
+    return value
+
+
+def _ttl(value: Any, where: str, problems: list[str]) -> timedelta | None:
+    try:
+        ttl = parse_duration(value)
+    except ValueError as err:
+        problems.append(f"{where}: {err}")
+        return None
+    if ttl <= timedelta(0):
+        problems.append(f"{where} must be positive")
+        return None
+    return ttl
+
+
+def _mount_prefix(value: Any, problems: list[str]) -> str:
+    if value in (None, ""):
+        return ""
+    if not isinstance(value, str) or not value.endswith("/"):
+        problems.append(f"vault.mount_prefix {value!r} must be empty or end with '/', e.g. clusters/demo/")
+        return ""
+    segments = value[:-1].split("/")
+    if not all(_MOUNT_SEGMENT.match(s) for s in segments) or any(s in (".", "..") for s in segments):
+        problems.append(f"vault.mount_prefix {value!r} may only hold path segments of letters, digits, '-', '_', '.'")
+        return ""
+    if segments[0] in ("sys", "auth", "identity", "cubbyhole"):
+        problems.append(f"vault.mount_prefix {value!r} collides with Vault's reserved path {segments[0]}/")
+    return value
+
+
+def _nodes(value: Any, where: str, control_plane: bool, problems: list[str]) -> tuple[NodeSpec, ...]:
+    if value is None:
+        problems.append(f"{where} is required")
+        return ()
+    if not isinstance(value, list):
+        problems.append(f"{where} must be a list of nodes")
+        return ()
+    nodes = []
+    for index, item in enumerate(value):
+        node = _node(item, f"{where}[{index}]", control_plane, problems)
+        if node:
+            nodes.append(node)
+    return tuple(nodes)
+
+
+def _node(item: Any, where: str, control_plane: bool, problems: list[str]) -> NodeSpec | None:
+    if not isinstance(item, dict):
+        problems.append(f"{where} must be a mapping with name and ips")
+        return None
+    _unknown_keys(item, where, {"name", "ips", "sans"}, problems)
+    name = item.get("name")
+    if not isinstance(name, str) or not is_dns_subdomain(name):
+        problems.append(f"{where}.name {name!r} must be a DNS-1123 name (lower-case letters, digits, '-', '.')")
+        return None
+    ips = []
+    raw_ips = item.get("ips") or []
+    if not isinstance(raw_ips, list) or not raw_ips:
+        problems.append(f"node {name}: ips must be a non-empty list of IP addresses")
+        raw_ips = []
+    for raw in raw_ips:
+        try:
+            ips.append(ipaddress.ip_address(str(raw)))
+        except ValueError:
+            problems.append(f"node {name}: {raw!r} is not an IP address")
+    sans = item.get("sans") or []
+    if not isinstance(sans, list):
+        problems.append(f"node {name}: sans must be a list")
+        sans = []
+    for san in sans:
+        if not isinstance(san, str) or not (_is_ip(san) or is_dns_subdomain(san)):
+            problems.append(f"node {name}: SAN {san!r} must be a DNS name or an IP address (no wildcards)")
+    return NodeSpec(name=name, ips=tuple(ips), sans=tuple(str(s) for s in sans), control_plane=control_plane)
+
+
+def _check_unique(nodes: tuple[NodeSpec, ...], problems: list[str]) -> None:
+    seen_names: set[str] = set()
+    seen_ips: dict[IPAddress, str] = {}
+    for node in nodes:
+        if node.name in seen_names:
+            problems.append(f"node name {node.name!r} appears more than once")
+        seen_names.add(node.name)
+        for ip in node.ips:
+            if ip in seen_ips and seen_ips[ip] != node.name:
+                problems.append(f"IP {ip} is given to both {seen_ips[ip]} and {node.name}")
+            seen_ips[ip] = node.name
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True

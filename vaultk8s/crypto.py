@@ -1,0 +1,130 @@
+"""Keys, CSRs and certificate inspection with `cryptography` (pure computation, no I/O)."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from datetime import datetime
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from vaultk8s.catalog import Usage
+
+PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+
+_EKU = {Usage.SERVER: ExtendedKeyUsageOID.SERVER_AUTH, Usage.CLIENT: ExtendedKeyUsageOID.CLIENT_AUTH}
+
+
+def generate_key(key_type: str) -> PrivateKey:
+    if key_type == "ec-p256":
+        return ec.generate_private_key(ec.SECP256R1())
+    if key_type == "ec-p384":
+        return ec.generate_private_key(ec.SECP384R1())
+    if key_type.startswith("rsa-"):
+        return rsa.generate_private_key(public_exponent=65537, key_size=int(key_type[4:]))
+    raise ValueError(f"unknown key type {key_type!r}")
+
+
+def key_type_of(public_key) -> str:
+    if isinstance(public_key, ec.EllipticCurvePublicKey):
+        return {"secp256r1": "ec-p256", "secp384r1": "ec-p384"}.get(public_key.curve.name, public_key.curve.name)
+    if isinstance(public_key, rsa.RSAPublicKey):
+        return f"rsa-{public_key.key_size}"
+    return type(public_key).__name__
+
+
+def key_pem(key: PrivateKey) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+def build_csr(key: PrivateKey, common_name: str, organization: str | None,
+              dns_sans: tuple[str, ...], ip_sans: tuple) -> str:
+    """A CSR naming the identity; Vault's role decides what is actually granted (O included)."""
+    attrs = [x509.NameAttribute(NameOID.COMMON_NAME, common_name)]
+    if organization:
+        attrs.insert(0, x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization))
+    builder = x509.CertificateSigningRequestBuilder().subject_name(x509.Name(attrs))
+    sans = [x509.DNSName(n) for n in dns_sans] + [x509.IPAddress(ip) for ip in ip_sans]
+    if sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    csr = builder.sign(key, hashes.SHA256() if isinstance(key, rsa.RSAPrivateKey) or
+                       key.curve.key_size <= 256 else hashes.SHA384())
+    return csr.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def load_cert(pem: bytes | str) -> x509.Certificate:
+    return x509.load_pem_x509_certificate(pem.encode() if isinstance(pem, str) else pem)
+
+
+def load_certs(pem: bytes | str) -> list[x509.Certificate]:
+    return x509.load_pem_x509_certificates(pem.encode() if isinstance(pem, str) else pem)
+
+
+def load_key(pem: bytes) -> PrivateKey:
+    return serialization.load_pem_private_key(pem, password=None)
+
+
+def cert_pem(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def fingerprint(cert: x509.Certificate) -> str:
+    return cert.fingerprint(hashes.SHA256()).hex()
+
+
+def is_self_signed(cert: x509.Certificate) -> bool:
+    return cert.subject == cert.issuer
+
+
+@dataclass(frozen=True)
+class CertFacts:
+    """What a certificate says, in the terms the catalog uses."""
+
+    common_name: str
+    organizations: tuple[str, ...]
+    dns_sans: frozenset[str]
+    ip_sans: frozenset
+    usages: frozenset[Usage]
+    key_type: str
+    not_before: datetime
+    not_after: datetime
+    serial: int
+
+
+def facts(cert: x509.Certificate) -> CertFacts:
+    subject = cert.subject
+    cn = [a.value for a in subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+    orgs = tuple(str(a.value) for a in subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME))
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        dns = frozenset(san.get_values_for_type(x509.DNSName))
+        ips = frozenset(san.get_values_for_type(x509.IPAddress))
+    except x509.ExtensionNotFound:
+        dns, ips = frozenset(), frozenset()
+    try:
+        ekus = set(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
+    except x509.ExtensionNotFound:
+        ekus = set()
+    usages = frozenset(u for u, oid in _EKU.items() if oid in ekus)
+    return CertFacts(
+        common_name=str(cn[0]) if cn else "", organizations=orgs, dns_sans=dns,
+        ip_sans=frozenset(ipaddress.ip_address(str(i)) for i in ips), usages=usages,
+        key_type=key_type_of(cert.public_key()), not_before=cert.not_valid_before_utc,
+        not_after=cert.not_valid_after_utc, serial=cert.serial_number,
+    )
+
+
+def signed_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    try:
+        cert.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, Exception):  # InvalidSignature is not a ValueError
+        return False
+    return True
+
+
+def key_matches(cert: x509.Certificate, key: PrivateKey) -> bool:
+    return cert.public_key() == key.public_key()

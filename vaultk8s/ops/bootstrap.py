@@ -1,0 +1,284 @@
+"""`vaultk8s bootstrap`: plan CA mounts, roles and leaves against what exists, then apply.
+
+Order: validate and probe (no writes) -> CAs -> roles -> leaves issued concurrently in memory ->
+each node's pki/ swapped atomically. Re-running converges and changes nothing.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Callable
+
+import yaml
+from cryptography import x509
+
+from vaultk8s import catalog, crypto
+from vaultk8s.config import ClusterConfig
+from vaultk8s.errors import VaultError, VaultK8sError
+from vaultk8s.plan.actions import Action
+from vaultk8s.plan.cas import ObservedCA, mount_ttl_seconds, plan_ca, root_params, url_params
+from vaultk8s.plan.leaves import ObservedLeaf, reissue_reason
+from vaultk8s.plan.resolve import ResolvedCert, resolve_all
+from vaultk8s.plan.roles import ResolvedRole, resolve_roles, role_drift
+from vaultk8s.store.atomic import FileContent, check_writable, public, secret, write_file
+from vaultk8s.store.layout import RBAC_FILE, NodeOutput
+from vaultk8s.vault.gateway import VaultGateway
+
+Progress = Callable[[str, int], Callable[[], None]]  # (phase, total) -> advance()
+
+
+@dataclass(frozen=True)
+class CAState:
+    """A CA as leaves see it: the cert that signs them, chain certs between, and trust anchors."""
+
+    issuer: x509.Certificate | None
+    intermediates: tuple[x509.Certificate, ...] = ()
+    anchors: tuple[x509.Certificate, ...] = ()
+
+    @property
+    def bundle_pem(self) -> bytes:
+        return b"".join(crypto.cert_pem(c) for c in self.anchors)
+
+
+@dataclass
+class BootstrapReport:
+    dry_run: bool
+    actions: list[Action] = field(default_factory=list)
+    kept: int = 0
+    seconds: float = 0.0
+    ca_fingerprints: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.actions)
+
+    def to_dict(self) -> dict:
+        return {
+            "dry_run": self.dry_run, "changed": self.changed, "kept": self.kept,
+            "seconds": round(self.seconds, 3), "ca_fingerprints": self.ca_fingerprints,
+            "actions": [a.to_dict() for a in self.actions],
+        }
+
+
+def _no_progress(phase: str, total: int) -> Callable[[], None]:
+    return lambda: None
+
+
+def bootstrap(config: ClusterConfig, out: Path, gateway: VaultGateway, *, now: datetime,
+              dry_run: bool = False, force_renew: bool = False, workers: int = 8,
+              progress: Progress = _no_progress) -> BootstrapReport:
+    started = time.monotonic()
+    report = BootstrapReport(dry_run=dry_run)
+    if not dry_run:
+        check_writable(Path(out))
+    gateway.check_ready()
+    cas = {ca.name: _ensure_ca(ca, config, gateway, report, dry_run) for ca in catalog.CAS}
+    certs = resolve_all(config)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        _ensure_roles(resolve_roles(certs), config, gateway, report, dry_run, pool, progress)
+        plan = _plan_leaves(certs, out, cas, now, force_renew, report)
+        if not dry_run:
+            issued = _issue_all(plan, gateway, cas, pool, progress)
+            _write_nodes(config, out, cas, issued)
+    if not dry_run:
+        _write_rbac(Path(out))
+    report.ca_fingerprints = {n: crypto.fingerprint(s.issuer) for n, s in cas.items() if s.issuer}
+    report.seconds = time.monotonic() - started
+    return report
+
+
+# --- CAs ----------------------------------------------------------------------------------------
+
+def _observe_ca(mount: str, gateway: VaultGateway) -> ObservedCA:
+    kind = gateway.mount_type(mount)
+    if kind != "pki":
+        return ObservedCA(mount_type=kind)
+    return ObservedCA(kind, gateway.read_ca_pem(mount), gateway.mount_max_ttl(mount), gateway.read_urls(mount))
+
+
+def _ensure_ca(ca: catalog.CASpec, config: ClusterConfig, gateway: VaultGateway,
+               report: BootstrapReport, dry_run: bool) -> CAState:
+    mount = config.mount(ca.name)
+    actions = plan_ca(ca, config, _observe_ca(mount, gateway), gateway.addr)
+    report.actions.extend(actions)
+    if not dry_run:
+        for action in actions:
+            _apply_ca_action(action, ca, config, gateway)
+    return read_ca_state(gateway, mount)
+
+
+def _apply_ca_action(action: Action, ca: catalog.CASpec, config: ClusterConfig, gateway: VaultGateway) -> None:
+    mount = action.target
+    if action.kind == "enable-mount":
+        gateway.enable_pki(mount, mount_ttl_seconds(config), f"vaultk8s {config.name}: {ca.description}")
+    elif action.kind == "tune-mount":
+        gateway.tune_max_ttl(mount, mount_ttl_seconds(config))
+    elif action.kind == "generate-root":
+        gateway.generate_root(mount, root_params(ca, config))
+    elif action.kind == "configure-urls":
+        gateway.write_urls(mount, url_params(mount, gateway.addr))
+
+
+def read_ca_state(gateway: VaultGateway, mount: str) -> CAState:
+    if gateway.mount_type(mount) != "pki":
+        return CAState(issuer=None)
+    issuer_pem = gateway.read_ca_pem(mount)
+    if issuer_pem is None:
+        return CAState(issuer=None)
+    issuer = crypto.load_cert(issuer_pem)
+    chain = [crypto.load_cert(p) for p in gateway.read_ca_chain_pem(mount)] or [issuer]
+    anchors = tuple(c for c in chain if crypto.is_self_signed(c))
+    intermediates = tuple(c for c in chain if not crypto.is_self_signed(c))
+    return CAState(issuer=issuer, intermediates=intermediates, anchors=anchors or (issuer,))
+
+
+# --- roles --------------------------------------------------------------------------------------
+
+def _ensure_roles(roles: tuple[ResolvedRole, ...], config: ClusterConfig, gateway: VaultGateway,
+                  report: BootstrapReport, dry_run: bool, pool: ThreadPoolExecutor, progress: Progress) -> None:
+    wanted = {(r.mount, r.name) for r in roles}
+    for mount in {r.mount for r in roles}:
+        if gateway.mount_type(mount) != "pki":
+            continue
+        for name in gateway.list_roles(mount):
+            if (mount, name) not in wanted:
+                # A removed node's role would still let its old credential obtain certificates.
+                report.actions.append(Action("delete-role", f"{mount}/roles/{name}", "not in the catalog/cluster file"))
+    advance = progress("roles", len(roles))
+
+    def observe(role: ResolvedRole) -> Action | None:
+        existing = gateway.read_role(role.mount, role.name) if _mount_exists(role.mount, report) else None
+        drift = role_drift(role.params, existing)
+        advance()
+        if not drift:
+            return None
+        reason = "new role" if existing is None else "differs in " + ", ".join(drift)
+        return Action("write-role", f"{role.mount}/roles/{role.name}", reason)
+
+    planned = [a for a in pool.map(observe, roles) if a]
+    report.actions.extend(planned)
+    if dry_run:
+        return
+    by_target = {f"{r.mount}/roles/{r.name}": r for r in roles}
+    for action in [a for a in report.actions if a.kind == "delete-role"]:
+        mount, _, name = action.target.partition("/roles/")
+        gateway.delete_role(mount, name)
+    list(pool.map(lambda a: _write_role(gateway, by_target[a.target]), planned))
+
+
+def _mount_exists(mount: str, report: BootstrapReport) -> bool:
+    return not any(a.kind == "enable-mount" and a.target == mount for a in report.actions)
+
+
+def _write_role(gateway: VaultGateway, role: ResolvedRole) -> None:
+    gateway.write_role(role.mount, role.name, role.params)
+
+
+# --- leaves -------------------------------------------------------------------------------------
+
+def _plan_leaves(certs: tuple[ResolvedCert, ...], out: Path, cas: dict[str, CAState], now: datetime,
+                 force: bool, report: BootstrapReport) -> list[ResolvedCert]:
+    todo = []
+    for rc in certs:
+        state = cas[rc.spec.ca]
+        issuers = [state.issuer] if state.issuer else []
+        reason = reissue_reason(rc, observe_leaf(NodeOutput(out, rc.node), rc), issuers, now, force)
+        if reason is None:
+            report.kept += 1
+            continue
+        report.actions.append(Action("issue", f"{rc.node}/pki/{rc.cert_file}", reason))
+        todo.append(rc)
+    return todo
+
+
+def observe_leaf(node: NodeOutput, rc: ResolvedCert) -> ObservedLeaf:
+    cert_pem, key_pem = node.read_pki(rc.cert_file), node.read_pki(rc.key_file)
+    try:
+        cert = crypto.load_certs(cert_pem)[0] if cert_pem else None
+    except ValueError:
+        cert = None
+    try:
+        key = crypto.load_key(key_pem) if key_pem else None
+    except (ValueError, TypeError):
+        key = None
+    return ObservedLeaf(cert, key)
+
+
+@dataclass(frozen=True)
+class IssuedLeaf:
+    cert: ResolvedCert
+    cert_pem: bytes  # leaf followed by any intermediates
+    key_pem: bytes
+
+
+def issue_leaf(gateway: VaultGateway, rc: ResolvedCert) -> IssuedLeaf:
+    """The key is made here and never leaves this process; Vault only sees the CSR."""
+    key = crypto.generate_key(rc.key_type)
+    csr = crypto.build_csr(key, rc.common_name, rc.organization, rc.dns_sans, rc.ip_sans)
+    data = gateway.sign(rc.mount, rc.role, csr, int(rc.ttl.total_seconds()))
+    chain = [c for c in (data.get("ca_chain") or []) if not crypto.is_self_signed(crypto.load_cert(c))]
+    pem = "\n".join(p.strip() for p in [data["certificate"], *chain]) + "\n"
+    return IssuedLeaf(rc, pem.encode(), crypto.key_pem(key))
+
+
+def _issue_all(todo: list[ResolvedCert], gateway: VaultGateway, cas: dict[str, CAState],
+               pool: ThreadPoolExecutor, progress: Progress) -> list[IssuedLeaf]:
+    advance = progress("certificates", len(todo))
+
+    def task(rc: ResolvedCert) -> IssuedLeaf:
+        leaf = issue_leaf(gateway, rc)
+        advance()
+        return leaf
+
+    futures = [pool.submit(task, rc) for rc in todo]
+    done, pending = wait(futures, return_when=FIRST_EXCEPTION)
+    for future in pending:
+        future.cancel()
+    wait(pending)
+    failed = [f for f in futures if f.done() and not f.cancelled() and f.exception()]
+    if failed:
+        err = failed[0].exception()
+        if isinstance(err, VaultK8sError):
+            raise type(err)(f"{err} (stopped after the first failure; nothing was written)")
+        raise err
+    return [f.result() for f in futures]
+
+
+# --- output -------------------------------------------------------------------------------------
+
+def _write_nodes(config: ClusterConfig, out: Path, cas: dict[str, CAState], issued: list[IssuedLeaf]) -> None:
+    by_node: dict[str, list[IssuedLeaf]] = {}
+    for leaf in issued:
+        by_node.setdefault(leaf.cert.node, []).append(leaf)
+    for node in config.nodes:
+        changes: dict[str, FileContent | None] = {}
+        for ca in catalog.cas_for(node.control_plane):
+            if cas[ca.name].issuer is None:
+                raise VaultError(f"CA {config.mount(ca.name)} has no certificate after bootstrap")
+            changes[ca.cert_file] = public(cas[ca.name].bundle_pem)
+        for leaf in by_node.get(node.name, []):
+            changes[leaf.cert.cert_file] = public(leaf.cert_pem)
+            changes[leaf.cert.key_file] = secret(leaf.key_pem)
+        NodeOutput(out, node.name).update_pki(changes)
+
+
+def render_rbac() -> bytes:
+    docs = [
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+            "metadata": {"name": b.name},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": b.cluster_role},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": b.subject_kind, "name": b.subject_name}],
+        }
+        for b in catalog.CLUSTER_ROLE_BINDINGS
+    ]
+    header = "# ClusterRoleBindings the catalog's identities rely on; apply with admin.conf.\n"
+    return (header + yaml.safe_dump_all(docs, sort_keys=False)).encode()
+
+
+def _write_rbac(out: Path) -> None:
+    write_file(out / RBAC_FILE, public(render_rbac()))

@@ -1,0 +1,96 @@
+"""`vaultk8s certs check`: every certificate on disk, its expiry, its CA, and what is wrong with it."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from vaultk8s import catalog, crypto
+from vaultk8s.plan.leaves import renewal_time
+from vaultk8s.store.layout import NodeOutput, node_dirs
+
+
+@dataclass(frozen=True)
+class CertStatus:
+    node: str
+    file: str
+    subject: str
+    ca: str
+    not_after: datetime | None
+    residual_seconds: int | None
+    renewal_due: bool
+    problems: tuple[str, ...] = field(default_factory=tuple)
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["not_after"] = self.not_after.isoformat() if self.not_after else None
+        data["problems"] = list(self.problems)
+        return data
+
+
+def check_out_dir(out: Path, now: datetime) -> list[CertStatus]:
+    rows: list[CertStatus] = []
+    for name in node_dirs(out):
+        node = NodeOutput(out, name)
+        anchors = {}
+        for ca in catalog.CAS:
+            pem = node.read_pki(ca.cert_file)
+            if pem is None:
+                continue
+            anchors[ca.name] = crypto.load_certs(pem)
+            rows.append(_ca_row(name, ca, anchors[ca.name][0], now))
+        for spec in catalog.CERTS:
+            pem = node.read_pki(spec.cert_file)
+            if pem is not None:
+                rows.append(_leaf_row(node, name, spec, pem, anchors.get(spec.ca, []), now))
+    return rows
+
+
+def _ca_row(node: str, ca: catalog.CASpec, cert, now: datetime) -> CertStatus:
+    problems = ("expired",) if now >= cert.not_valid_after_utc else ()
+    return CertStatus(node, ca.cert_file, cert.subject.rfc4514_string(), ca.name, cert.not_valid_after_utc,
+                      _residual(cert, now), False, problems)
+
+
+def _leaf_row(node: NodeOutput, name: str, spec: catalog.CertSpec, pem: bytes, anchors: list, now: datetime) -> CertStatus:
+    try:
+        chain = crypto.load_certs(pem)
+    except ValueError:
+        return CertStatus(name, spec.cert_file, "", spec.ca, None, None, False, ("unreadable certificate",))
+    cert, intermediates = chain[0], chain[1:]
+    problems = []
+    if now >= cert.not_valid_after_utc:
+        problems.append("expired")
+    issuer = intermediates[0] if intermediates else None
+    trusted = anchors and (crypto.signed_by(cert, issuer) and any(crypto.signed_by(issuer, a) for a in anchors)
+                           if issuer else any(crypto.signed_by(cert, a) for a in anchors))
+    if not trusted:
+        problems.append(f"not issued by {spec.ca} ({catalog.ca(spec.ca).cert_file})")
+    problems.extend(_key_problems(node, spec, cert))
+    due = now >= renewal_time(cert.not_valid_before_utc, cert.not_valid_after_utc)
+    return CertStatus(name, spec.cert_file, cert.subject.rfc4514_string(), spec.ca, cert.not_valid_after_utc,
+                      _residual(cert, now), due, tuple(problems))
+
+
+def _key_problems(node: NodeOutput, spec: catalog.CertSpec, cert) -> list[str]:
+    key_pem = node.read_pki(spec.key_file)
+    if key_pem is None:
+        return ["key missing"]
+    try:
+        key = crypto.load_key(key_pem)
+    except (ValueError, TypeError):
+        return ["key unreadable"]
+    return [] if crypto.key_matches(cert, key) else ["key does not match certificate"]
+
+
+def _residual(cert, now: datetime) -> int:
+    return max(0, int((cert.not_valid_after_utc - now).total_seconds()))
+
+
+def format_residual(seconds: int | None) -> str:
+    if seconds is None:
+        return "-"
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    return f"{days}d{hours}h" if days else f"{hours}h{rest // 60}m"

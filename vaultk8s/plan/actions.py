@@ -1,0 +1,18 @@
+"""Plan steps: what would change, and why. Rendered by --dry-run and by the apply report."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class Action:
+    kind: str  # enable-mount | tune-mount | generate-root | configure-urls | write-role | delete-role | issue | write-file
+    target: str
+    reason: str
+
+    def to_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        return f"{self.kind:<15} {self.target}  ({self.reason})"

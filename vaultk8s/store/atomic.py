@@ -1,0 +1,228 @@
+"""Atomic file output, after Kubernetes' AtomicWriter.
+
+A payload directory (a node's `pki/`) holds only symlinks: `name -> ..data/name`, and `..data`
+points at a timestamped version directory. A new version is written in full beside the old one,
+then `..data` is swapped with one rename, so every cert and its key change together and a reader
+never sees a torn file or a cert from one version with a key from another.
+Single files (kubeconfigs) are replaced with write-temp-fsync-rename.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import secrets
+import shutil
+import stat
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterator, Mapping
+
+from vaultk8s.errors import StoreError
+
+DATA_LINK = "..data"
+LOCK_FILE = "..lock"
+KEY_MODE = 0o600
+PUBLIC_MODE = 0o644
+DIR_MODE = 0o700
+
+
+@dataclass(frozen=True)
+class FileContent:
+    data: bytes
+    mode: int = PUBLIC_MODE
+
+
+def secret(data: bytes) -> FileContent:
+    return FileContent(data, KEY_MODE)
+
+
+def public(data: bytes) -> FileContent:
+    return FileContent(data, PUBLIC_MODE)
+
+
+def ensure_dir(path: Path) -> None:
+    try:
+        path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+        os.chmod(path, DIR_MODE)
+    except OSError as err:
+        raise StoreError(f"cannot create directory {path}: {err.strerror}") from None
+
+
+def check_writable(path: Path) -> None:
+    """Fail before any Vault call when the output directory cannot be written."""
+    ensure_dir(path)
+    probe = path / f".probe-{secrets.token_hex(4)}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise StoreError(f"cannot write to {path}: {err.strerror}") from None
+
+
+def write_file(path: Path, content: FileContent) -> bool:
+    """Replace one file atomically. Returns False (and touches nothing) when it already matches."""
+    if read_file(path) == content.data and _mode(path) == content.mode:
+        return False
+    ensure_dir(path.parent)
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+    try:
+        _write_new(tmp, content)
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise StoreError(f"cannot write {path}: {err.strerror}") from None
+    return True
+
+
+def read_file(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        raise StoreError(f"cannot read {path}: {err.strerror}") from None
+
+
+class PayloadDir:
+    """A directory of files that are always replaced together (see the module docstring)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def read(self, rel: str) -> bytes | None:
+        return read_file(self.path / rel)
+
+    def snapshot(self) -> dict[str, FileContent]:
+        """Every file of the current version, by relative path."""
+        current = self._current_version()
+        if current is None:
+            return self._legacy_files()
+        return _read_tree(current)
+
+    def update(self, changes: Mapping[str, FileContent | None]) -> bool:
+        """Apply changes (None removes a file) as one new version. False when nothing changed."""
+        ensure_dir(self.path)
+        with self._locked():
+            old = self.snapshot()
+            new = dict(old)
+            for rel, content in changes.items():
+                _check_rel(rel)
+                if content is None:
+                    new.pop(rel, None)
+                else:
+                    new[rel] = content
+            if new == old and self._current_version() is not None:
+                return False
+            self._publish(new)
+        return True
+
+    def _publish(self, files: dict[str, FileContent]) -> None:
+        previous = self._current_version()
+        stamp = datetime.now(timezone.utc).strftime("%Y_%m_%d_%H_%M_%S")
+        version = self.path / f"..{stamp}.{secrets.token_hex(4)}"
+        try:
+            os.mkdir(version, DIR_MODE)
+            for rel, content in files.items():
+                target = version / rel
+                target.parent.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+                _write_new(target, content)
+            _fsync_dir(version)
+            _swap_link(self.path / DATA_LINK, version.name)
+            self._link_top_level({rel.split("/")[0] for rel in files})
+        except OSError as err:
+            if self._current_version() != version:
+                shutil.rmtree(version, ignore_errors=True)
+            raise StoreError(f"cannot write {self.path}: {err.strerror}") from None
+        if previous is not None and previous != version:
+            shutil.rmtree(previous, ignore_errors=True)
+
+    def _link_top_level(self, names: set[str]) -> None:
+        for name in names:
+            entry = self.path / name
+            want = f"{DATA_LINK}/{name}"
+            if entry.is_symlink() and os.readlink(entry) == want:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)  # a pre-existing plain directory (e.g. from kubeadm) is migrated
+            _swap_link(entry, want)
+        for entry in self.path.iterdir():
+            if entry.is_symlink() and entry.name not in names and not entry.name.startswith(".."):
+                entry.unlink()
+        _fsync_dir(self.path)
+
+    def _current_version(self) -> Path | None:
+        link = self.path / DATA_LINK
+        if not link.is_symlink():
+            return None
+        target = self.path / os.readlink(link)
+        return target if target.is_dir() else None
+
+    def _legacy_files(self) -> dict[str, FileContent]:
+        """Plain files left by an earlier tool are carried into the first version."""
+        if not self.path.is_dir():
+            return {}
+        return {rel: c for rel, c in _read_tree(self.path).items() if not rel.startswith("..")}
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        fd = os.open(self.path / LOCK_FILE, os.O_CREAT | os.O_RDWR, KEY_MODE)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+
+def _read_tree(root: Path) -> dict[str, FileContent]:
+    files: dict[str, FileContent] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if not d.startswith("..")]
+        for name in filenames:
+            if name.startswith(".."):
+                continue
+            path = Path(dirpath) / name
+            rel = path.relative_to(root).as_posix()
+            files[rel] = FileContent(path.read_bytes(), _mode(path) or PUBLIC_MODE)
+    return files
+
+
+def _write_new(path: Path, content: FileContent) -> None:
+    # Created with its final mode, so a key is never readable by others, not even briefly.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, content.mode)
+    try:
+        os.fchmod(fd, content.mode)
+        os.write(fd, content.data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _swap_link(link: Path, target: str) -> None:
+    tmp = link.parent / f".{link.name}.{secrets.token_hex(4)}.tmp"
+    os.symlink(target, tmp)
+    os.replace(tmp, link)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _mode(path: Path) -> int | None:
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        return None
+
+
+def _check_rel(rel: str) -> None:
+    parts = rel.split("/")
+    if rel.startswith("/") or any(p in ("", ".", "..") or p.startswith("..") for p in parts):
+        raise StoreError(f"refusing to write outside the payload directory: {rel!r}")

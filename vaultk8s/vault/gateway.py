@@ -1,0 +1,244 @@
+"""The only module that talks to Vault: a small gateway over hvac with the calls vaultk8s uses.
+
+hvac's quirks are wrapped here once: 204 responses, InvalidPath on empty LISTs, no retries of its
+own (we give it a requests.Session with urllib3 Retry), and exceptions that carry URLs but no
+advice. Every failure leaves as a VaultError with a one-line message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from typing import Any, Iterator, Mapping
+
+import hvac
+import hvac.exceptions as hv
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
+
+from vaultk8s.errors import PermissionDeniedError, VaultError
+
+# 502-504 and 429 come from proxies, standbys and rate limits before a request was processed, so
+# retrying even a POST is safe; a 500 may have done the work and is not retried.
+_RETRY = Retry(
+    total=6, connect=5, read=2, status=4, backoff_factor=0.25,
+    status_forcelist=(429, 502, 503, 504),
+    allowed_methods=frozenset({"GET", "HEAD", "LIST", "PUT", "POST", "DELETE", "OPTIONS"}),
+    respect_retry_after_header=True, raise_on_status=False,
+)
+
+
+@dataclass(frozen=True)
+class VaultSettings:
+    addr: str
+    token: str | None
+    cacert: str | None
+    namespace: str | None
+    skip_verify: bool = False
+
+    def __repr__(self) -> str:  # keep the token out of logs and tracebacks
+        return f"VaultSettings(addr={self.addr!r}, namespace={self.namespace!r})"
+
+
+def settings_from_env(env: Mapping[str, str] | None = None) -> VaultSettings:
+    """VAULT_* variables, falling back to OpenBao's BAO_* names (hvac reads neither itself)."""
+    env = os.environ if env is None else env
+
+    def get(name: str) -> str | None:
+        return env.get(f"VAULT_{name}") or env.get(f"BAO_{name}") or None
+
+    addr = get("ADDR")
+    if not addr:
+        raise VaultError("VAULT_ADDR is not set: export VAULT_ADDR (and VAULT_TOKEN), e.g. via `eval \"$(vaultk8s dev up)\"`")
+    return VaultSettings(
+        addr=addr.rstrip("/"),
+        token=get("TOKEN"),
+        cacert=get("CACERT"),
+        namespace=get("NAMESPACE"),
+        skip_verify=(get("SKIP_VERIFY") or "").lower() in ("1", "true"),
+    )
+
+
+def make_client(settings: VaultSettings, pool_size: int = 16) -> hvac.Client:
+    session = requests.Session()
+    adapter = HTTPAdapter(max_retries=_RETRY, pool_connections=4, pool_maxsize=pool_size)
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
+    verify: bool | str = settings.cacert or True
+    if settings.skip_verify:
+        verify = False
+    return hvac.Client(
+        url=settings.addr, token=settings.token, verify=verify, session=session,
+        namespace=settings.namespace, timeout=30,
+    )
+
+
+class VaultGateway:
+    """The Vault calls vaultk8s makes. Reads return None for "not there"; writes return nothing."""
+
+    def __init__(self, client: hvac.Client, addr: str | None = None):
+        self.client = client
+        self.addr = addr or client.url
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, pool_size: int = 16) -> "VaultGateway":
+        settings = settings_from_env(env)
+        return cls(make_client(settings, pool_size), settings.addr)
+
+    # --- connection ---------------------------------------------------------------------------
+
+    def check_ready(self) -> None:
+        """Reachable, initialised, unsealed, and the token is valid: or one line saying which not."""
+        with self._translate("read health of", "sys/health"):
+            health = self.client.sys.read_health_status(method="GET")
+        data = health.json() if isinstance(health, requests.Response) else health
+        if not data.get("initialized", True):
+            raise VaultError(f"Vault at {self.addr} is not initialised: run `bao operator init` (or `vaultk8s dev up`)")
+        if data.get("sealed"):
+            raise VaultError(f"Vault at {self.addr} is sealed: unseal it (or run `vaultk8s dev up`) and retry")
+        if not self.client.token:
+            raise VaultError("VAULT_TOKEN is not set: export a token for Vault")
+        with self._translate("look up", "auth/token/lookup-self"):
+            self.client.auth.token.lookup_self()
+
+    # --- mounts ---------------------------------------------------------------------------------
+
+    def mount_type(self, path: str) -> str | None:
+        """The engine type mounted at path, or None when the path is free."""
+        with self._translate("read", f"sys/mounts/{path}"):
+            try:
+                data = self.client.read(f"sys/mounts/{path.strip('/')}")
+            except hv.InvalidRequest:
+                return None  # OpenBao answers 400 "no matching mount" for a free path
+        if not data:
+            return None
+        return (data.get("data") or data).get("type")
+
+    def enable_pki(self, path: str, max_ttl_seconds: int, description: str) -> None:
+        with self._translate("enable a PKI engine at", path):
+            self.client.sys.enable_secrets_engine(
+                "pki", path=path, description=description, config={"max_lease_ttl": f"{max_ttl_seconds}s"},
+            )
+
+    def mount_max_ttl(self, path: str) -> int:
+        with self._translate("read the tuning of", path):
+            data = self.client.sys.read_mount_configuration(path)
+        return int((data.get("data") or data).get("max_lease_ttl", 0))
+
+    def tune_max_ttl(self, path: str, max_ttl_seconds: int) -> None:
+        with self._translate("tune", path):
+            self.client.sys.tune_mount_configuration(path, max_lease_ttl=f"{max_ttl_seconds}s")
+
+    # --- CA -------------------------------------------------------------------------------------
+
+    def read_ca_pem(self, mount: str) -> str | None:
+        """The default issuer's certificate, or None when the mount has no CA yet."""
+        with self._translate("read the CA of", mount):
+            try:
+                data = self.client.read(f"{mount}/issuer/default/json")
+            except (hv.InternalServerError, hv.InvalidPath, hv.InvalidRequest):
+                return None  # "no default issuer currently configured"
+        pem = ((data or {}).get("data") or {}).get("certificate")
+        return pem or None
+
+    def read_ca_chain_pem(self, mount: str) -> list[str]:
+        with self._translate("read the CA chain of", mount):
+            data = self.client.read(f"{mount}/issuer/default/json")
+        return list(((data or {}).get("data") or {}).get("ca_chain") or [])
+
+    def generate_root(self, mount: str, params: dict[str, Any]) -> str:
+        with self._translate("generate a root CA in", mount):
+            data = self.client.write_data(f"{mount}/root/generate/internal", data=dict(params))
+        return data["data"]["certificate"]
+
+    def generate_intermediate_csr(self, mount: str, params: dict[str, Any]) -> str:
+        with self._translate("generate an intermediate CSR in", mount):
+            data = self.client.write_data(f"{mount}/intermediate/generate/internal", data=dict(params))
+        return data["data"]["csr"]
+
+    def set_signed_intermediate(self, mount: str, pem_bundle: str) -> None:
+        with self._translate("install the signed intermediate in", mount):
+            self.client.write_data(f"{mount}/intermediate/set-signed", data={"certificate": pem_bundle})
+
+    def read_urls(self, mount: str) -> dict[str, Any]:
+        with self._translate("read the URLs of", mount):
+            data = self.client.read(f"{mount}/config/urls")
+        return (data or {}).get("data") or {}
+
+    def write_urls(self, mount: str, params: dict[str, Any]) -> None:
+        with self._translate("configure the URLs of", mount):
+            self.client.write_data(f"{mount}/config/urls", data=dict(params))
+
+    # --- roles and signing ------------------------------------------------------------------------
+
+    def read_role(self, mount: str, name: str) -> dict[str, Any] | None:
+        with self._translate("read role", f"{mount}/roles/{name}"):
+            try:
+                data = self.client.read(f"{mount}/roles/{name}")
+            except hv.InvalidPath:
+                return None
+        return (data or {}).get("data")
+
+    def list_roles(self, mount: str) -> list[str]:
+        with self._translate("list roles of", mount):
+            try:
+                data = self.client.list(f"{mount}/roles")
+            except hv.InvalidPath:
+                return []
+        return list(((data or {}).get("data") or {}).get("keys") or [])
+
+    def write_role(self, mount: str, name: str, params: dict[str, Any]) -> None:
+        with self._translate("write role", f"{mount}/roles/{name}"):
+            self.client.write_data(f"{mount}/roles/{name}", data=dict(params))
+
+    def delete_role(self, mount: str, name: str) -> None:
+        with self._translate("delete role", f"{mount}/roles/{name}"):
+            self.client.delete(f"{mount}/roles/{name}")
+
+    def sign(self, mount: str, role: str, csr_pem: str, ttl_seconds: int) -> dict[str, Any]:
+        """Sign a CSR with a role: returns certificate, issuing_ca and ca_chain (PEM)."""
+        params = {"csr": csr_pem, "ttl": f"{ttl_seconds}s", "exclude_cn_from_sans": True, "format": "pem"}
+        with self._translate("sign with role", f"{mount}/sign/{role}"):
+            data = self.client.write_data(f"{mount}/sign/{role}", data=params)
+        return data["data"]
+
+    # --- generic (used by the other gateways' callers: KV, policies, auth) ------------------------
+
+    def read(self, path: str) -> dict[str, Any] | None:
+        with self._translate("read", path):
+            try:
+                return self.client.read(path)
+            except hv.InvalidPath:
+                return None
+
+    def write(self, path: str, data: dict[str, Any]) -> dict[str, Any] | None:
+        with self._translate("write", path):
+            result = self.client.write_data(path, data=dict(data))
+        return result if isinstance(result, dict) else None
+
+    @contextlib.contextmanager
+    def _translate(self, action: str, path: str) -> Iterator[None]:
+        try:
+            yield
+        except hv.Forbidden:
+            raise PermissionDeniedError(
+                f"Vault denied permission to {action} {path} (403): the token is invalid, expired, or its policies do not allow it"
+            ) from None
+        except hv.VaultDown:
+            raise VaultError(f"Vault at {self.addr} is sealed or down: unseal it and retry") from None
+        except hv.VaultError as err:
+            raise VaultError(f"Vault refused to {action} {path}: {_first_error(err)}") from None
+        except requests.exceptions.SSLError:
+            raise VaultError(
+                f"TLS verification of {self.addr} failed: set VAULT_CACERT to the CA that signed Vault's certificate"
+            ) from None
+        except requests.exceptions.RequestException as err:
+            raise VaultError(f"cannot reach Vault at {self.addr} ({type(err).__name__}): is it running? check VAULT_ADDR") from None
+
+
+def _first_error(err: hv.VaultError) -> str:
+    errors = getattr(err, "errors", None) or [str(err)]
+    text = " ".join(str(errors[0]).split())
+    return text.split(", on ")[0][:300]
