@@ -19,6 +19,9 @@ app = typer.Typer(
 
 def _register() -> None:
     """Import each command group here; one line per group keeps merges trivial."""
+    from vaultk8s.cli import hsm
+
+    app.add_typer(hsm.app, name="hsm", help="Root CA keys in a PKCS#11 token (HSM mode).")
 
 
 _register()
