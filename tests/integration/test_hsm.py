@@ -115,7 +115,7 @@ def test_root_certificate_profile(dev_token):
     root.verify_directly_issued_by(root)
 
 
-@pytest.mark.parametrize("key_type", ["ec-p256", "ec-p384", "rsa-2048", "rsa-3072"])
+@pytest.mark.parametrize("key_type", ["ec-p256", "ec-p384", "rsa-2048", "rsa-3072", "rsa-4096"])
 def test_intermediate_chain_verifies(dev_token, tmp_path, key_type):
     settings = _settings(key_type)
     intermediate_key = ec.generate_private_key(ec.SECP256R1())

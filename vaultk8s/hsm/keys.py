@@ -10,6 +10,7 @@ import hashlib
 from dataclasses import dataclass
 
 import pkcs11
+from asn1crypto.keys import PublicKeyInfo, RSAPublicKey
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed, encode_dss_signature
@@ -108,7 +109,6 @@ def public_key_of(public: pkcs11.PublicKey):
 
 
 def _pkcs1_to_spki(pkcs1_der: bytes) -> bytes:
-    from asn1crypto.keys import PublicKeyInfo, RSAPublicKey
     return PublicKeyInfo.wrap(RSAPublicKey.load(pkcs1_der), "rsa").dump()
 
 
