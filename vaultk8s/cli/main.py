@@ -19,10 +19,13 @@ app = typer.Typer(
 
 def _register() -> None:
     """Import each command group here; one line per group keeps merges trivial."""
-    from vaultk8s.cli import bootstrap, certs
+    from vaultk8s.cli import bootstrap
+    from vaultk8s.cli import certs
+    from vaultk8s.cli import hsm
 
     app.command("bootstrap")(bootstrap.bootstrap)
     app.add_typer(certs.app, name="certs", help="Inspect issued certificates.")
+    app.add_typer(hsm.app, name="hsm", help="Root CA keys in a PKCS#11 token (HSM mode).")
 
 
 _register()
