@@ -1,0 +1,61 @@
+"""Shared fixtures: one real OpenBao per test session, and helpers to keep tests isolated on it."""
+
+from __future__ import annotations
+
+import socket
+import uuid
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from vaultk8s.dev import DevServer, VaultEnv
+
+
+def _can_bind(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def find_free_port() -> int:
+    """A free port whose successor is free too: the dev server's cluster listener takes PORT+1."""
+    for _ in range(100):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if port < 65535 and _can_bind(port + 1):
+            return port
+    raise RuntimeError("no free pair of ports on 127.0.0.1")
+
+
+@pytest.fixture(scope="session")
+def free_port() -> Callable[[], int]:
+    """Call it for a port P such that P and P+1 are free on 127.0.0.1."""
+    return find_free_port
+
+
+@pytest.fixture(scope="session")
+def openbao(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VaultEnv]:
+    """A real OpenBao (raft + TLS), initialised and unsealed, shared by the whole session."""
+    server = DevServer(tmp_path_factory.mktemp("bao"), port=find_free_port(), start_timeout=30, stop_timeout=10)
+    env = server.up()
+    try:
+        yield env
+    finally:
+        server.down()
+
+
+@pytest.fixture
+def vault_env(openbao: VaultEnv) -> dict[str, str]:
+    """VAULT_ADDR / VAULT_TOKEN / VAULT_CACERT for a subprocess or CliRunner(env=...)."""
+    return openbao.as_environ()
+
+
+@pytest.fixture
+def mount_prefix() -> str:
+    """A unique path prefix such as `t1a2b3c4d/`, so tests sharing one server never collide."""
+    return f"t{uuid.uuid4().hex[:8]}/"
