@@ -301,13 +301,14 @@ class DevServer:
         path = self._file("init.json")
         try:
             material = json.loads(path.read_text())
-            material["root_token"], material["unseal_keys_b64"]
         except FileNotFoundError:
             raise DevServerError(
                 f"{path} is missing, so this store cannot be unsealed; remove {self.state_dir} to start over"
             ) from None
-        except (ValueError, KeyError, TypeError):
-            raise DevServerError(f"{path} is not valid init material; restore it or remove {self.state_dir}") from None
+        except ValueError:
+            material = None
+        if not isinstance(material, dict) or not {"root_token", "unseal_keys_b64"} <= material.keys():
+            raise DevServerError(f"{path} is not valid init material; restore it or remove {self.state_dir}")
         return material
 
     # -- HTTP ----------------------------------------------------------------------------------
