@@ -99,3 +99,18 @@ def test_unwritable_out_dir_fails_before_vault(cluster, tmp_path, vault_env, ope
 def test_bad_flag_is_a_usage_error(cluster):
     proc = run_cli("bootstrap", "--config", str(cluster), "--out", "o", "--output", "yaml")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
+
+
+def test_sealed_vault(cluster, tmp_path, free_port):
+    from vaultk8s.dev import DevServer
+
+    server = DevServer(tmp_path / "sealed", port=free_port())
+    env = server.up()
+    try:
+        client = hvac.Client(url=env.addr, token=env.token, verify=str(env.cacert))
+        client.sys.seal()
+        line = _one_line_error(run_cli("bootstrap", "--config", str(cluster), "--out", str(tmp_path / "o"),
+                                       env=env.as_environ()))
+        assert "is sealed" in line
+    finally:
+        server.down()
