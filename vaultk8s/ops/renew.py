@@ -1,0 +1,84 @@
+"""Renew one node's certificates: what the agent does on each wake-up.
+
+Same decisions as bootstrap (missing, mismatched, wrong CA, changed in the catalog), plus a
+jittered schedule so a fleet does not renew in lock-step. The node's credential only needs
+its own roles' sign paths and the CA certificates.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from vaultk8s import catalog, crypto
+from vaultk8s.agent.schedule import renew_at
+from vaultk8s.config import ClusterConfig
+from vaultk8s.ops.bootstrap import CAState, issue_leaf, observe_leaf, read_ca_state
+from vaultk8s.plan.leaves import reissue_reason
+from vaultk8s.plan.resolve import resolve_node
+from vaultk8s.store.atomic import FileContent, public, secret
+from vaultk8s.store.layout import NodeOutput
+from vaultk8s.vault.gateway import VaultGateway
+
+
+@dataclass
+class RenewalResult:
+    renewed: list[str] = field(default_factory=list)  # files written, relative to the node dir
+    reasons: dict[str, str] = field(default_factory=dict)
+    next_renewals: dict[str, datetime] = field(default_factory=dict)
+    expiries: dict[str, datetime] = field(default_factory=dict)
+
+
+def renew_node(config: ClusterConfig, node_name: str, output: NodeOutput, gateway: VaultGateway, *,
+               now: datetime, seed: int = 0, force: bool = False) -> RenewalResult:
+    node = config.node(node_name)
+    cas = {ca.name: read_ca_state(gateway, config.mount(ca.name)) for ca in catalog.cas_for(node.control_plane)}
+    result = RenewalResult()
+    changes: dict[str, FileContent | None] = {}
+    for ca in catalog.cas_for(node.control_plane):
+        bundle = cas[ca.name].bundle_pem
+        if bundle and output.read_pki(ca.cert_file) != bundle:
+            changes[ca.cert_file] = public(bundle)
+            result.reasons[ca.cert_file] = "CA bundle changed"
+    for rc in resolve_node(node, config):
+        observed = observe_leaf(output, rc)
+        reason = _reason(rc, observed, cas[rc.spec.ca], now, seed, force)
+        if reason is None:
+            _record_schedule(result, rc.cert_file, observed.cert, seed)
+            continue
+        leaf = issue_leaf(gateway, rc)
+        changes[rc.cert_file] = public(leaf.cert_pem)
+        changes[rc.key_file] = secret(leaf.key_pem)
+        result.reasons[rc.cert_file] = reason
+        _record_schedule(result, rc.cert_file, crypto.load_certs(leaf.cert_pem)[0], seed)
+    if changes:
+        output.update_pki(changes)
+        result.renewed = sorted(f"pki/{name}" for name in changes)
+    return result
+
+
+def _reason(rc, observed, ca: CAState, now: datetime, seed: int, force: bool) -> str | None:
+    reason = reissue_reason(rc, observed, [ca.issuer] if ca.issuer else [], now, force)
+    if reason is None and now >= renew_at(observed.cert.not_valid_before_utc, observed.cert.not_valid_after_utc,
+                                          _rng(observed.cert, seed)):
+        return "scheduled renewal"
+    return reason
+
+
+def _rng(cert, seed: int) -> random.Random:
+    # Seeded per certificate: the jitter for one certificate is stable across wake-ups.
+    return random.Random(cert.serial_number ^ seed)
+
+
+def _record_schedule(result: RenewalResult, name: str, cert, seed: int) -> None:
+    result.next_renewals[name] = renew_at(cert.not_valid_before_utc, cert.not_valid_after_utc, _rng(cert, seed))
+    result.expiries[name] = cert.not_valid_after_utc
+
+
+def node_output(out: Path, node: str, node_dir: Path | None = None) -> NodeOutput:
+    """`<out>/<node>` by default; `--node-dir /etc/kubernetes` on a real node."""
+    if node_dir is None:
+        return NodeOutput(out, node)
+    return NodeOutput(Path(node_dir).parent, Path(node_dir).name)
