@@ -271,8 +271,13 @@ class VaultGateway:
         return data["auth"]["client_token"]
 
     def unwrap(self, wrapping_token: str) -> dict[str, Any]:
-        with self._translate("unwrap", "sys/wrapping/unwrap"):
-            data = self.client.sys.unwrap(wrapping_token)
+        """The wrapping token authenticates its own unwrap (single use), so it stands in for ours."""
+        own, self.client.token = self.client.token, wrapping_token
+        try:
+            with self._translate("unwrap", "sys/wrapping/unwrap (already unwrapped or expired?)"):
+                data = self.client.sys.unwrap()
+        finally:
+            self.client.token = own
         return (data or {}).get("data") or {}
 
     def create_token(self, token_role: str, params: dict[str, Any]) -> str:
