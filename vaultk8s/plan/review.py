@@ -117,8 +117,10 @@ def lint_grant(grant: pol.Grant, config: ClusterConfig, mounts: set[str], kind: 
     if globs:
         head = path[:min(globs)]
         inside = any(head.startswith(f"{m}/") for m in mounts) or head.startswith(f"auth/{pol.approle_mount(config)}/")
+        # Any glob in a signing identity's policy reaches roles it was never given (other nodes,
+        # other components), so it is high even inside one mount.
         out.append((HIGH, "glob crosses CA mounts or leaves this cluster") if not inside
-                   else (MEDIUM, "wildcard path"))
+                   else (HIGH, "wildcard path: matches roles of other identities"))
     for match in _TEMPLATE.findall(path):
         if match.strip() != pol.NODE_TEMPLATE.strip("{}"):
             out.append((HIGH, f"template {{{{{match}}}}} is not the node metadata vaultk8s sets"))
