@@ -159,3 +159,11 @@ def test_bound_cidrs_are_node_ips(config):
     params = pol.approle_params(config, config.node("worker-1"))
     assert params["secret_id_bound_cidrs"] == params["token_bound_cidrs"] == ["10.0.1.1/32"]
     assert params["token_no_default_policy"] and params["token_num_uses"] > 0
+
+
+def test_node_name_that_collides_with_a_shared_role_is_high():
+    data = load_config(ROOT / "examples" / "cluster.yaml").raw
+    data = data | {"nodes": {"control_plane": [{"name": "kubelet-client", "ips": ["10.0.0.11"]}]}}
+    config = parse_config(data)
+    result = review(config, _texts(config), _roles(config))
+    assert any("rename the node" in f.message for f in result.high)

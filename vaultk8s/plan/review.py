@@ -100,6 +100,7 @@ def review(config: ClusterConfig, policy_texts: Mapping[str, str | None],
                 _collect_signing(grant, kind, config, mounts, used)
     _matrix(result, used, roles)
     _lint_overlap(result, used)
+    _lint_role_collisions(result, config)
     _lint_roles(result, config, roles, used)
     result.findings.sort(key=lambda f: ({HIGH: 0, MEDIUM: 1, INFO: 2}[f.severity], f.identity, f.subject))
     return result
@@ -204,6 +205,18 @@ def _lint_overlap(result: Review, used: dict[tuple[str, str], set[str]]) -> None
         if len(kinds) > 1:
             result.findings.append(Finding(HIGH, ",".join(sorted(kinds)), f"{mount}/sign/{role}",
                                            "two identity kinds can obtain the same certificate"))
+
+
+def _lint_role_collisions(result: Review, config: ClusterConfig) -> None:
+    """A node name can make a per-node role equal a shared one (CP node `kubelet-client` ->
+    `apiserver-kubelet-client`): that node would then hold another identity's role."""
+    specs: dict[tuple[str, str], set[str]] = {}
+    for rc in resolve_all(config):
+        specs.setdefault((rc.mount, rc.role), set()).add(rc.spec.name)
+    for (mount, role), names in sorted(specs.items()):
+        if len(names) > 1:
+            result.findings.append(Finding(HIGH, ",".join(sorted(names)), f"{mount}/roles/{role}",
+                                           "two catalog certificates resolve to one role: rename the node"))
 
 
 def _lint_roles(result: Review, config: ClusterConfig, roles: Mapping[tuple[str, str], dict[str, Any]],
