@@ -6,7 +6,7 @@ import pytest
 
 from vaultk8s.plan import policies as pol
 
-from policy_helpers import applied_cluster, call, cli
+from tests.helpers.policy import applied_cluster, call, cli
 
 pytestmark = pytest.mark.integration
 

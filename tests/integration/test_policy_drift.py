@@ -8,7 +8,7 @@ import pytest
 
 from vaultk8s.plan import policies as pol
 
-from policy_helpers import applied_cluster, call, cli, make_token, write_cluster
+from tests.helpers.policy import applied_cluster, call, cli, make_token, write_cluster
 
 pytestmark = pytest.mark.integration
 

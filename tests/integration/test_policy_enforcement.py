@@ -13,7 +13,7 @@ from vaultk8s import catalog, crypto
 from vaultk8s.plan import policies as pol
 from vaultk8s.plan.resolve import resolve_cert
 
-from policy_helpers import applied_cluster, call, cli, make_token
+from tests.helpers.policy import applied_cluster, call, cli, make_token
 
 pytestmark = pytest.mark.integration
 

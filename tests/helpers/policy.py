@@ -31,7 +31,7 @@ def write_cluster(tmp_path: Path, prefix: str, **overrides):
 
 
 def cli(env: dict[str, str], *args: str, token: str | None = None) -> subprocess.CompletedProcess:
-    full = dict(os.environ, **env)
+    full = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))} | env
     if token is not None:
         full["VAULT_TOKEN"] = token
     return subprocess.run([sys.executable, "-m", "vaultk8s", *args], env=full, capture_output=True, text=True,
