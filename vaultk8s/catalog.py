@@ -190,3 +190,41 @@ def cas_for(control_plane: bool) -> tuple[CASpec, ...]:
     """CA bundles a node needs: every CA whose certificates it holds."""
     needed = {c.ca for c in certs_for(control_plane)}
     return tuple(c for c in CAS if c.name in needed)
+
+
+@dataclass(frozen=True)
+class IdentitySpec:
+    """Who may obtain which certificates: one Vault policy per identity kind (policies/<name>.hcl).
+
+    `attach` says which nodes' machine credentials (AppRole role, token role) carry the policy;
+    None means no node does and a human gets it on purpose (admin kubeconfigs).
+    """
+
+    name: str
+    certs: tuple[str, ...]  # CertSpec names; per-node certs resolve to the caller's own node
+    attach: Placement | None
+    description: str
+
+
+IDENTITIES: tuple[IdentitySpec, ...] = (
+    IdentitySpec("control-plane-apiserver",
+                 ("apiserver", "apiserver-kubelet-client", "apiserver-etcd-client", "front-proxy-client"),
+                 _CP, "kube-apiserver's serving and client certificates on a control-plane node"),
+    IdentitySpec("control-plane-etcd", ("etcd-server", "etcd-peer", "etcd-healthcheck-client"), _CP,
+                 "etcd's serving, peer and health-check certificates on a control-plane node"),
+    IdentitySpec("control-plane-controllers", ("controller-manager", "scheduler"), _CP,
+                 "kube-controller-manager and kube-scheduler client certificates"),
+    IdentitySpec("node", ("kubelet-client", "kubelet-serving", "kube-proxy"), _ALL,
+                 "a node's kubelet client and serving certificates and kube-proxy"),
+    IdentitySpec("cluster-admin", ("admin",), None,
+                 "admin.conf (kubeadm:cluster-admins, bound to cluster-admin by RBAC): for people, not nodes"),
+    IdentitySpec("break-glass", ("super-admin",), None,
+                 "super-admin.conf (system:masters bypasses RBAC): for emergencies only"),
+)
+
+
+def identity_of(cert_name: str) -> IdentitySpec:
+    for spec in IDENTITIES:
+        if cert_name in spec.certs:
+            return spec
+    raise KeyError(cert_name)

@@ -28,11 +28,15 @@ def _register() -> None:
     from vaultk8s.cli import certs
     from vaultk8s.cli import dev
     from vaultk8s.cli import hsm
+    from vaultk8s.cli import node
+    from vaultk8s.cli import policy
 
     app.command("bootstrap")(bootstrap.bootstrap)
     app.add_typer(certs.app, name="certs", help="Inspect issued certificates.")
     app.add_typer(dev.app, name="dev", help="Run a local OpenBao (raft + TLS) for development and tests.")
     app.add_typer(hsm.app, name="hsm", help="Root CA keys in a PKCS#11 token (HSM mode).")
+    app.add_typer(policy.app, name="policy", help="Render, apply, diff and review the Vault policies.")
+    app.add_typer(node.app, name="node", help="Per-node machine credentials: issue and revoke.")
 
 
 _register()

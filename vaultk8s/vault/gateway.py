@@ -204,6 +204,113 @@ class VaultGateway:
             data = self.client.write_data(f"{mount}/sign/{role}", data=params)
         return data["data"]
 
+    # --- ACL policies --------------------------------------------------------------------------------
+
+    def read_policy(self, name: str) -> str | None:
+        with self._translate("read policy", f"sys/policies/acl/{name}"):
+            try:
+                data = self.client.read(f"sys/policies/acl/{name}")
+            except hv.InvalidPath:
+                return None
+        return ((data or {}).get("data") or {}).get("policy")
+
+    def write_policy(self, name: str, text: str) -> None:
+        with self._translate("write policy", f"sys/policies/acl/{name}"):
+            self.client.write_data(f"sys/policies/acl/{name}", data={"policy": text})
+
+    # --- auth mounts, AppRole, tokens, identity --------------------------------------------------------
+
+    def auth_accessor(self, path: str) -> tuple[str, str] | None:
+        """(type, accessor) of the auth method mounted at path, or None."""
+        with self._translate("list auth methods at", "sys/auth"):
+            data = self.client.sys.list_auth_methods()
+        mounts = (data or {}).get("data") or data or {}
+        entry = mounts.get(path.strip("/") + "/")
+        return (entry["type"], entry["accessor"]) if isinstance(entry, dict) else None
+
+    def enable_auth(self, method: str, path: str, description: str) -> None:
+        with self._translate(f"enable {method} auth at", f"sys/auth/{path}"):
+            self.client.sys.enable_auth_method(method, description=description, path=path)
+
+    def role_id(self, mount: str, role: str) -> str | None:
+        with self._translate("read the role_id of", f"auth/{mount}/role/{role}"):
+            try:
+                data = self.client.read(f"auth/{mount}/role/{role}/role-id")
+            except hv.InvalidPath:
+                return None
+        return ((data or {}).get("data") or {}).get("role_id")
+
+    def generate_secret_id(self, mount: str, role: str, wrap_ttl_seconds: int | None = None) -> str:
+        """A new secret_id, or (wrap_ttl_seconds) a single-use wrapping token that holds one."""
+        path = f"auth/{mount}/role/{role}/secret-id"
+        wrap = f"{wrap_ttl_seconds}s" if wrap_ttl_seconds else None
+        with self._translate("generate a secret_id at", path):
+            data = self.client.write_data(path, data={}, wrap_ttl=wrap)
+        if wrap:
+            return data["wrap_info"]["token"]
+        return data["data"]["secret_id"]
+
+    def list_secret_id_accessors(self, mount: str, role: str) -> list[str]:
+        path = f"auth/{mount}/role/{role}/secret-id"
+        with self._translate("list secret_id accessors at", path):
+            try:
+                data = self.client.list(path)
+            except hv.InvalidPath:
+                return []
+        return list(((data or {}).get("data") or {}).get("keys") or [])
+
+    def destroy_secret_id_accessor(self, mount: str, role: str, accessor: str) -> None:
+        path = f"auth/{mount}/role/{role}/secret-id-accessor/destroy"
+        with self._translate("destroy a secret_id at", path):
+            self.client.write_data(path, data={"secret_id_accessor": accessor})
+
+    def login_approle(self, mount: str, role_id: str, secret_id: str) -> str:
+        """A token for role_id/secret_id; this gateway's own token is not changed."""
+        with self._translate("log in at", f"auth/{mount}/login"):
+            data = self.client.auth.approle.login(role_id, secret_id, use_token=False, mount_point=mount)
+        return data["auth"]["client_token"]
+
+    def unwrap(self, wrapping_token: str) -> dict[str, Any]:
+        """The wrapping token authenticates its own unwrap (single use), so it stands in for ours."""
+        own, self.client.token = self.client.token, wrapping_token
+        try:
+            with self._translate("unwrap", "sys/wrapping/unwrap (already unwrapped or expired?)"):
+                data = self.client.sys.unwrap()
+        finally:
+            self.client.token = own
+        return (data or {}).get("data") or {}
+
+    def create_token(self, token_role: str, params: dict[str, Any]) -> str:
+        with self._translate("create a token with role", f"auth/token/create/{token_role}"):
+            data = self.client.write_data(f"auth/token/create/{token_role}", data=dict(params))
+        return data["auth"]["client_token"]
+
+    def read_entity(self, name: str) -> dict[str, Any] | None:
+        with self._translate("read entity", f"identity/entity/name/{name}"):
+            try:
+                data = self.client.read(f"identity/entity/name/{name}")
+            except hv.InvalidPath:
+                return None
+        return (data or {}).get("data")
+
+    def write_entity(self, name: str, metadata: dict[str, str]) -> str:
+        """Create or update the named entity; returns its id."""
+        with self._translate("write entity", f"identity/entity/name/{name}"):
+            self.client.write_data(f"identity/entity/name/{name}", data={"metadata": dict(metadata), "disabled": False})
+        entity = self.read_entity(name)
+        if not entity:
+            raise VaultError(f"entity {name} was written but cannot be read back")
+        return entity["id"]
+
+    def delete_entity(self, name: str) -> None:
+        with self._translate("delete entity", f"identity/entity/name/{name}"):
+            self.client.delete(f"identity/entity/name/{name}")
+
+    def create_entity_alias(self, entity_id: str, mount_accessor: str, alias: str) -> None:
+        with self._translate("create an entity alias at", "identity/entity-alias"):
+            self.client.write_data("identity/entity-alias", data={
+                "name": alias, "canonical_id": entity_id, "mount_accessor": mount_accessor})
+
     # --- generic (used by the other gateways' callers: KV, policies, auth) ------------------------
 
     def read(self, path: str) -> dict[str, Any] | None:

@@ -1,0 +1,169 @@
+"""Policy rendering is golden against policies/, and the review lint catches weakened policies and roles."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from vaultk8s import catalog
+from vaultk8s.config import load_config, parse_config
+from vaultk8s.errors import ConfigError
+from vaultk8s.ops.policy import review_offline
+from vaultk8s.plan import policies as pol
+from vaultk8s.plan.resolve import resolve_all
+from vaultk8s.plan.review import HIGH, review
+from vaultk8s.plan.roles import resolve_roles
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def config():
+    return load_config(ROOT / "examples" / "cluster.yaml")
+
+
+def _texts(config, **overrides):
+    texts = {k: pol.render_policy(k, config) for k in pol.policy_kinds()}
+    texts.update(overrides)
+    return texts
+
+
+def _roles(config):
+    return {(r.mount, r.name): dict(r.params) for r in resolve_roles(resolve_all(config))}
+
+
+def test_committed_policies_match_render(config):
+    rendered = pol.render_policies(config)
+    committed = {p.name: p.read_text() for p in (ROOT / "policies").glob("*.hcl")}
+    assert committed == rendered, "policies/ drifted: run `vaultk8s policy render -c examples/cluster.yaml`"
+
+
+def test_render_is_deterministic_and_sorted(config):
+    assert pol.render_policies(config) == pol.render_policies(config)
+    for kind in pol.policy_kinds():
+        paths = [g.path for g in pol.parse_policy(pol.render_policy(kind, config))[0]]
+        assert paths == sorted(paths)
+
+
+def test_every_cert_has_exactly_one_identity():
+    for spec in catalog.CERTS:
+        assert sum(spec.name in i.certs for i in catalog.IDENTITIES) == 1, spec.name
+
+
+def test_committed_policies_review_clean(config):
+    result = review_offline(config, ROOT / "policies")
+    assert result.high == []
+    assert not [f for f in result.findings if "no node or person policy" in f.message]
+    assert {r.role for r in result.rows} == {r.name for r in resolve_roles(resolve_all(config))}
+
+
+def test_node_grants_are_templated_never_globbed(config):
+    node_hcl = pol.render_policy("node", config)
+    assert "kubernetes-ca/sign/kubelet-client-{{identity.entity.metadata.node}}" in node_hcl
+    for kind in pol.policy_kinds():
+        if kind in (pol.OPERATOR, pol.AUDITOR):
+            continue
+        for grant in pol.parse_policy(pol.render_policy(kind, config))[0]:
+            assert "*" not in grant.path and "+" not in grant.path
+            assert "sudo" not in grant.capabilities
+            assert "/issue/" not in grant.path
+
+
+def test_worker_credential_carries_no_control_plane_policy(config):
+    worker, cp = config.node("worker-1"), config.node("cp-1")
+    assert pol.node_policy_kinds(worker) == ("agent", "node")
+    assert "control-plane-etcd" in pol.node_policy_kinds(cp)
+    for node in config.nodes:
+        assert not {"cluster-admin", "break-glass", "operator"} & set(pol.node_policy_kinds(node))
+
+
+WEAKENED = {
+    "sudo": 'path "kubernetes-ca/sign/kube-proxy" { capabilities = ["create", "update", "sudo"] }',
+    "sign-verbatim": 'path "kubernetes-ca/sign-verbatim" { capabilities = ["update"] }',
+    "sign-verbatim-role": 'path "kubernetes-ca/sign-verbatim/kube-proxy" { capabilities = ["update"] }',
+    "crossing glob": 'path "*/sign/kube-proxy" { capabilities = ["update"] }',
+    "crossing mount glob": 'path "kube*" { capabilities = ["update"] }',
+    "sys": 'path "sys/policies/acl/x" { capabilities = ["update"] }',
+    "roles write": 'path "kubernetes-ca/roles/kube-proxy" { capabilities = ["update"] }',
+    "root": 'path "kubernetes-ca/root/generate/internal" { capabilities = ["update"] }',
+    "intermediate": 'path "kubernetes-ca/intermediate/set-signed" { capabilities = ["update"] }',
+    "sign-intermediate": 'path "kubernetes-ca/sign-intermediate" { capabilities = ["update"] }',
+    "revoke": 'path "kubernetes-ca/revoke" { capabilities = ["update"] }',
+    "other template": 'path "kubernetes-ca/sign/kubelet-client-{{identity.entity.name}}" { capabilities = ["update"] }',
+    "token create": 'path "auth/token/create" { capabilities = ["update"] }',
+    "overlap": 'path "kubernetes-ca/sign/admin" { capabilities = ["create", "update"] }',
+    "parameters": 'path "kubernetes-ca/sign/kube-proxy" { capabilities = ["update"] allowed_parameters = {} }',
+}
+
+
+@pytest.mark.parametrize("name", sorted(WEAKENED))
+def test_weakened_node_policy_is_flagged_high(config, name):
+    weakened = pol.render_policy("node", config) + "\n" + WEAKENED[name] + "\n"
+    result = review(config, _texts(config, node=weakened), _roles(config))
+    assert result.high, name
+
+
+def test_wildcard_inside_own_mount_is_reported(config):
+    weakened = pol.render_policy("node", config) + '\npath "kubernetes-ca/sign/kubelet-*" { capabilities = ["update"] }\n'
+    result = review(config, _texts(config, node=weakened), _roles(config))
+    assert any(f.subject == "kubernetes-ca/sign/kubelet-*" and "wildcard" in f.message for f in result.findings)
+
+
+def test_extra_operator_power_is_high_but_rendered_operator_is_info(config):
+    clean = review(config, _texts(config), _roles(config))
+    assert all(f.severity == "info" for f in clean.findings if f.identity == "operator")
+    weakened = pol.render_policy("operator", config) + '\npath "sys/*" { capabilities = ["sudo", "update"] }\n'
+    result = review(config, _texts(config, operator=weakened), _roles(config))
+    assert {f.subject for f in result.high} == {"sys/*"}
+
+
+@pytest.mark.parametrize("change, needle", [
+    ({"allow_any_name": True}, "allow_any_name"),
+    ({"cn_validations": ["disabled"]}, "cn_validations"),
+    ({"organization": ["system:masters"]}, "O not pinned"),
+    ({"max_ttl": 10 * 86400}, "max_ttl"),
+    ({"allow_glob_domains": True}, "allow_glob_domains"),
+])
+def test_weakened_role_is_flagged_high(config, change, needle):
+    roles = _roles(config)
+    roles[("kubernetes-ca", "kubelet-client-worker-1")].update(change)
+    result = review(config, _texts(config), roles)
+    assert any(needle in f.message for f in result.high)
+
+
+def test_unused_role_is_reported(config):
+    roles = _roles(config)
+    roles[("kubernetes-ca", "stray")] = dict(roles[("kubernetes-ca", "kube-proxy")])
+    result = review(config, _texts(config), roles)
+    assert any(f.subject == "kubernetes-ca/roles/stray" and "no node" in f.message for f in result.findings)
+
+
+def test_prefix_is_in_every_name_and_path():
+    data = load_config(ROOT / "examples" / "cluster.yaml").raw | {"vault": {"mount_prefix": "clusters/demo/"}}
+    config = parse_config(data)
+    assert pol.policy_name(config, "node") == "vaultk8s-clusters-demo-node"
+    assert pol.approle_mount(config) == "clusters/demo/approle"
+    for kind in pol.policy_kinds():
+        for grant in pol.grants_for(kind, config):
+            assert "clusters/demo/" in grant.path or grant.path.startswith(("auth/token/", "sys/auth", "sys/policies/acl/vaultk8s-clusters-demo-", "identity/entity/name/vaultk8s-clusters-demo-"))
+
+
+def test_policy_section_is_validated():
+    data = load_config(ROOT / "examples" / "cluster.yaml").raw | {"policy": {"token_ttl": "5h", "token_max_ttl": "1h", "bogus": 1}}
+    with pytest.raises(ConfigError, match="bogus.*|token_ttl"):
+        pol.policy_settings(parse_config(data))
+
+
+def test_bound_cidrs_are_node_ips(config):
+    params = pol.approle_params(config, config.node("worker-1"))
+    assert params["secret_id_bound_cidrs"] == params["token_bound_cidrs"] == ["10.0.1.1/32"]
+    assert params["token_no_default_policy"] and params["token_num_uses"] > 0
+
+
+def test_node_name_that_collides_with_a_shared_role_is_high():
+    data = load_config(ROOT / "examples" / "cluster.yaml").raw
+    data = data | {"nodes": {"control_plane": [{"name": "kubelet-client", "ips": ["10.0.0.11"]}]}}
+    config = parse_config(data)
+    result = review(config, _texts(config), _roles(config))
+    assert any("rename the node" in f.message for f in result.high)

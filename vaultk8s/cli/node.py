@@ -1,0 +1,62 @@
+"""`vaultk8s node ...`: thin CLI over ops.node. Secrets go to 0600 files, never to stdout."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from vaultk8s.cli import common
+from vaultk8s.config import parse_duration
+from vaultk8s.errors import ConfigError
+from vaultk8s.ops import node as ops
+from vaultk8s.vault.gateway import VaultGateway
+
+app = typer.Typer(no_args_is_help=True)
+
+NodeOption = typer.Option(..., "--node", "-n", help="Node name as in the cluster file.")
+
+
+@app.command("credentials")
+def credentials(
+    config: Path = common.ConfigOption,
+    node: str = NodeOption,
+    out: Path = typer.Option(..., "--out", "-o", help="Directory for role_id and secret_id (0600).", file_okay=False),
+    wrap_ttl: str = typer.Option("", "--wrap-ttl", help="Write a response-wrapped secret_id (secret_id.wrapped), e.g. 10m."),
+    token: bool = typer.Option(False, "--token", help="Also write a plain token file with the node's policies and limits."),
+    output: common.Output = common.OutputOption,
+) -> None:
+    """Write the node's AppRole role_id and a new secret_id (and optionally a token) as 0600 files."""
+    wrap_seconds = None
+    if wrap_ttl:
+        try:
+            wrap_seconds = int(parse_duration(wrap_ttl).total_seconds())
+        except ValueError as err:
+            raise ConfigError(f"--wrap-ttl: {err}", "command line") from None
+    cluster = common.load(config)
+    cluster.node(node)  # an unknown node fails before any Vault call
+    report = ops.write_credentials(cluster, node, out, VaultGateway.from_env(),
+                                   wrap_ttl_seconds=wrap_seconds, token=token)
+    if output is common.Output.json:
+        common.print_json(report.to_dict())
+    else:
+        for path in report.files:
+            typer.echo(f"wrote {path} (0600)")
+
+
+@app.command("revoke")
+def revoke(
+    config: Path = common.ConfigOption,
+    node: str = NodeOption,
+    keep_tokens: bool = typer.Option(False, "--keep-tokens", help="Only destroy secret_ids; live tokens run out by TTL."),
+    output: common.Output = common.OutputOption,
+) -> None:
+    """Destroy the node's secret_ids and (default) delete its identity so its live tokens stop working."""
+    cluster = common.load(config)
+    cluster.node(node)
+    report = ops.revoke(cluster, node, VaultGateway.from_env(), tokens=not keep_tokens)
+    if output is common.Output.json:
+        common.print_json(report.to_dict())
+    else:
+        typer.echo(f"node {report.node}: {report.secret_ids_destroyed} secret_id(s) destroyed"
+                   + (", identity deleted (its tokens no longer work)" if report.entity_deleted else ""))

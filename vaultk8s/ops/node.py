@@ -1,0 +1,122 @@
+"""`vaultk8s node credentials|revoke`: a node's machine credential, written to 0600 files.
+
+The credential is only as strong as the binding `policy apply` made: the node's AppRole role and
+token role carry the node's policy set, and both are aliases of the node's identity entity whose
+metadata names the node. Revoking destroys every secret_id and deletes the entity, which makes
+every live token of the node useless at once (its templated paths no longer resolve).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vaultk8s.config import ClusterConfig
+from vaultk8s.errors import PlanRefused, StoreError
+from vaultk8s.plan import policies as pol
+from vaultk8s.store.atomic import check_writable, read_file, secret, write_file
+from vaultk8s.vault.gateway import VaultGateway
+
+ROLE_ID_FILE = "role_id"
+SECRET_ID_FILE = "secret_id"
+WRAPPED_SECRET_ID_FILE = "secret_id.wrapped"
+TOKEN_FILE = "token"
+MOUNT_FILE = "approle_mount"
+
+
+@dataclass
+class CredentialsReport:
+    node: str
+    files: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"node": self.node, "files": self.files}
+
+
+def write_credentials(config: ClusterConfig, node_name: str, out: Path, gateway: VaultGateway, *,
+                      wrap_ttl_seconds: int | None = None, token: bool = False) -> CredentialsReport:
+    """role_id and a secret_id (or a response-wrapped secret_id), and optionally a plain token."""
+    node = config.node(node_name)
+    out = Path(out)
+    check_writable(out)
+    gateway.check_ready()
+    am, role = pol.approle_mount(config), pol.approle_role(node.name)
+    if gateway.read_entity(pol.entity_name(config, node.name)) is None:
+        raise PlanRefused(f"node {node.name} has no identity in Vault (new, or revoked): "
+                          "an admin runs `vaultk8s policy apply` first")
+    role_id = gateway.role_id(am, role)
+    if role_id is None:
+        raise PlanRefused(f"no AppRole role for node {node.name}: run `vaultk8s policy apply` first")
+    report = CredentialsReport(node.name)
+    _write(out, ROLE_ID_FILE, role_id, report)
+    _write(out, MOUNT_FILE, am, report)
+    value = gateway.generate_secret_id(am, role, wrap_ttl_seconds)
+    if wrap_ttl_seconds:
+        _write(out, WRAPPED_SECRET_ID_FILE, value, report)
+        (out / SECRET_ID_FILE).unlink(missing_ok=True)  # a stale plain secret_id would shadow the new one
+    else:
+        _write(out, SECRET_ID_FILE, value, report)
+    if token:
+        made = gateway.create_token(pol.entity_name(config, node.name), pol.token_create_params(config, node))
+        _write(out, TOKEN_FILE, made, report)
+    return report
+
+
+def _write(out: Path, name: str, value: str, report: CredentialsReport) -> None:
+    write_file(out / name, secret(value.encode()))
+    report.files.append(str(out / name))
+
+
+def login_from_dir(directory: Path, gateway: VaultGateway) -> str:
+    """Log in with the files `write_credentials` wrote; unwraps a wrapped secret_id once, keeping it 0600.
+
+    This is what `vaultk8s agent` calls; the returned token is never written or printed here.
+    """
+    directory = Path(directory)
+    role_id = _read(directory, ROLE_ID_FILE)
+    mount = _read(directory, MOUNT_FILE)
+    wrapped = read_file(directory / WRAPPED_SECRET_ID_FILE)
+    if wrapped is not None:
+        secret_id = gateway.unwrap(wrapped.decode().strip())["secret_id"]
+        write_file(directory / SECRET_ID_FILE, secret(secret_id.encode()))
+        (directory / WRAPPED_SECRET_ID_FILE).unlink()
+    else:
+        secret_id = _read(directory, SECRET_ID_FILE)
+    return gateway.login_approle(mount, role_id, secret_id)
+
+
+def _read(directory: Path, name: str) -> str:
+    data = read_file(directory / name)
+    if data is None:
+        raise StoreError(f"{directory / name} is missing: run `vaultk8s node credentials` for this node")
+    return data.decode().strip()
+
+
+@dataclass
+class RevokeReport:
+    node: str
+    secret_ids_destroyed: int = 0
+    entity_deleted: bool = False
+
+    def to_dict(self) -> dict:
+        return {"node": self.node, "secret_ids_destroyed": self.secret_ids_destroyed,
+                "entity_deleted": self.entity_deleted}
+
+
+def revoke(config: ClusterConfig, node_name: str, gateway: VaultGateway, *, tokens: bool = True) -> RevokeReport:
+    """Destroy every secret_id of the node; with tokens, delete its entity so live tokens stop working.
+
+    Re-admitting the node afterwards is an admin decision: `policy apply`, then `node credentials`.
+    """
+    node = config.node(node_name)
+    gateway.check_ready()
+    am, role = pol.approle_mount(config), pol.approle_role(node.name)
+    report = RevokeReport(node.name)
+    for accessor in gateway.list_secret_id_accessors(am, role):
+        gateway.destroy_secret_id_accessor(am, role, accessor)
+        report.secret_ids_destroyed += 1
+    name = pol.entity_name(config, node.name)
+    if tokens and gateway.read_entity(name) is not None:
+        gateway.delete_entity(name)
+        report.entity_deleted = True
+    return report

@@ -1,0 +1,357 @@
+"""Vault ACL policies and machine-auth roles, derived from the catalog and the cluster file. Pure.
+
+The model (docs/policies.md): one policy per identity kind. Per-node certificates are granted
+through the templated path `<mount>/sign/<cert>-{{identity.entity.metadata.node}}`; the `node`
+metadata lives on one identity entity per node, written only by `vaultk8s policy apply`, and the
+node's AppRole role_id and token role are aliases of that entity. So worker-1's credential resolves
+the template to worker-1 and nothing else; a token without that entity resolves nothing.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from vaultk8s import catalog
+from vaultk8s.catalog import IdentitySpec, Placement
+from vaultk8s.config import ClusterConfig, NodeSpec, format_duration, parse_duration
+from vaultk8s.errors import ConfigError
+from vaultk8s.plan.resolve import resolve_all, role_name
+
+NODE_TEMPLATE = "{{identity.entity.metadata.node}}"
+NODE_METADATA_KEY = "node"
+OPERATOR = "operator"
+AGENT = "agent"
+AUDITOR = "auditor"
+
+SIGN_CAPS = ("create", "update")
+READ_CAPS = ("read",)
+
+# Token self-management for the agent; everything else of Vault's `default` policy is withheld
+# (roles are created with token_no_default_policy).
+_AGENT_PATHS = (
+    ("auth/token/lookup-self", ("read",), "the agent checks its token"),
+    ("auth/token/renew-self", ("update",), "the agent renews its own token"),
+    ("auth/token/revoke-self", ("update",), "the agent drops its token on shutdown"),
+)
+
+_POLICY_KEYS = {"max_leaf_ttl", "token_ttl", "token_max_ttl", "token_num_uses", "secret_id_ttl",
+                "secret_id_num_uses", "bind_cidrs"}
+
+
+@dataclass(frozen=True)
+class PolicySettings:
+    """The `policy:` section of the cluster file: bounds on machine credentials and on leaves."""
+
+    max_leaf_ttl: timedelta
+    token_ttl: timedelta
+    token_max_ttl: timedelta
+    token_num_uses: int
+    secret_id_ttl: timedelta
+    secret_id_num_uses: int
+    bind_cidrs: bool
+
+
+@dataclass(frozen=True)
+class Grant:
+    path: str
+    capabilities: tuple[str, ...]
+    comment: str = ""
+
+
+def policy_settings(config: ClusterConfig) -> PolicySettings:
+    section = config.raw.get("policy") or {}
+    problems: list[str] = []
+    if not isinstance(section, dict):
+        raise ConfigError("policy must be a mapping", "cluster file")
+    for key in sorted(set(section) - _POLICY_KEYS, key=str):
+        problems.append(f"unknown key policy.{key} (known: {', '.join(sorted(_POLICY_KEYS))})")
+
+    def ttl(key: str, default: str | timedelta) -> timedelta:
+        try:
+            value = default if key not in section else parse_duration(section[key])
+            return value if isinstance(value, timedelta) else parse_duration(value)
+        except ValueError as err:
+            problems.append(f"policy.{key}: {err}")
+            return timedelta(0)
+
+    def count(key: str, default: int) -> int:
+        value = section.get(key, default)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            problems.append(f"policy.{key} {value!r} must be a whole number >= 0 (0: unlimited)")
+            return default
+        return value
+
+    settings = PolicySettings(
+        max_leaf_ttl=ttl("max_leaf_ttl", config.leaf_ttl), token_ttl=ttl("token_ttl", "1h"),
+        token_max_ttl=ttl("token_max_ttl", "4h"), token_num_uses=count("token_num_uses", 64),
+        secret_id_ttl=ttl("secret_id_ttl", "720h"), secret_id_num_uses=count("secret_id_num_uses", 0),
+        bind_cidrs=bool(section.get("bind_cidrs", True)),
+    )
+    if settings.token_ttl > settings.token_max_ttl:
+        problems.append("policy.token_ttl must not exceed policy.token_max_ttl")
+    if not problems and settings.token_ttl <= timedelta(0):
+        problems.append("policy.token_ttl must be positive")
+    if problems:
+        raise ConfigError(problems, "cluster file")
+    return settings
+
+
+# --- names: everything global in Vault carries the cluster's mount prefix --------------------------
+
+def _slug(config: ClusterConfig) -> str:
+    return config.mount_prefix.replace("/", "-")
+
+
+def policy_name(config: ClusterConfig, kind: str) -> str:
+    return f"vaultk8s-{_slug(config)}{kind}"
+
+
+def approle_mount(config: ClusterConfig) -> str:
+    return f"{config.mount_prefix}approle"
+
+
+def approle_role(node: str) -> str:
+    return f"node-{node}"
+
+
+def entity_name(config: ClusterConfig, node: str) -> str:
+    """Also the entity alias name on the token auth mount and the token role's name."""
+    return f"vaultk8s-{_slug(config)}node-{node}"
+
+
+def policy_kinds() -> tuple[str, ...]:
+    return (OPERATOR, AUDITOR, AGENT) + tuple(i.name for i in catalog.IDENTITIES)
+
+
+def node_policy_kinds(node: NodeSpec) -> tuple[str, ...]:
+    """The identity kinds whose policies a node's machine credential carries."""
+    kinds = [AGENT]
+    for ident in catalog.IDENTITIES:
+        if ident.attach is Placement.ALL_NODES or (ident.attach is Placement.CONTROL_PLANE and node.control_plane):
+            kinds.append(ident.name)
+    return tuple(kinds)
+
+
+def node_policies(config: ClusterConfig, node: NodeSpec) -> list[str]:
+    return sorted(policy_name(config, k) for k in node_policy_kinds(node))
+
+
+# --- grants ---------------------------------------------------------------------------------------
+
+def _ca_reads(mounts: list[str]) -> list[Grant]:
+    grants = []
+    for mount in mounts:
+        grants.append(Grant(f"{mount}/cert/ca_chain", READ_CAPS, "CA chain"))
+        grants.append(Grant(f"{mount}/crl/pem", READ_CAPS, "CRL"))
+        grants.append(Grant(f"{mount}/issuer/default/json", READ_CAPS, "CA certificate and chain"))
+    return grants
+
+
+def _subject_comment(spec: catalog.CertSpec) -> str:
+    cn = spec.common_name.replace(catalog.NODE, "<node>")
+    org = f", O={spec.organization}" if spec.organization else ", no O"
+    usages = "+".join(sorted(u.value for u in spec.usages))
+    return f"CN={cn}{org}, {usages}"
+
+
+def identity_grants(ident: IdentitySpec, config: ClusterConfig) -> list[Grant]:
+    """sign (never issue: keys stay on the node) on exactly this identity's roles, plus CA reads."""
+    grants, mounts = [], []
+    for cert_name in ident.certs:
+        spec = catalog.cert(cert_name)
+        mount = config.mount(spec.ca)
+        mounts.append(mount)
+        role = role_name(spec, NODE_TEMPLATE)
+        grants.append(Grant(f"{mount}/sign/{role}", SIGN_CAPS, _subject_comment(spec)))
+    return grants + _ca_reads(sorted(set(mounts)))
+
+
+def operator_grants(config: ClusterConfig) -> list[Grant]:
+    """What `vaultk8s bootstrap`, `node credentials` and `node revoke` call, on this cluster only."""
+    grants = [Grant("auth/token/lookup-self", READ_CAPS, "check the token before any change")]
+    for ca in catalog.CAS:
+        mount = config.mount(ca.name)
+        grants += [
+            Grant(f"sys/mounts/{mount}", ("create", "read", "update"), "enable and inspect this CA mount only"),
+            Grant(f"sys/mounts/{mount}/tune", ("read", "update"), "CA TTL tuning"),
+            Grant(f"{mount}/root/generate/internal", SIGN_CAPS, "generate the root once; the key stays in Vault"),
+            Grant(f"{mount}/issuer/default/json", READ_CAPS, "CA certificate"),
+            Grant(f"{mount}/config/urls", ("read", "update"), "issuing/CRL URLs"),
+            Grant(f"{mount}/roles", ("list",), "find stale roles"),
+            Grant(f"{mount}/roles/+", ("create", "delete", "read", "update"),
+                  "write catalog roles, delete roles of removed nodes"),
+        ]
+    for rc in sorted({(rc.mount, rc.role) for rc in resolve_all(config)}):
+        grants.append(Grant(f"{rc[0]}/sign/{rc[1]}", SIGN_CAPS, "initial issuance by bootstrap"))
+    am = approle_mount(config)
+    for node in config.nodes:
+        role = f"auth/{am}/role/{approle_role(node.name)}"
+        grants += [
+            Grant(f"{role}/role-id", READ_CAPS, f"{node.name}: node credentials"),
+            Grant(f"{role}/secret-id", ("create", "list", "update"), f"{node.name}: issue and list secret_ids"),
+            Grant(f"{role}/secret-id-accessor/destroy", ("update",), f"{node.name}: node revoke"),
+            Grant(f"auth/token/create/{entity_name(config, node.name)}", SIGN_CAPS, f"{node.name}: plain token file"),
+            Grant(f"identity/entity/name/{entity_name(config, node.name)}", ("delete", "read"),
+                  f"{node.name}: node revoke kills the node's live tokens"),
+        ]
+    return grants
+
+
+def auditor_grants(config: ClusterConfig) -> list[Grant]:
+    """Read-only: what `policy diff` and `policy review` read. No secret_ids, no signing."""
+    grants = [Grant("auth/token/lookup-self", READ_CAPS, "check the token"),
+              Grant("sys/auth", READ_CAPS, "find the AppRole and token mounts (names and accessors only)")]
+    for kind in policy_kinds():
+        grants.append(Grant(f"sys/policies/acl/{policy_name(config, kind)}", READ_CAPS, "compare with policies/"))
+    for ca in catalog.CAS:
+        mount = config.mount(ca.name)
+        grants += [Grant(f"{mount}/roles", ("list",), "role inventory"),
+                   Grant(f"{mount}/roles/+", READ_CAPS, "role parameters")]
+    am = approle_mount(config)
+    grants += [Grant(f"auth/{am}/role", ("list",), "machine-credential inventory"),
+               Grant(f"auth/{am}/role/+", READ_CAPS, "token limits of node credentials")]
+    for node in config.nodes:
+        grants.append(Grant(f"auth/token/roles/{entity_name(config, node.name)}", READ_CAPS, f"{node.name}: token role"))
+        grants.append(Grant(f"identity/entity/name/{entity_name(config, node.name)}", READ_CAPS,
+                            f"{node.name}: node binding (metadata, aliases)"))
+    return grants
+
+
+def grants_for(kind: str, config: ClusterConfig) -> list[Grant]:
+    if kind == OPERATOR:
+        grants = operator_grants(config)
+    elif kind == AUDITOR:
+        grants = auditor_grants(config)
+    elif kind == AGENT:
+        grants = [Grant(p, c, why) for p, c, why in _AGENT_PATHS]
+    else:
+        grants = identity_grants(_identity(kind), config)
+    return sorted(grants, key=lambda g: g.path)
+
+
+def _identity(kind: str) -> IdentitySpec:
+    for ident in catalog.IDENTITIES:
+        if ident.name == kind:
+            return ident
+    raise KeyError(kind)
+
+
+_DESCRIPTIONS = {
+    OPERATOR: "the bootstrap operator: creates this cluster's CA mounts and roles and issues the first "
+              "certificates. Powerful by design (it writes roles); hand it to people, never to nodes.",
+    AUDITOR: "a read-only reviewer: reads policies, roles and node credential settings; cannot sign.",
+    AGENT: "the node agent's token self-management; carried by every node credential.",
+}
+
+
+def describe(kind: str) -> str:
+    return _DESCRIPTIONS.get(kind) or _identity(kind).description
+
+
+def render_policy(kind: str, config: ClusterConfig) -> str:
+    """Deterministic HCL: a header saying who holds it, then one block per path, sorted."""
+    lines = [
+        f"# vaultk8s policy {kind!r} for cluster {config.name!r}, mount prefix {config.mount_prefix!r}.",
+        "# Generated by `vaultk8s policy render` from the catalog: edit the catalog, not this file.",
+        f"# Holder: {describe(kind)}",
+    ]
+    if any(NODE_TEMPLATE in g.path for g in grants_for(kind, config)):
+        lines.append(f"# {NODE_TEMPLATE} is the node name on the caller's identity entity, set only by "
+                     "`vaultk8s policy apply`.")
+    for grant in grants_for(kind, config):
+        caps = ", ".join(f'"{c}"' for c in sorted(grant.capabilities))
+        lines += ["", f"# {grant.comment}" if grant.comment else "#", f'path "{grant.path}" {{',
+                  f"  capabilities = [{caps}]", "}"]
+    return "\n".join(lines) + "\n"
+
+
+def render_policies(config: ClusterConfig) -> dict[str, str]:
+    """File name -> HCL, for every identity kind."""
+    return {f"{kind}.hcl": render_policy(kind, config) for kind in policy_kinds()}
+
+
+# --- parsing (the subset we render; anything else is reported, not guessed) ------------------------
+
+_BLOCK = re.compile(r'path\s+"([^"]+)"\s*\{(.*?)\}', re.S)
+_CAPS = re.compile(r"capabilities\s*=\s*\[([^\]]*)\]")
+
+
+def parse_policy(text: str) -> tuple[list[Grant], list[str]]:
+    """Grants, and the pieces of the text that are not plain `path { capabilities }` blocks."""
+    body = "\n".join(line.split("#", 1)[0] for line in text.splitlines())
+    grants, leftovers = [], []
+    for match in _BLOCK.finditer(body):
+        caps = _CAPS.search(match.group(2))
+        rest = _CAPS.sub("", match.group(2)).strip()
+        if rest:
+            leftovers.append(f'{match.group(1)}: {" ".join(rest.split())[:80]}')
+        values = re.findall(r'"([^"]*)"', caps.group(1)) if caps else []
+        grants.append(Grant(match.group(1), tuple(values)))
+    remainder = _BLOCK.sub("", body).strip()
+    if remainder:
+        leftovers.append(" ".join(remainder.split())[:80])
+    return grants, leftovers
+
+
+# --- machine auth ---------------------------------------------------------------------------------
+
+def _seconds(delta: timedelta) -> str:
+    return format_duration(delta)
+
+
+def _cidrs(node: NodeSpec, settings: PolicySettings) -> list[str]:
+    if not settings.bind_cidrs:
+        return []
+    return sorted(f"{ip}/{ip.max_prefixlen}" for ip in node.ips)
+
+
+def approle_params(config: ClusterConfig, node: NodeSpec) -> dict[str, Any]:
+    settings = policy_settings(config)
+    cidrs = _cidrs(node, settings)
+    return {
+        "token_policies": node_policies(config, node),
+        "token_no_default_policy": True,
+        "token_type": "service",
+        "token_ttl": int(settings.token_ttl.total_seconds()),
+        "token_max_ttl": int(settings.token_max_ttl.total_seconds()),
+        "token_num_uses": settings.token_num_uses,
+        "token_bound_cidrs": cidrs,
+        "secret_id_bound_cidrs": cidrs,
+        "secret_id_ttl": int(settings.secret_id_ttl.total_seconds()),
+        "secret_id_num_uses": settings.secret_id_num_uses,
+        "bind_secret_id": True,
+    }
+
+
+def token_role_params(config: ClusterConfig, node: NodeSpec) -> dict[str, Any]:
+    settings = policy_settings(config)
+    return {
+        "allowed_policies": node_policies(config, node),
+        "allowed_entity_aliases": [entity_name(config, node.name)],
+        "orphan": True,  # outlives the operator's token; bounded by its own max TTL instead
+        "renewable": True,
+        "token_explicit_max_ttl": int(settings.token_max_ttl.total_seconds()),
+        "token_num_uses": settings.token_num_uses,
+        "token_no_default_policy": True,
+        "token_bound_cidrs": _cidrs(node, settings),
+        "token_type": "service",
+    }
+
+
+def token_create_params(config: ClusterConfig, node: NodeSpec) -> dict[str, Any]:
+    settings = policy_settings(config)
+    return {
+        "entity_alias": entity_name(config, node.name),
+        "policies": node_policies(config, node),
+        "no_default_policy": True,
+        "ttl": _seconds(settings.token_ttl),
+        "num_uses": settings.token_num_uses,
+        "display_name": f"node-{node.name}",
+    }
+
+
+def entity_metadata(config: ClusterConfig, node: NodeSpec) -> dict[str, str]:
+    return {NODE_METADATA_KEY: node.name, "cluster": config.name}
