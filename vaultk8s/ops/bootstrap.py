@@ -124,8 +124,7 @@ def _apply_ca_action(action: Action, ca: catalog.CASpec, config: ClusterConfig, 
 
 
 def read_ca_state(gateway: VaultGateway, mount: str) -> CAState:
-    if gateway.mount_type(mount) != "pki":
-        return CAState(issuer=None)
+    """Only reads `<mount>/issuer/default/json`, which a node's policy allows (sys/mounts it does not)."""
     issuer_pem = gateway.read_ca_pem(mount)
     if issuer_pem is None:
         return CAState(issuer=None)
