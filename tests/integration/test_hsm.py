@@ -301,7 +301,9 @@ def test_cli_status_json(dev_token, tmp_path):
 
     _roots(_settings())
     config = tmp_path / "cluster.yaml"
-    config.write_text(f"hsm:\n  module: {SOFTHSM_MODULE}\n  token_label: vaultk8s\n"
+    config.write_text("cluster: {name: demo, endpoint: 'https://10.0.0.10:6443'}\n"
+                      "nodes: {control_plane: [{name: cp-1, ips: [10.0.0.11]}]}\n"
+                      f"hsm:\n  module: {SOFTHSM_MODULE}\n  token_label: vaultk8s\n"
                       f"  pin_env: {PIN_ENV}\n  key_type: ec-p256\n")
     result = CliRunner().invoke(app, ["hsm", "status", "--config", str(config),
                                       "--output", "json"])

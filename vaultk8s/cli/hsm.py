@@ -8,8 +8,8 @@ from enum import Enum
 from pathlib import Path
 
 import typer
-import yaml
 
+from vaultk8s.config import load_config
 from vaultk8s.errors import ConfigError
 
 app = typer.Typer(no_args_is_help=True)
@@ -52,18 +52,10 @@ def init_dev(
 
 
 def _load_settings(config: Path):
-    # Until the cluster-file loader lands, read just the hsm: block; one call to swap out.
-    from vaultk8s.hsm import parse_hsm_block
-
-    try:
-        document = yaml.safe_load(config.read_text(encoding="utf-8"))
-    except OSError as err:
-        raise ConfigError(f"cannot read: {err.strerror}", source=str(config)) from None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"not valid YAML: {err}".splitlines()[0], source=str(config)) from None
-    if not isinstance(document, dict) or "hsm" not in document:
-        raise ConfigError("no hsm: block", source=str(config))
-    return parse_hsm_block(document["hsm"])
+    cluster = load_config(config)
+    if cluster.hsm is None:
+        raise ConfigError("no hsm: block; see docs/hsm.md", source=str(config))
+    return cluster.hsm
 
 
 def _render_text(entry) -> str:
