@@ -45,10 +45,13 @@ def init_dev(
     """Create (or reuse) a SoftHSM2 token for development and print the exports to use it."""
     from vaultk8s.hsm import init_dev_token
 
-    token = init_dev_token(state_dir)
-    # Printing the PIN is the point of this dev-only command; real tokens use pin_env/pin_file.
-    typer.echo(f"export SOFTHSM2_CONF={shlex.quote(str(token.conf_path.resolve()))}")
-    typer.echo(f"export VAULTK8S_HSM_PIN=\"$(cat {shlex.quote(str(token.pin_file.resolve()))})\"")
+    typer.echo(dev_token_exports(init_dev_token(state_dir)), nl=False)
+
+
+def dev_token_exports(token) -> str:
+    """Export lines for a dev token; the PIN is read from its 0600 file by the shell, never echoed."""
+    return (f"export SOFTHSM2_CONF={shlex.quote(str(token.conf_path.resolve()))}\n"
+            f"export VAULTK8S_HSM_PIN=\"$(cat {shlex.quote(str(token.pin_file.resolve()))})\"\n")
 
 
 def _load_settings(config: Path):
