@@ -10,12 +10,15 @@ import re
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import yaml
 
 from vaultk8s.errors import ConfigError
+
+if TYPE_CHECKING:
+    from vaultk8s.hsm.settings import HsmSettings
 
 KEY_TYPES = ("ec-p256", "ec-p384", "rsa-2048", "rsa-3072")
 DEFAULT_APISERVER_PORT = 6443
@@ -53,6 +56,7 @@ class ClusterConfig:
     control_plane: tuple[NodeSpec, ...]
     workers: tuple[NodeSpec, ...]
     apiserver_port: int = DEFAULT_APISERVER_PORT
+    hsm: HsmSettings | None = None  # set: root keys live in a PKCS#11 token, Vault holds intermediates
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -145,6 +149,7 @@ def parse_config(data: Any, source: str = "cluster file") -> ClusterConfig:
     if not control_plane and "control_plane" in nodes and not problems:
         problems.append("nodes.control_plane needs at least one node")
     _check_unique(control_plane + workers, problems)
+    hsm = _hsm(data.get("hsm"), problems)
 
     if problems:
         raise ConfigError(problems, source)
@@ -152,8 +157,21 @@ def parse_config(data: Any, source: str = "cluster file") -> ClusterConfig:
         name=name, endpoint=endpoint, endpoint_host=endpoint_host, service_cidr=service_cidr,
         domain=domain, key_type=key_type, leaf_ttl=leaf_ttl, ca_ttl=ca_ttl,
         mount_prefix=mount_prefix, control_plane=control_plane, workers=workers,
-        apiserver_port=apiserver_port, raw=data,
+        apiserver_port=apiserver_port, hsm=hsm, raw=data,
     )
+
+
+def _hsm(value: Any, problems: list[str]) -> HsmSettings | None:
+    if value is None:
+        return None
+    # Imported here: vaultk8s.hsm loads pkcs11, which clusters without an HSM need not install.
+    from vaultk8s.hsm.settings import parse_hsm_block
+
+    try:
+        return parse_hsm_block(value)
+    except ConfigError as err:
+        problems.extend(err.problems)
+        return None
 
 
 def _section(data: dict, key: str, problems: list[str], required: bool = False) -> dict:

@@ -301,7 +301,9 @@ def test_cli_status_json(dev_token, tmp_path):
 
     _roots(_settings())
     config = tmp_path / "cluster.yaml"
-    config.write_text(f"hsm:\n  module: {SOFTHSM_MODULE}\n  token_label: vaultk8s\n"
+    config.write_text("cluster: {name: demo, endpoint: 'https://10.0.0.10:6443'}\n"
+                      "nodes: {control_plane: [{name: cp-1, ips: [10.0.0.11]}]}\n"
+                      f"hsm:\n  module: {SOFTHSM_MODULE}\n  token_label: vaultk8s\n"
                       f"  pin_env: {PIN_ENV}\n  key_type: ec-p256\n")
     result = CliRunner().invoke(app, ["hsm", "status", "--config", str(config),
                                       "--output", "json"])
@@ -309,3 +311,16 @@ def test_cli_status_json(dev_token, tmp_path):
     report = json.loads(result.stdout)
     assert [entry["ca_name"] for entry in report] == list(DEFAULT_CA_NAMES)
     assert all(entry["extractable"] is False for entry in report)
+
+
+def test_token_calls_leave_no_openssl_errors_behind(dev_token):
+    """SoftHSM's C_Initialize leaves OpenSSL errors that would break the next HTTPS read."""
+    import ctypes
+    import os
+
+    libcrypto = ctypes.CDLL("libcrypto.so.3", mode=os.RTLD_NOLOAD | os.RTLD_LAZY)
+    libcrypto.ERR_peek_error.restype = ctypes.c_ulong
+    refresh_module(SOFTHSM_MODULE)  # C_Finalize + C_Initialize, where SoftHSM leaves them
+    assert libcrypto.ERR_peek_error() == 0
+    _roots(_settings("rsa-2048"))
+    assert libcrypto.ERR_peek_error() == 0

@@ -25,10 +25,21 @@ def _server(state_dir: Path, port: int | None = None) -> DevServer:
     return DevServer(state_dir, port, progress=lambda msg: typer.echo(msg, err=True))
 
 
+Hsm = Annotated[
+    bool, typer.Option("--hsm", help="Also create (or reuse) a SoftHSM2 token in STATE_DIR/softhsm for HSM mode.")
+]
+
+
 @app.command()
-def up(state_dir: StateDir = DEFAULT_STATE_DIR, port: Port = None) -> None:
+def up(state_dir: StateDir = DEFAULT_STATE_DIR, port: Port = None, hsm: Hsm = False) -> None:
     """Start, initialise and unseal the dev server; print export lines for `eval "$(vaultk8s dev up)"`."""
-    typer.echo(_server(state_dir, port).up().export_lines(), nl=False)
+    exports = _server(state_dir, port).up().export_lines()
+    if hsm:
+        from vaultk8s.cli.hsm import dev_token_exports
+        from vaultk8s.hsm import init_dev_token  # pkcs11 only when asked for
+
+        exports += dev_token_exports(init_dev_token(state_dir))
+    typer.echo(exports, nl=False)
 
 
 @app.command()

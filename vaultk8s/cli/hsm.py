@@ -8,8 +8,8 @@ from enum import Enum
 from pathlib import Path
 
 import typer
-import yaml
 
+from vaultk8s.config import load_config
 from vaultk8s.errors import ConfigError
 
 app = typer.Typer(no_args_is_help=True)
@@ -45,25 +45,20 @@ def init_dev(
     """Create (or reuse) a SoftHSM2 token for development and print the exports to use it."""
     from vaultk8s.hsm import init_dev_token
 
-    token = init_dev_token(state_dir)
-    # Printing the PIN is the point of this dev-only command; real tokens use pin_env/pin_file.
-    typer.echo(f"export SOFTHSM2_CONF={shlex.quote(str(token.conf_path.resolve()))}")
-    typer.echo(f"export VAULTK8S_HSM_PIN=\"$(cat {shlex.quote(str(token.pin_file.resolve()))})\"")
+    typer.echo(dev_token_exports(init_dev_token(state_dir)), nl=False)
+
+
+def dev_token_exports(token) -> str:
+    """Export lines for a dev token; the PIN is read from its 0600 file by the shell, never echoed."""
+    return (f"export SOFTHSM2_CONF={shlex.quote(str(token.conf_path.resolve()))}\n"
+            f"export VAULTK8S_HSM_PIN=\"$(cat {shlex.quote(str(token.pin_file.resolve()))})\"\n")
 
 
 def _load_settings(config: Path):
-    # Until the cluster-file loader lands, read just the hsm: block; one call to swap out.
-    from vaultk8s.hsm import parse_hsm_block
-
-    try:
-        document = yaml.safe_load(config.read_text(encoding="utf-8"))
-    except OSError as err:
-        raise ConfigError(f"cannot read: {err.strerror}", source=str(config)) from None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"not valid YAML: {err}".splitlines()[0], source=str(config)) from None
-    if not isinstance(document, dict) or "hsm" not in document:
-        raise ConfigError("no hsm: block", source=str(config))
-    return parse_hsm_block(document["hsm"])
+    cluster = load_config(config)
+    if cluster.hsm is None:
+        raise ConfigError("no hsm: block; see docs/hsm.md", source=str(config))
+    return cluster.hsm
 
 
 def _render_text(entry) -> str:

@@ -20,6 +20,7 @@ from pkcs11.util.ec import encode_ec_public_key, encode_named_curve_parameters
 from pkcs11.util.rsa import encode_rsa_public_key
 
 from vaultk8s.errors import HsmError
+from vaultk8s.hsm.openssl import drain_openssl_errors
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,8 @@ def generate_keypair(session: pkcs11.Session, spec: KeySpec, ca_name: str):
     except p11e.PKCS11Error as err:
         raise HsmError(f"generating the {spec.name} key for {ca_name} failed in the token: "
                        f"{type(err).__name__}") from None
+    finally:
+        drain_openssl_errors()
 
 
 def public_key_of(public: pkcs11.PublicKey):
@@ -125,6 +128,8 @@ def _token_sign(private: pkcs11.PrivateKey, data: bytes, mechanism: Mechanism) -
     except p11e.PKCS11Error as err:
         raise HsmError(f"the token refused to sign with {private.label!r} "
                        f"({mechanism.name}): {type(err).__name__}") from None
+    finally:
+        drain_openssl_errors()
 
 
 class _NotExportable:

@@ -6,6 +6,7 @@ sharing one CKA_ID derived from the CA name. Nothing here chooses a time: `now` 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 
@@ -30,6 +31,7 @@ from vaultk8s.hsm.keys import (
     public_key_of,
     token_signer,
 )
+from vaultk8s.hsm.openssl import drain_openssl_errors
 
 # The catalog will own this list; kept here so `status` works before it lands.
 DEFAULT_CA_NAMES = ("kubernetes-ca", "etcd-ca", "front-proxy-ca")
@@ -58,6 +60,17 @@ class RootKeyStatus:
         return data
 
 
+def _drains(method):
+    """Leave the thread's OpenSSL error queue empty for the HTTPS calls that follow (see openssl.py)."""
+    @functools.wraps(method)
+    def wrapper(*args, **kwargs):
+        try:
+            return method(*args, **kwargs)
+        finally:
+            drain_openssl_errors()
+    return wrapper
+
+
 @dataclass
 class _Root:
     """A CA's objects as found in the token; any of them may be missing."""
@@ -75,6 +88,7 @@ class HsmRootAuthority:
         self._session = session
         self._spec: KeySpec = KEY_SPECS[key_type]
 
+    @_drains
     def ensure_root(self, ca_name: str, common_name: str, ttl: timedelta, now: datetime,
                     allow_new_cert: bool = False) -> x509.Certificate:
         """The CA's root certificate, creating the key and certificate if neither exists."""
@@ -102,6 +116,7 @@ class HsmRootAuthority:
         self._store_cert(ca_name, cert)
         return cert
 
+    @_drains
     def sign_intermediate(self, ca_name: str, csr: x509.CertificateSigningRequest,
                           ttl: timedelta, now: datetime) -> x509.Certificate:
         """Sign the CSR as an intermediate CA (pathlen 0) under this CA's HSM root."""
@@ -129,6 +144,7 @@ class HsmRootAuthority:
             critical=False)
         return self._sign(builder, root, issuer=root.cert)
 
+    @_drains
     def status(self, ca_names: tuple[str, ...] = DEFAULT_CA_NAMES) -> list[RootKeyStatus]:
         """What the token holds for each CA; never changes the token."""
         return [self._status_of(name) for name in ca_names]

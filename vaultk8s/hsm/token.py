@@ -18,6 +18,7 @@ import pkcs11
 from pkcs11 import exceptions as p11e
 
 from vaultk8s.errors import HsmError
+from vaultk8s.hsm.openssl import drain_openssl_errors
 from vaultk8s.hsm.settings import HsmSettings, load_pin
 
 _CONF_ENV = "SOFTHSM2_CONF"
@@ -34,6 +35,8 @@ def load_module(module: Path) -> pkcs11.lib:
         lib = pkcs11.lib(key)
     except p11e.PKCS11Error as err:
         raise HsmError(f"cannot load PKCS#11 module {module}: {err}") from None
+    finally:
+        drain_openssl_errors()
     conf = os.environ.get(_CONF_ENV)
     if key in _initialised_with and _initialised_with[key] != conf:
         _reinitialise(lib, key)
@@ -53,7 +56,10 @@ def _reinitialise(lib: pkcs11.lib, key: str) -> None:
     if _open_sessions.get(key):
         raise HsmError(f"cannot re-initialise PKCS#11 module {key} while a session is open "
                        f"({_CONF_ENV} changed or a token was added)")
-    lib.reinitialize()
+    try:
+        lib.reinitialize()
+    finally:
+        drain_openssl_errors()
 
 
 @contextmanager
@@ -61,7 +67,10 @@ def open_token(settings: HsmSettings) -> Iterator[pkcs11.Session]:
     """A read-write session logged in as the user; closed (and logged out) on exit."""
     lib = load_module(settings.module)
     token = _find_token(lib, settings)
-    session = _login(token, settings)
+    try:
+        session = _login(token, settings)
+    finally:
+        drain_openssl_errors()
     key = str(settings.module)
     _open_sessions[key] = _open_sessions.get(key, 0) + 1
     try:
@@ -69,6 +78,7 @@ def open_token(settings: HsmSettings) -> Iterator[pkcs11.Session]:
     finally:
         _open_sessions[key] -= 1
         session.close()
+        drain_openssl_errors()
 
 
 def _find_token(lib: pkcs11.lib, settings: HsmSettings) -> pkcs11.Token:

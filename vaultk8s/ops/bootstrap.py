@@ -2,25 +2,30 @@
 
 Order: validate and probe (no writes) -> CAs -> roles -> leaves issued concurrently in memory ->
 each node's pki/ swapped atomically. Re-running converges and changes nothing.
+
+HSM mode (config.hsm set): the token is opened once for the CA phase, before any Vault write, so a
+wrong PIN or a missing token fails with Vault untouched; roots stay in the token, each mount gets
+an intermediate the token's root signed (docs/hsm.md).
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Iterator
 
 import yaml
 from cryptography import x509
 
 from vaultk8s import catalog, crypto
 from vaultk8s.config import ClusterConfig
-from vaultk8s.errors import VaultError, VaultK8sError
+from vaultk8s.errors import HsmError, VaultError, VaultK8sError
 from vaultk8s.plan.actions import Action
-from vaultk8s.plan.cas import ObservedCA, mount_ttl_seconds, plan_ca, root_params, url_params
+from vaultk8s.plan.cas import ObservedCA, intermediate_params, mount_ttl_seconds, plan_ca, root_params, url_params
 from vaultk8s.plan.leaves import ObservedLeaf, reissue_reason
 from vaultk8s.plan.resolve import ResolvedCert, resolve_all
 from vaultk8s.plan.roles import ResolvedRole, resolve_roles, role_drift
@@ -76,7 +81,7 @@ def bootstrap(config: ClusterConfig, out: Path, gateway: VaultGateway, *, now: d
     if not dry_run:
         check_writable(Path(out))
     gateway.check_ready()
-    cas = {ca.name: _ensure_ca(ca, config, gateway, report, dry_run) for ca in catalog.CAS}
+    cas = _ensure_cas(config, gateway, report, dry_run, now)
     certs = resolve_all(config)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         _ensure_roles(resolve_roles(certs), config, gateway, report, dry_run, pool, progress)
@@ -93,25 +98,90 @@ def bootstrap(config: ClusterConfig, out: Path, gateway: VaultGateway, *, now: d
 
 # --- CAs ----------------------------------------------------------------------------------------
 
-def _observe_ca(mount: str, gateway: VaultGateway) -> ObservedCA:
+def _observe_ca(mount: str, gateway: VaultGateway, hsm_root_sha256: str | None = None) -> ObservedCA:
     kind = gateway.mount_type(mount)
     if kind != "pki":
         return ObservedCA(mount_type=kind)
-    return ObservedCA(kind, gateway.read_ca_pem(mount), gateway.mount_max_ttl(mount), gateway.read_urls(mount))
+    ca_pem = gateway.read_ca_pem(mount)
+    chain = tuple(gateway.read_ca_chain_pem(mount)) if ca_pem else ()
+    return ObservedCA(kind, ca_pem, gateway.mount_max_ttl(mount), gateway.read_urls(mount), chain, hsm_root_sha256)
 
 
-def _ensure_ca(ca: catalog.CASpec, config: ClusterConfig, gateway: VaultGateway,
-               report: BootstrapReport, dry_run: bool) -> CAState:
-    mount = config.mount(ca.name)
-    actions = plan_ca(ca, config, _observe_ca(mount, gateway), gateway.addr)
-    report.actions.extend(actions)
-    if not dry_run:
-        for action in actions:
-            _apply_ca_action(action, ca, config, gateway)
-    return read_ca_state(gateway, mount)
+def _ensure_cas(config: ClusterConfig, gateway: VaultGateway, report: BootstrapReport, dry_run: bool,
+                now: datetime) -> dict[str, CAState]:
+    """Plan all three CAs first, so a refusal for one leaves the others untouched too."""
+    with _root_authority(config) as authority:
+        roots = _probe_roots(authority)
+        plans = []
+        for ca in catalog.CAS:
+            observed = _observe_ca(config.mount(ca.name), gateway, roots.get(ca.name))
+            plans.append((ca, plan_ca(ca, config, observed, gateway.addr)))
+        for _, actions in plans:
+            report.actions.extend(actions)
+        if not dry_run:
+            # Roots are made in the token before any Vault write: a token that cannot (mechanism,
+            # key without cert) fails with every mount as it was.
+            signer = _HsmSigner(authority, config, now) if authority else None
+            for ca, actions in plans:
+                if signer and any(a.kind == "hsm-intermediate" for a in actions):
+                    signer.ensure_root(ca)
+            for ca, actions in plans:
+                for action in actions:
+                    _apply_ca_action(action, ca, config, gateway, signer)
+    return {ca.name: read_ca_state(gateway, config.mount(ca.name)) for ca in catalog.CAS}
 
 
-def _apply_ca_action(action: Action, ca: catalog.CASpec, config: ClusterConfig, gateway: VaultGateway) -> None:
+@contextlib.contextmanager
+def _root_authority(config: ClusterConfig) -> Iterator[Any]:
+    """One logged-in token session for the CA phase, or None without an hsm: block."""
+    if config.hsm is None:
+        yield None
+        return
+    from vaultk8s.hsm import HsmRootAuthority, open_token  # pkcs11 only when HSM mode is on
+
+    with open_token(config.hsm) as session:
+        yield HsmRootAuthority(session, config.hsm.key_type)
+
+
+def _probe_roots(authority: Any) -> dict[str, str]:
+    """The token's root fingerprints per CA, read-only; half-present roots are refused here so
+    even --dry-run reports them."""
+    if authority is None:
+        return {}
+    found = {}
+    for entry in authority.status(tuple(ca.name for ca in catalog.CAS)):
+        if entry.key_found and not entry.cert_found:
+            raise HsmError(f"{entry.ca_name}: the token holds the root key but no root certificate; restore "
+                           "the certificate (a new one would be a new root nothing trusts yet)")
+        if entry.cert_found and not entry.key_found:
+            raise HsmError(f"{entry.ca_name}: the token holds a root certificate but not its private key; "
+                           "restore the key from the HSM backup")
+        if entry.cert_found:
+            found[entry.ca_name] = entry.sha256_fingerprint.replace(":", "")
+    return found
+
+
+class _HsmSigner:
+    """Roots in the token and intermediates they sign, for one bootstrap run."""
+
+    def __init__(self, authority: Any, config: ClusterConfig, now: datetime):
+        self._authority, self._config, self._now = authority, config, now
+        self._roots: dict[str, x509.Certificate] = {}
+
+    def ensure_root(self, ca: catalog.CASpec) -> x509.Certificate:
+        if ca.name not in self._roots:
+            self._roots[ca.name] = self._authority.ensure_root(ca.name, ca.common_name, self._config.ca_ttl, self._now)
+        return self._roots[ca.name]
+
+    def sign(self, ca: catalog.CASpec, csr_pem: str) -> tuple[x509.Certificate, x509.Certificate]:
+        """(intermediate, root) for a CSR made in the mount."""
+        csr = x509.load_pem_x509_csr(csr_pem.encode())
+        intermediate = self._authority.sign_intermediate(ca.name, csr, self._config.ca_ttl, self._now)
+        return intermediate, self.ensure_root(ca)
+
+
+def _apply_ca_action(action: Action, ca: catalog.CASpec, config: ClusterConfig, gateway: VaultGateway,
+                     signer: _HsmSigner | None = None) -> None:
     mount = action.target
     if action.kind == "enable-mount":
         gateway.enable_pki(mount, mount_ttl_seconds(config), f"vaultk8s {config.name}: {ca.description}")
@@ -119,8 +189,40 @@ def _apply_ca_action(action: Action, ca: catalog.CASpec, config: ClusterConfig, 
         gateway.tune_max_ttl(mount, mount_ttl_seconds(config))
     elif action.kind == "generate-root":
         gateway.generate_root(mount, root_params(ca, config))
+    elif action.kind == "hsm-intermediate":
+        install_hsm_intermediate(ca, config, gateway, signer)
     elif action.kind == "configure-urls":
         gateway.write_urls(mount, url_params(mount, gateway.addr))
+
+
+def install_hsm_intermediate(ca: catalog.CASpec, config: ClusterConfig, gateway: VaultGateway,
+                             signer: _HsmSigner) -> None:
+    """CSR in the mount -> signed by the token's root -> installed with the root as chain.
+
+    Any failure after the CSR removes what this call created (issuers, then the key), so no mount
+    is left holding a key without a certificate.
+    """
+    mount = config.mount(ca.name)
+    csr_pem, key_id = gateway.generate_intermediate_csr(mount, intermediate_params(ca, config))
+    imported: dict[str, str] = {}
+    try:
+        intermediate, root = signer.sign(ca, csr_pem)
+        imported = gateway.set_signed_intermediate(mount, (crypto.cert_pem(intermediate) + crypto.cert_pem(root)).decode())
+        # Explicit, not left to import order: the keyless root must never be the default issuer.
+        default = [issuer for issuer, key in imported.items() if key == key_id]
+        if len(default) != 1:
+            raise VaultError(f"{mount}: set-signed did not import exactly one issuer for the new key")
+        gateway.set_default_issuer(mount, default[0])
+    except BaseException:
+        _remove_partial(gateway, mount, imported, key_id)
+        raise
+
+
+def _remove_partial(gateway: VaultGateway, mount: str, imported: dict[str, str], key_id: str) -> None:
+    with contextlib.suppress(VaultError):  # the original error is the one to report
+        for issuer in imported:
+            gateway.delete_issuer(mount, issuer)
+        gateway.delete_key(mount, key_id)
 
 
 def read_ca_state(gateway: VaultGateway, mount: str) -> CAState:

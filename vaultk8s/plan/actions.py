@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 
 @dataclass(frozen=True)
 class Action:
-    kind: str  # enable-mount | tune-mount | generate-root | configure-urls | write-role | delete-role | issue | write-file
+    kind: str  # enable-mount | tune-mount | generate-root | hsm-intermediate | configure-urls | write-role | delete-role | issue | write-file
     target: str
     reason: str
 

@@ -153,14 +153,29 @@ class VaultGateway:
             data = self.client.write_data(f"{mount}/root/generate/internal", data=dict(params))
         return data["data"]["certificate"]
 
-    def generate_intermediate_csr(self, mount: str, params: dict[str, Any]) -> str:
+    def generate_intermediate_csr(self, mount: str, params: dict[str, Any]) -> tuple[str, str]:
+        """A new key inside the mount and its CSR: returns (csr_pem, key_id)."""
         with self._translate("generate an intermediate CSR in", mount):
             data = self.client.write_data(f"{mount}/intermediate/generate/internal", data=dict(params))
-        return data["data"]["csr"]
+        return data["data"]["csr"], data["data"]["key_id"]
 
-    def set_signed_intermediate(self, mount: str, pem_bundle: str) -> None:
+    def set_signed_intermediate(self, mount: str, pem_bundle: str) -> dict[str, str]:
+        """Import the signed intermediate (and its chain): returns {issuer_id: key_id or ""}."""
         with self._translate("install the signed intermediate in", mount):
-            self.client.write_data(f"{mount}/intermediate/set-signed", data={"certificate": pem_bundle})
+            data = self.client.write_data(f"{mount}/intermediate/set-signed", data={"certificate": pem_bundle})
+        return dict(((data or {}).get("data") or {}).get("mapping") or {})
+
+    def set_default_issuer(self, mount: str, issuer_id: str) -> None:
+        with self._translate("set the default issuer of", mount):
+            self.client.write_data(f"{mount}/config/issuers", data={"default": issuer_id})
+
+    def delete_issuer(self, mount: str, issuer_id: str) -> None:
+        with self._translate("delete issuer", f"{mount}/issuer/{issuer_id}"):
+            self.client.delete(f"{mount}/issuer/{issuer_id}")
+
+    def delete_key(self, mount: str, key_id: str) -> None:
+        with self._translate("delete key", f"{mount}/key/{key_id}"):
+            self.client.delete(f"{mount}/key/{key_id}")
 
     def read_urls(self, mount: str) -> dict[str, Any]:
         with self._translate("read the URLs of", mount):
