@@ -21,9 +21,9 @@ from urllib3.util.retry import Retry
 from vaultk8s.errors import PermissionDeniedError, VaultError
 
 # 502-504 and 429 come from proxies, standbys and rate limits before a request was processed, so
-# retrying even a POST is safe; a 500 may have done the work and is not retried.
+# retrying even a POST is safe; a 500 or a read error may have done the work and is not retried.
 _RETRY = Retry(
-    total=6, connect=5, read=2, status=4, backoff_factor=0.25,
+    total=6, connect=5, read=0, status=4, backoff_factor=0.25,
     status_forcelist=(429, 502, 503, 504),
     allowed_methods=frozenset({"GET", "HEAD", "LIST", "PUT", "POST", "DELETE", "OPTIONS"}),
     respect_retry_after_header=True, raise_on_status=False,
