@@ -19,10 +19,11 @@ app = typer.Typer(
 
 def _register() -> None:
     """Import each command group here; one line per group keeps merges trivial."""
-    from vaultk8s.cli import bootstrap, certs
+    from vaultk8s.cli import bootstrap, certs, sa
 
     app.command("bootstrap")(bootstrap.bootstrap)
     app.add_typer(certs.app, name="certs", help="Inspect issued certificates.")
+    app.add_typer(sa.app, name="sa", help="Rotate and inspect the service-account signing keys.")
 
 
 _register()

@@ -1,7 +1,8 @@
 """`vaultk8s bootstrap`: plan CA mounts, roles and leaves against what exists, then apply.
 
-Order: validate and probe (no writes) -> CAs -> roles -> leaves issued concurrently in memory ->
-each node's pki/ swapped atomically. Re-running converges and changes nothing.
+Order: validate and probe (no writes) -> service-account key (KV) -> CAs -> roles -> leaves issued
+concurrently in memory -> each node's pki/ swapped atomically (sa.key/sa.pub included) ->
+kubeconfigs. Re-running converges and changes nothing.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from cryptography import x509
 from vaultk8s import catalog, crypto
 from vaultk8s.config import ClusterConfig
 from vaultk8s.errors import VaultError, VaultK8sError
+from vaultk8s.ops import sa as sa_ops
+from vaultk8s.ops.kubeconfigs import ensure_kubeconfigs
 from vaultk8s.plan.actions import Action
 from vaultk8s.plan.cas import ObservedCA, mount_ttl_seconds, plan_ca, root_params, url_params
 from vaultk8s.plan.leaves import ObservedLeaf, reissue_reason
@@ -76,6 +79,8 @@ def bootstrap(config: ClusterConfig, out: Path, gateway: VaultGateway, *, now: d
     if not dry_run:
         check_writable(Path(out))
     gateway.check_ready()
+    sa_keys, sa_actions = sa_ops.ensure_key_set(config, gateway, now=now, dry_run=dry_run)
+    report.actions.extend(sa_actions)
     cas = {ca.name: _ensure_ca(ca, config, gateway, report, dry_run) for ca in catalog.CAS}
     certs = resolve_all(config)
     with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -83,7 +88,10 @@ def bootstrap(config: ClusterConfig, out: Path, gateway: VaultGateway, *, now: d
         plan = _plan_leaves(certs, out, cas, now, force_renew, report)
         if not dry_run:
             issued = _issue_all(plan, gateway, cas, pool, progress)
-            _write_nodes(config, out, cas, issued)
+        report.actions.extend(sa_ops.plan_key_files(config, out, sa_keys))
+        if not dry_run:
+            _write_nodes(config, out, cas, issued, sa_ops.key_files(sa_keys))
+    report.actions.extend(ensure_kubeconfigs(config, out, dry_run=dry_run))
     if not dry_run:
         _write_rbac(Path(out))
     report.ca_fingerprints = {n: crypto.fingerprint(s.issuer) for n, s in cas.items() if s.issuer}
@@ -250,7 +258,8 @@ def _issue_all(todo: list[ResolvedCert], gateway: VaultGateway, cas: dict[str, C
 
 # --- output -------------------------------------------------------------------------------------
 
-def _write_nodes(config: ClusterConfig, out: Path, cas: dict[str, CAState], issued: list[IssuedLeaf]) -> None:
+def _write_nodes(config: ClusterConfig, out: Path, cas: dict[str, CAState], issued: list[IssuedLeaf],
+                 control_plane_files: dict[str, FileContent]) -> None:
     by_node: dict[str, list[IssuedLeaf]] = {}
     for leaf in issued:
         by_node.setdefault(leaf.cert.node, []).append(leaf)
@@ -263,6 +272,8 @@ def _write_nodes(config: ClusterConfig, out: Path, cas: dict[str, CAState], issu
         for leaf in by_node.get(node.name, []):
             changes[leaf.cert.cert_file] = public(leaf.cert_pem)
             changes[leaf.cert.key_file] = secret(leaf.key_pem)
+        if node.control_plane:
+            changes.update(control_plane_files)
         NodeOutput(out, node.name).update_pki(changes)
 
 
