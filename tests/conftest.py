@@ -1,64 +1,61 @@
-"""Shared fixtures. STOPGAP: a -dev OpenBao until the raft/TLS DevServer fixture lands (same names)."""
+"""Shared fixtures: one real OpenBao per test session, and helpers to keep tests isolated on it."""
 
 from __future__ import annotations
 
-import os
-import shutil
 import socket
-import subprocess
-import time
 import uuid
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Callable, Iterator
 
 import pytest
-import requests
+
+from vaultk8s.dev import DevServer, VaultEnv
 
 
-@dataclass(frozen=True)
-class VaultEnv:
-    addr: str
-    token: str
-    cacert: Path | None
+def _can_bind(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def find_free_port() -> int:
+    """A free port whose successor is free too: the dev server's cluster listener takes PORT+1."""
+    for _ in range(100):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if port < 65535 and _can_bind(port + 1):
+            return port
+    raise RuntimeError("no free pair of ports on 127.0.0.1")
 
 
 @pytest.fixture(scope="session")
-def openbao(tmp_path_factory):
-    home = tmp_path_factory.mktemp("baohome")
-    port = _free_port()
-    token = uuid.uuid4().hex
-    env = dict(os.environ, HOME=str(home), BAO_DEV_ROOT_TOKEN_ID=token)
-    proc = subprocess.Popen(
-        [shutil.which("bao"), "server", "-dev", "-dev-no-store-token", f"-dev-listen-address=127.0.0.1:{port}"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    addr = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(f"{addr}/v1/sys/health", timeout=1).status_code == 200:
-                break
-        except requests.RequestException:
-            time.sleep(0.2)
-    yield VaultEnv(addr, token, None)
-    proc.terminate()
-    proc.wait(timeout=15)
+def free_port() -> Callable[[], int]:
+    """Call it for a port P such that P and P+1 are free on 127.0.0.1."""
+    return find_free_port
+
+
+@pytest.fixture(scope="session")
+def openbao(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VaultEnv]:
+    """A real OpenBao (raft + TLS), initialised and unsealed, shared by the whole session."""
+    server = DevServer(tmp_path_factory.mktemp("bao"), port=find_free_port(), start_timeout=30, stop_timeout=10)
+    env = server.up()
+    try:
+        yield env
+    finally:
+        server.down()
 
 
 @pytest.fixture
-def vault_env(openbao) -> dict[str, str]:
-    env = {"VAULT_ADDR": openbao.addr, "VAULT_TOKEN": openbao.token}
-    if openbao.cacert:
-        env["VAULT_CACERT"] = str(openbao.cacert)
-    return env
+def vault_env(openbao: VaultEnv) -> dict[str, str]:
+    """VAULT_ADDR / VAULT_TOKEN / VAULT_CACERT for a subprocess or CliRunner(env=...)."""
+    return openbao.as_environ()
 
 
 @pytest.fixture
 def mount_prefix() -> str:
+    """A unique path prefix such as `t1a2b3c4d/`, so tests sharing one server never collide."""
     return f"t{uuid.uuid4().hex[:8]}/"

@@ -1,3 +1,5 @@
+import sys
+
 from vaultk8s.cli.main import run
 
-run()
+sys.exit(run())

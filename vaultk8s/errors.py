@@ -44,3 +44,9 @@ class PlanRefused(VaultK8sError):
     """The requested change is unsafe or out of order; nothing was changed."""
 
     exit_code = 6
+
+
+class DevServerError(VaultK8sError):
+    """The local dev OpenBao cannot be started, reached, unsealed or stopped."""
+
+    exit_code = 7

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from clusterfile import run_cli, write_cluster
+from tests.helpers.nodes import run_cli, write_cluster
 
 pytestmark = pytest.mark.integration
 
@@ -33,9 +33,7 @@ def etcd_cluster(openbao, tmp_path_factory):
     if not (ETCD and ETCDCTL):
         pytest.skip("etcd-server / etcd-client not installed")
     tmp_path = tmp_path_factory.mktemp("etcd")
-    vault_env = {"VAULT_ADDR": openbao.addr, "VAULT_TOKEN": openbao.token}
-    if openbao.cacert:
-        vault_env["VAULT_CACERT"] = str(openbao.cacert)
+    vault_env = openbao.as_environ()
     cluster = write_cluster(tmp_path, f"e{uuid.uuid4().hex[:8]}/", MEMBERS)
     out = tmp_path / "out"
     run_cli(["bootstrap", "-c", str(cluster), "-o", str(out)], vault_env)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from clusterfile import run_cli, tree_state, write_cluster
+from tests.helpers.nodes import run_cli, tree_state, write_cluster
 from vaultk8s import catalog, crypto
 from vaultk8s.catalog import NODE, Server
 

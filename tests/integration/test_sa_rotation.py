@@ -13,7 +13,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from clusterfile import run_cli, tree_state, write_cluster
+from tests.helpers.nodes import run_cli, tree_state, write_cluster
 from vaultk8s.config import load_config
 from vaultk8s.errors import PlanRefused
 from vaultk8s.ops import sa as sa_ops
@@ -168,7 +168,7 @@ def test_corrupt_key_in_kv(tmp_path, vault_env, mount_prefix, openbao):
     cluster = write_cluster(tmp_path, mount_prefix, CONTROL_PLANE)
     out = tmp_path / "out"
     run_cli(["bootstrap", "-c", str(cluster), "-o", str(out)], vault_env)
-    client = hvac.Client(url=openbao.addr, token=openbao.token)
+    client = hvac.Client(url=openbao.addr, token=openbao.token, verify=str(openbao.cacert))
     mount, path = f"{mount_prefix}vaultk8s", "it/service-account"
     doc = client.secrets.kv.v2.read_secret_version(path, mount_point=mount, raise_on_deleted_version=True)["data"]["data"]
     secret_body = doc["keys"][0]["private_pem"].splitlines()[1]
@@ -198,7 +198,7 @@ def test_check_and_set_refuses_a_racing_writer(tmp_path, vault_env, mount_prefix
 
 
 def test_bootstrap_refuses_a_non_kv_mount(tmp_path, vault_env, mount_prefix, openbao):
-    client = hvac.Client(url=openbao.addr, token=openbao.token)
+    client = hvac.Client(url=openbao.addr, token=openbao.token, verify=str(openbao.cacert))
     client.sys.enable_secrets_engine("kv", path=f"{mount_prefix}vaultk8s", options={"version": "1"})
     cluster = write_cluster(tmp_path, mount_prefix, CONTROL_PLANE)
     result = run_cli(["bootstrap", "-c", str(cluster), "-o", str(tmp_path / "out")], vault_env, check=False)

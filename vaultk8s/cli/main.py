@@ -8,6 +8,11 @@ import typer
 
 from vaultk8s.errors import VaultK8sError
 
+try:  # typer >= 0.2x raises its vendored click's exceptions; older typer raises click's own
+    from typer._click import exceptions as click_exceptions
+except ImportError:  # pragma: no cover
+    from click import exceptions as click_exceptions
+
 app = typer.Typer(
     name="vaultk8s",
     help="Make Vault/OpenBao the certificate authority of a Kubernetes control plane.",
@@ -19,27 +24,47 @@ app = typer.Typer(
 
 def _register() -> None:
     """Import each command group here; one line per group keeps merges trivial."""
-    from vaultk8s.cli import bootstrap, certs, sa
+    from vaultk8s.cli import bootstrap
+    from vaultk8s.cli import certs
+    from vaultk8s.cli import dev
+    from vaultk8s.cli import hsm
+    from vaultk8s.cli import sa
 
     app.command("bootstrap")(bootstrap.bootstrap)
     app.add_typer(certs.app, name="certs", help="Inspect issued certificates.")
+    app.add_typer(dev.app, name="dev", help="Run a local OpenBao (raft + TLS) for development and tests.")
+    app.add_typer(hsm.app, name="hsm", help="Root CA keys in a PKCS#11 token (HSM mode).")
     app.add_typer(sa.app, name="sa", help="Rotate and inspect the service-account signing keys.")
 
 
 _register()
 
 
-def run() -> None:
+def run() -> int:
+    """Console entry point; returns the exit code (console scripts pass it to sys.exit)."""
     debug = "--debug" in sys.argv
     if debug:
         sys.argv.remove("--debug")
     try:
-        app(standalone_mode=False)
+        # standalone_mode=False: our errors reach us instead of click's generic handler; click then
+        # returns the command's value, or the code of a typer.Exit / ctx.exit (also after --help).
+        result = app(standalone_mode=False)
     except VaultK8sError as err:
         if debug:
             raise
         typer.echo(f"error: {err}", err=True)
-        sys.exit(err.exit_code)
-    except KeyboardInterrupt:
+        return err.exit_code
+    except click_exceptions.ClickException as err:  # usage errors: bad flag, missing argument
+        err.show()
+        return err.exit_code
+    except (click_exceptions.Exit, typer.Exit) as err:
+        return err.exit_code
+    except (click_exceptions.Abort, typer.Abort, KeyboardInterrupt):
         typer.echo("error: interrupted", err=True)
-        sys.exit(130)
+        return 130
+    except Exception as err:  # a bug, not bad input: still one line unless --debug
+        if debug:
+            raise
+        typer.echo(f"error: unexpected {type(err).__name__}: {err} (re-run with --debug for a traceback)", err=True)
+        return 1
+    return result if isinstance(result, int) else 0

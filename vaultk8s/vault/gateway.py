@@ -66,11 +66,11 @@ def make_client(settings: VaultSettings, pool_size: int = 16) -> hvac.Client:
     adapter = HTTPAdapter(max_retries=_RETRY, pool_connections=4, pool_maxsize=pool_size)
     session.mount("https://", adapter)
     session.mount("http://", adapter)
-    verify: bool | str = settings.cacert or True
-    if settings.skip_verify:
-        verify = False
+    # hvac ignores verify= when given a session, so the session carries it.
+    session.verify = False if settings.skip_verify else (settings.cacert or True)
+    # token="" not None: with None hvac falls back to VAULT_TOKEN / ~/.vault-token behind our back.
     return hvac.Client(
-        url=settings.addr, token=settings.token, verify=verify, session=session,
+        url=settings.addr, token=settings.token or "", verify=session.verify, session=session,
         namespace=settings.namespace, timeout=30,
     )
 

@@ -1,16 +1,15 @@
-"""Helpers for integration tests: a cluster file per test and the CLI run as operators run it."""
+"""Helpers for the SA/kubeconfig/etcd tests: cluster files with explicit nodes, "nothing written" checks."""
 
 from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Iterable, Mapping
 
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.helpers import cluster
 
 
 def write_cluster(tmp_path: Path, mount_prefix: str, control_plane: Iterable[tuple[str, str]],
@@ -30,14 +29,8 @@ def write_cluster(tmp_path: Path, mount_prefix: str, control_plane: Iterable[tup
 
 
 def run_cli(args: list[str], vault_env: Mapping[str, str], check: bool = True) -> subprocess.CompletedProcess:
-    """`python -m vaultk8s ...` importing this checkout, with only the given VAULT_* variables."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))}
-    env.update(vault_env, PYTHONPATH=str(REPO))
-    result = subprocess.run([sys.executable, "-m", "vaultk8s", *args], env=env, capture_output=True,
-                            text=True, timeout=120, cwd=REPO)
-    if check and result.returncode != 0:
-        raise AssertionError(f"vaultk8s {' '.join(args)} exited {result.returncode}: {result.stderr}")
-    return result
+    """helpers.cluster.run_cli with a list of arguments, checking the exit code by default."""
+    return cluster.run_cli(*args, env=dict(vault_env), check=check, timeout=120)
 
 
 def tree_state(root: Path) -> dict[str, tuple[bytes, int]]:

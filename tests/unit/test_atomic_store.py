@@ -1,0 +1,89 @@
+"""The AtomicWriter-style payload directory: modes, no-ops, swaps, and readers never torn."""
+
+import os
+import stat
+import threading
+
+import pytest
+
+from vaultk8s.errors import StoreError
+from vaultk8s.store.atomic import PayloadDir, public, secret, write_file
+from vaultk8s.store.layout import NodeOutput
+
+
+def test_update_writes_symlinked_files_with_modes(tmp_path):
+    pki = PayloadDir(tmp_path / "pki")
+    assert pki.update({"a.crt": public(b"A"), "a.key": secret(b"K"), "etcd/ca.crt": public(b"E")})
+    assert (tmp_path / "pki" / "a.crt").read_bytes() == b"A"
+    assert (tmp_path / "pki" / "etcd" / "ca.crt").read_bytes() == b"E"
+    assert os.path.islink(tmp_path / "pki" / "a.key")
+    assert stat.S_IMODE(os.stat(tmp_path / "pki" / "a.key").st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(tmp_path / "pki" / "a.crt").st_mode) == 0o644
+    assert stat.S_IMODE(os.stat(tmp_path / "pki").st_mode) == 0o700
+
+
+def test_unchanged_update_is_a_no_op_and_old_versions_are_removed(tmp_path):
+    pki = PayloadDir(tmp_path / "pki")
+    pki.update({"a.crt": public(b"A")})
+    first = os.readlink(tmp_path / "pki" / "..data")
+    assert pki.update({"a.crt": public(b"A")}) is False
+    assert os.readlink(tmp_path / "pki" / "..data") == first
+    assert pki.update({"a.crt": public(b"B"), "b.crt": public(b"C")})
+    assert pki.update({"b.crt": None})
+    assert not (tmp_path / "pki" / "b.crt").exists()
+    versions = [p for p in (tmp_path / "pki").iterdir() if p.name.startswith("..2")]
+    assert len(versions) == 1
+
+
+def test_plain_files_from_kubeadm_are_migrated(tmp_path):
+    (tmp_path / "pki" / "etcd").mkdir(parents=True)
+    (tmp_path / "pki" / "old.crt").write_bytes(b"O")
+    (tmp_path / "pki" / "etcd" / "x.crt").write_bytes(b"X")
+    PayloadDir(tmp_path / "pki").update({"new.crt": public(b"N")})
+    assert (tmp_path / "pki" / "old.crt").read_bytes() == b"O"
+    assert (tmp_path / "pki" / "etcd" / "x.crt").read_bytes() == b"X"
+    assert os.path.islink(tmp_path / "pki" / "etcd")
+
+
+def test_refuses_paths_outside_and_ca_keys(tmp_path):
+    with pytest.raises(StoreError):
+        PayloadDir(tmp_path / "pki").update({"../evil": public(b"x")})
+    with pytest.raises(StoreError, match="CA private key"):
+        NodeOutput(tmp_path, "cp-1").update_pki({"etcd/ca.key": secret(b"x")})
+    assert not (tmp_path / "cp-1" / "pki" / "etcd").exists()
+
+
+def test_reader_never_sees_a_mismatched_pair(tmp_path):
+    """A reader resolving ..data once always gets a cert and key from the same version."""
+    pki = PayloadDir(tmp_path / "pki")
+    pki.update({"x.crt": public(b"0"), "x.key": secret(b"0")})
+    stop = threading.Event()
+    torn = []
+
+    def reader():
+        while not stop.is_set():
+            version = os.path.realpath(tmp_path / "pki" / "..data")
+            try:
+                pair = (open(f"{version}/x.crt", "rb").read(), open(f"{version}/x.key", "rb").read())
+            except FileNotFoundError:
+                continue  # the old version was removed under us: a reader retries, it never mixes
+            if pair[0] != pair[1]:
+                torn.append(pair)
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    for i in range(1, 200):
+        value = str(i).encode()
+        pki.update({"x.crt": public(value), "x.key": secret(value)})
+    stop.set()
+    thread.join()
+    assert torn == []
+
+
+def test_write_file_is_atomic_and_idempotent(tmp_path):
+    target = tmp_path / "d" / "admin.conf"
+    assert write_file(target, secret(b"one"))
+    assert write_file(target, secret(b"one")) is False
+    assert write_file(target, secret(b"two"))
+    assert target.read_bytes() == b"two" and stat.S_IMODE(target.stat().st_mode) == 0o600
+    assert [p.name for p in target.parent.iterdir()] == ["admin.conf"]

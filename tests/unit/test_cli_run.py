@@ -1,0 +1,34 @@
+"""run(): usage errors, --help and our errors become an exit code and a message, never a traceback."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from vaultk8s.cli import main
+
+
+def run(monkeypatch: pytest.MonkeyPatch, *args: str) -> int:
+    monkeypatch.setattr(sys, "argv", ["vaultk8s", *args])
+    return main.run()
+
+
+def test_help_exits_zero(monkeypatch, capsys):
+    assert run(monkeypatch, "dev", "--help") == 0
+    assert "up" in capsys.readouterr().out
+
+
+def test_bad_flag_is_a_usage_error(monkeypatch, capsys):
+    assert run(monkeypatch, "dev", "up", "--bogus") == 2
+    assert "No such option: --bogus" in capsys.readouterr().err
+
+
+def test_our_errors_are_one_line(monkeypatch, capsys, tmp_path):
+    assert run(monkeypatch, "dev", "env", "--state-dir", str(tmp_path)) == 7
+    err = capsys.readouterr().err
+    assert err.startswith("error: no dev server is running") and err.count("\n") == 1
+
+
+def test_typer_exit_code_is_returned(monkeypatch, tmp_path):
+    assert run(monkeypatch, "dev", "status", "--state-dir", str(tmp_path)) == 1

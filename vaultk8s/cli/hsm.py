@@ -1,0 +1,77 @@
+"""`vaultk8s hsm`: inspect the root keys in the PKCS#11 token, create a SoftHSM dev token."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from enum import Enum
+from pathlib import Path
+
+import typer
+import yaml
+
+from vaultk8s.errors import ConfigError
+
+app = typer.Typer(no_args_is_help=True)
+
+
+class Output(str, Enum):
+    text = "text"
+    json = "json"
+
+
+@app.command()
+def status(
+    config: Path = typer.Option(..., "--config", help="cluster file with an hsm: block"),
+    output: Output = typer.Option(Output.text, "--output", help="text or json"),
+) -> None:
+    """Report, per CA, the root key's attributes and the root certificate in the token."""
+    from vaultk8s.hsm import HsmRootAuthority, open_token
+
+    settings = _load_settings(config)
+    with open_token(settings) as session:
+        report = HsmRootAuthority(session, settings.key_type).status()
+    if output is Output.json:
+        typer.echo(json.dumps([entry.to_dict() for entry in report], indent=2))
+        return
+    for entry in report:
+        typer.echo(_render_text(entry))
+
+
+@app.command("init-dev")
+def init_dev(
+    state_dir: Path = typer.Option(Path(".vaultk8s"), "--state-dir", help="where the token lives"),
+) -> None:
+    """Create (or reuse) a SoftHSM2 token for development and print the exports to use it."""
+    from vaultk8s.hsm import init_dev_token
+
+    token = init_dev_token(state_dir)
+    # Printing the PIN is the point of this dev-only command; real tokens use pin_env/pin_file.
+    typer.echo(f"export SOFTHSM2_CONF={shlex.quote(str(token.conf_path.resolve()))}")
+    typer.echo(f"export VAULTK8S_HSM_PIN=\"$(cat {shlex.quote(str(token.pin_file.resolve()))})\"")
+
+
+def _load_settings(config: Path):
+    # Until the cluster-file loader lands, read just the hsm: block; one call to swap out.
+    from vaultk8s.hsm import parse_hsm_block
+
+    try:
+        document = yaml.safe_load(config.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise ConfigError(f"cannot read: {err.strerror}", source=str(config)) from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"not valid YAML: {err}".splitlines()[0], source=str(config)) from None
+    if not isinstance(document, dict) or "hsm" not in document:
+        raise ConfigError("no hsm: block", source=str(config))
+    return parse_hsm_block(document["hsm"])
+
+
+def _render_text(entry) -> str:
+    if not entry.key_found and not entry.cert_found:
+        return f"{entry.ca_name}: missing (no key, no certificate; CKA_ID {entry.key_id})"
+    key = (f"key {entry.key_type} sensitive={entry.sensitive} extractable={entry.extractable} "
+           f"always_sensitive={entry.always_sensitive} "
+           f"never_extractable={entry.never_extractable}" if entry.key_found else "key MISSING")
+    cert = (f"cert {entry.subject} not_after={entry.not_after.isoformat()} "
+            f"sha256={entry.sha256_fingerprint}" if entry.cert_found else "cert MISSING")
+    return f"{entry.ca_name}: {key}; {cert}"
