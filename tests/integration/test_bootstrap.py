@@ -147,7 +147,7 @@ def _spki():
 def test_layout_and_permissions(bootstrapped):
     out, _, _ = bootstrapped
     expected_cp = {"ca.crt", "front-proxy-ca.crt", "etcd/ca.crt"} | {
-        f for spec in catalog.CERTS for f in (spec.cert_file, spec.key_file)}
+        f for spec in catalog.CERTS for f in (spec.cert_file, spec.key_file)} | {catalog.SA_KEY_FILE, catalog.SA_PUB_FILE}
     assert _files(out / "cp-1" / "pki") == expected_cp
     expected_worker = {"ca.crt"} | {f for spec in catalog.certs_for(False) for f in (spec.cert_file, spec.key_file)}
     assert _files(out / "worker-1" / "pki") == expected_worker
@@ -192,7 +192,10 @@ def test_force_renew_reissues_leaves_but_keeps_cas(bootstrapped, cluster, vault_
     proc = run_cli("bootstrap", "--config", str(path), "--out", str(out), "--force-renew", "--output", "json",
                    env=vault_env, check=True)
     report = json.loads(proc.stdout)
-    assert {a["kind"] for a in report["actions"]} == {"issue"}
+    assert {a["kind"] for a in report["actions"]} == {"issue", "write-file"}
+    # Only the kubeconfigs that embed a re-issued cert follow it; the rest reference files.
+    assert {(a["target"].split("/")[-1], a["reason"]) for a in report["actions"] if a["kind"] == "write-file"} == {
+        ("admin.conf", "client certificate re-issued"), ("super-admin.conf", "client certificate re-issued")}
     assert report["ca_fingerprints"] == first["ca_fingerprints"]
     new = crypto.load_cert((out / "cp-1" / "pki" / "apiserver.crt").read_bytes())
     assert new.serial_number != old.serial_number

@@ -36,6 +36,8 @@ def bootstrap(
     verb = "would" if dry_run else "did"
     for action in report.actions:
         typer.echo(f"{verb}: {action}")
+        if action.reason == "CA changed":  # clients holding the old kubeconfig stop trusting the API server
+            typer.echo(f"WARNING: {action.target} now embeds a different cluster CA: redistribute it", err=True)
     summary = f"{len(report.actions)} change(s), {report.kept} certificate(s) kept"
     typer.echo(("dry run: " if dry_run else "") + (summary if report.changed else f"no changes, {report.kept} certificate(s) kept")
                + f" in {report.seconds:.1f}s")

@@ -30,6 +30,7 @@ def _register() -> None:
     from vaultk8s.cli import hsm
     from vaultk8s.cli import node
     from vaultk8s.cli import policy
+    from vaultk8s.cli import sa
 
     app.command("bootstrap")(bootstrap.bootstrap)
     app.add_typer(certs.app, name="certs", help="Inspect issued certificates.")
@@ -37,6 +38,7 @@ def _register() -> None:
     app.add_typer(hsm.app, name="hsm", help="Root CA keys in a PKCS#11 token (HSM mode).")
     app.add_typer(policy.app, name="policy", help="Render, apply, diff and review the Vault policies.")
     app.add_typer(node.app, name="node", help="Per-node machine credentials: issue and revoke.")
+    app.add_typer(sa.app, name="sa", help="Rotate and inspect the service-account signing keys.")
 
 
 _register()

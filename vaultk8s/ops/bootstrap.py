@@ -1,7 +1,8 @@
 """`vaultk8s bootstrap`: plan CA mounts, roles and leaves against what exists, then apply.
 
-Order: validate and probe (no writes) -> CAs -> roles -> leaves issued concurrently in memory ->
-each node's pki/ swapped atomically. Re-running converges and changes nothing.
+Order: validate and probe (no writes) -> CAs -> service-account key (KV) -> roles -> leaves issued
+concurrently in memory -> each node's pki/ swapped atomically (sa.key/sa.pub included) ->
+kubeconfigs. Re-running converges and changes nothing.
 
 HSM mode (config.hsm set): the token is opened once for the CA phase, before any Vault write, so a
 wrong PIN or a missing token fails with Vault untouched; roots stay in the token, each mount gets
@@ -24,6 +25,8 @@ from cryptography import x509
 from vaultk8s import catalog, crypto
 from vaultk8s.config import ClusterConfig
 from vaultk8s.errors import HsmError, VaultError, VaultK8sError
+from vaultk8s.ops import sa as sa_ops
+from vaultk8s.ops.kubeconfigs import ensure_kubeconfigs
 from vaultk8s.plan.actions import Action
 from vaultk8s.plan.cas import ObservedCA, intermediate_params, mount_ttl_seconds, plan_ca, root_params, url_params
 from vaultk8s.plan.leaves import ObservedLeaf, reissue_reason
@@ -82,13 +85,18 @@ def bootstrap(config: ClusterConfig, out: Path, gateway: VaultGateway, *, now: d
         check_writable(Path(out))
     gateway.check_ready()
     cas = _ensure_cas(config, gateway, report, dry_run, now)
+    sa_keys, sa_actions = sa_ops.ensure_key_set(config, gateway, now=now, dry_run=dry_run)
+    report.actions.extend(sa_actions)
     certs = resolve_all(config)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         _ensure_roles(resolve_roles(certs), config, gateway, report, dry_run, pool, progress)
         plan = _plan_leaves(certs, out, cas, now, force_renew, report)
         if not dry_run:
             issued = _issue_all(plan, gateway, cas, pool, progress)
-            _write_nodes(config, out, cas, issued)
+        report.actions.extend(sa_ops.plan_key_files(config, out, sa_keys))
+        if not dry_run:
+            _write_nodes(config, out, cas, issued, sa_ops.key_files(sa_keys))
+    report.actions.extend(ensure_kubeconfigs(config, out, dry_run=dry_run))
     if not dry_run:
         _write_rbac(Path(out))
     report.ca_fingerprints = {n: crypto.fingerprint(s.issuer) for n, s in cas.items() if s.issuer}
@@ -351,7 +359,8 @@ def _issue_all(todo: list[ResolvedCert], gateway: VaultGateway, cas: dict[str, C
 
 # --- output -------------------------------------------------------------------------------------
 
-def _write_nodes(config: ClusterConfig, out: Path, cas: dict[str, CAState], issued: list[IssuedLeaf]) -> None:
+def _write_nodes(config: ClusterConfig, out: Path, cas: dict[str, CAState], issued: list[IssuedLeaf],
+                 control_plane_files: dict[str, FileContent]) -> None:
     by_node: dict[str, list[IssuedLeaf]] = {}
     for leaf in issued:
         by_node.setdefault(leaf.cert.node, []).append(leaf)
@@ -364,6 +373,8 @@ def _write_nodes(config: ClusterConfig, out: Path, cas: dict[str, CAState], issu
         for leaf in by_node.get(node.name, []):
             changes[leaf.cert.cert_file] = public(leaf.cert_pem)
             changes[leaf.cert.key_file] = secret(leaf.key_pem)
+        if node.control_plane:
+            changes.update(control_plane_files)
         NodeOutput(out, node.name).update_pki(changes)
 
 

@@ -7,7 +7,8 @@ from dataclasses import asdict, dataclass
 
 @dataclass(frozen=True)
 class Action:
-    kind: str  # enable-mount | tune-mount | generate-root | hsm-intermediate | configure-urls | write-role | delete-role | issue | write-file
+    kind: str  # enable-mount | tune-mount | generate-root | hsm-intermediate | configure-urls | write-role
+    #          | delete-role | issue | write-file | generate-key | write-kv (service-account key set)
     target: str
     reason: str
 

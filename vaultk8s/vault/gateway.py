@@ -18,7 +18,7 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
-from vaultk8s.errors import PermissionDeniedError, VaultError
+from vaultk8s.errors import PermissionDeniedError, PlanRefused, VaultError
 
 # 502-504 and 429 come from proxies, standbys and rate limits before a request was processed, so
 # retrying even a POST is safe; a 500 or a read error may have done the work and is not retried.
@@ -325,6 +325,50 @@ class VaultGateway:
         with self._translate("create an entity alias at", "identity/entity-alias"):
             self.client.write_data("identity/entity-alias", data={
                 "name": alias, "canonical_id": entity_id, "mount_accessor": mount_accessor})
+
+    # --- KV v2 (service-account keys) ------------------------------------------------------------
+
+    def kv_version(self, path: str) -> str | None:
+        """"1" or "2" for a KV engine at path; None when the path is free or holds another engine."""
+        with self._translate("read", f"sys/mounts/{path}"):
+            try:
+                data = self.client.read(f"sys/mounts/{path.strip('/')}")
+            except hv.InvalidRequest:
+                return None
+        data = (data or {}).get("data") or data or {}
+        if data.get("type") != "kv":
+            return None
+        return str((data.get("options") or {}).get("version") or "1")
+
+    def enable_kv2(self, path: str, description: str) -> None:
+        with self._translate("enable a KV v2 engine at", path):
+            self.client.sys.enable_secrets_engine("kv", path=path, description=description, options={"version": "2"})
+
+    def kv2_read(self, mount: str, path: str) -> tuple[dict[str, Any], int] | None:
+        """The current data of a secret and its version, or None when it does not exist (or is deleted)."""
+        with self._translate("read", f"{mount}/data/{path}"):
+            try:
+                data = self.client.secrets.kv.v2.read_secret_version(
+                    path, mount_point=mount, raise_on_deleted_version=True)
+            except hv.InvalidPath:
+                return None
+        body = data.get("data") or {}
+        return body.get("data") or {}, int((body.get("metadata") or {}).get("version") or 0)
+
+    def kv2_write(self, mount: str, path: str, data: dict[str, Any], cas: int) -> int:
+        """Write only if the secret is still at version cas (0: does not exist yet); returns the new version."""
+        with self._translate("write", f"{mount}/data/{path}"):
+            try:
+                result = self.client.secrets.kv.v2.create_or_update_secret(
+                    path, secret=dict(data), cas=cas, mount_point=mount)
+            except hv.InvalidRequest as err:
+                if "check-and-set" not in str(err):
+                    raise
+                raise PlanRefused(
+                    f"{mount}/data/{path} changed in Vault while this command ran (another operator?); "
+                    "nothing was written to disk: re-run to see the new state"
+                ) from None
+        return int(((result or {}).get("data") or {}).get("version") or 0)
 
     # --- generic (used by the other gateways' callers: KV, policies, auth) ------------------------
 

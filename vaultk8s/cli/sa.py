@@ -1,0 +1,71 @@
+"""`vaultk8s sa ...`: thin CLI over ops.sa (service-account key rotation and status)."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from vaultk8s.cli import common
+from vaultk8s.ops import sa as sa_ops
+from vaultk8s.ops.check import format_residual
+from vaultk8s.plan.sa import Phase
+from vaultk8s.vault.gateway import VaultGateway
+
+app = typer.Typer(no_args_is_help=True)
+
+
+class PhaseOption(str, Enum):  # typer needs plain str choices
+    stage = Phase.STAGE.value
+    promote = Phase.PROMOTE.value
+    retire = Phase.RETIRE.value
+
+
+@app.command("rotate")
+def rotate(
+    config: Path = common.ConfigOption,
+    out: Path = common.OutDirOption,
+    phase: PhaseOption = typer.Option(..., "--phase", help="stage: add a verification key; promote: sign with it; "
+                                                          "retire: drop old keys after the grace period."),
+    force: bool = typer.Option(False, "--force", help="retire before the grace period ends (breaks tokens the old key signed)."),
+    output: common.Output = common.OutputOption,
+) -> None:
+    """One phase of a service-account key rotation; idempotent, refuses out-of-order steps.
+
+    Updates the key set in Vault KV (check-and-set), then sa.key and sa.pub in every control-plane
+    node's pki/. Restart kube-apiserver and kube-controller-manager to load them.
+    """
+    cluster = common.load(config)
+    report = sa_ops.rotate(cluster, out, VaultGateway.from_env(), Phase(phase.value), now=common.now(), force=force)
+    if output is common.Output.json:
+        common.print_json(report.to_dict())
+        return
+    for action in report.actions:
+        typer.echo(f"did: {action}")
+    if not report.changed:
+        typer.echo(f"{phase.value}: already done, key set unchanged (KV version {report.kv_version})")
+
+
+@app.command("status")
+def status(
+    config: Path = common.ConfigOption,
+    output: common.Output = common.OutputOption,
+) -> None:
+    """The service-account keys in Vault: state, age, and when a previous key may be retired."""
+    cluster = common.load(config)
+    result = sa_ops.status(cluster, VaultGateway.from_env(), now=common.now())
+    if output is common.Output.json:
+        common.print_json(result.to_dict())
+        return
+    table = Table("KEY ID", "TYPE", "STATE", "SINCE", "AGE", "RETIRE AFTER", box=None)
+    for k in result.keys:
+        retire = k.retire_after.strftime("%Y-%m-%d %H:%M UTC") if k.retire_after else "-"
+        table.add_row(k.id[:16], k.key_type, k.state, k.since.strftime("%Y-%m-%d %H:%M UTC"),
+                      format_residual(k.age_seconds), retire)
+    console = Console(width=200)
+    console.print(table)
+    console.print(f"{result.kv_path} (KV version {result.kv_version}), grace period {result.grace_period}; "
+                  f"next: {result.next_step}", highlight=False)
