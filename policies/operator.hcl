@@ -276,3 +276,13 @@ path "sys/mounts/kubernetes-ca" {
 path "sys/mounts/kubernetes-ca/tune" {
   capabilities = ["read", "update"]
 }
+
+# enable and inspect the service-account KV mount
+path "sys/mounts/vaultk8s" {
+  capabilities = ["create", "read", "update"]
+}
+
+# service-account key set (private signing keys): bootstrap, sa rotate, sa status
+path "vaultk8s/data/demo/service-account" {
+  capabilities = ["create", "read", "update"]
+}

@@ -232,8 +232,9 @@ def test_no_root_key_material_in_vault_or_on_disk(cluster):
                 for key in _private_keys(path.read_bytes()):
                     scanned += 1
                     assert _spki(key.public_key()) not in root_keys, path
-    # Every leaf key was looked at (so the scan does find keys), and none is a root's.
-    assert scanned == sum(len(catalog.certs_for(n.control_plane)) for n in cluster.config.nodes)
+    # Every leaf key and each control plane's sa.key was looked at (so the scan does find keys),
+    # and none is a root's.
+    assert scanned == sum(len(catalog.certs_for(n.control_plane)) + n.control_plane for n in cluster.config.nodes)
 
 
 def _private_keys(data: bytes):

@@ -184,6 +184,9 @@ def operator_grants(config: ClusterConfig) -> list[Grant]:
             Grant(f"{mount}/roles/+", ("create", "delete", "read", "update"),
                   "write catalog roles, delete roles of removed nodes"),
         ]
+        if config.hsm is not None:
+            grants += _hsm_intermediate_grants(mount)
+    grants += _service_account_grants(config)
     for rc in sorted({(rc.mount, rc.role) for rc in resolve_all(config)}):
         grants.append(Grant(f"{rc[0]}/sign/{rc[1]}", SIGN_CAPS, "initial issuance by bootstrap"))
     am = approle_mount(config)
@@ -198,6 +201,29 @@ def operator_grants(config: ClusterConfig) -> list[Grant]:
                   f"{node.name}: node revoke kills the node's live tokens"),
         ]
     return grants
+
+
+def _hsm_intermediate_grants(mount: str) -> list[Grant]:
+    """HSM mode: the mount holds an intermediate whose CSR the token's root signs (docs/hsm.md)."""
+    return [
+        Grant(f"{mount}/intermediate/generate/internal", SIGN_CAPS, "HSM mode: intermediate key stays in Vault, CSR out"),
+        Grant(f"{mount}/intermediate/set-signed", SIGN_CAPS, "HSM mode: install the intermediate the HSM root signed"),
+        Grant(f"{mount}/config/issuers", ("read", "update"), "HSM mode: make the intermediate the default issuer"),
+        Grant(f"{mount}/issuer/+", ("delete", "read"), "HSM mode: remove a half-installed issuer after a failure"),
+        Grant(f"{mount}/key/+", ("delete", "read"), "HSM mode: remove a dangling key after a failure"),
+    ]
+
+
+def _service_account_grants(config: ClusterConfig) -> list[Grant]:
+    """The service-account key set: only this cluster's secret, read and check-and-set written."""
+    from vaultk8s.plan.sa import resolve_settings
+
+    sa = resolve_settings(config)
+    return [
+        Grant(f"sys/mounts/{sa.kv_mount}", ("create", "read", "update"), "enable and inspect the service-account KV mount"),
+        Grant(f"{sa.kv_mount}/data/{sa.kv_path}", ("create", "read", "update"),
+              "service-account key set (private signing keys): bootstrap, sa rotate, sa status"),
+    ]
 
 
 def auditor_grants(config: ClusterConfig) -> list[Grant]:
