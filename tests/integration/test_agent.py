@@ -61,6 +61,19 @@ def test_once_keeps_fresh_certs_and_force_renews_with_the_nodes_own_identity(nod
     assert "secret_id" not in renewed.stderr + renewed.stdout
 
 
+def test_control_plane_agent_renews_its_components_but_not_people_identities(node_env, vault_env, tmp_path):
+    path, _, _, env, out = node_env
+    creds = tmp_path / "creds-cp-1"
+    assert cli(vault_env, "node", "credentials", "-c", str(path), "--node", "cp-1", "--out", str(creds)).returncode == 0
+    pki = out / "cp-1" / "pki"
+    admin, apiserver = _serial(pki / "admin.crt"), _serial(pki / "apiserver.crt")
+    proc = cli(env, "agent", "-c", str(path), "--node", "cp-1", "--out", str(out), "--credentials", str(creds),
+               "--once", "--force")
+    assert proc.returncode == 0, proc.stderr
+    assert _serial(pki / "apiserver.crt") != apiserver and _serial(pki / "etcd" / "peer.crt")
+    assert _serial(pki / "admin.crt") == admin  # for people: bootstrap (the operator) renews it
+
+
 def test_a_worker_credential_cannot_renew_another_node(node_env):
     path, _, creds, env, out = node_env
     proc = cli(env, "agent", "-c", str(path), "--node", "worker-2", "--out", str(out), "--credentials", str(creds),

@@ -52,3 +52,10 @@ def test_only_super_admin_is_system_masters():
 def test_workers_get_only_node_identities():
     assert {c.name for c in catalog.certs_for(False)} == {"kubelet-client", "kubelet-serving", "kube-proxy"}
     assert [c.name for c in catalog.cas_for(False)] == ["kubernetes-ca"]
+
+
+def test_every_cert_belongs_to_exactly_one_identity():
+    for spec in catalog.CERTS:
+        owners = [i.name for i in catalog.IDENTITIES if spec.name in i.certs]
+        assert len(owners) == 1, (spec.name, owners)
+    assert {c for i in catalog.IDENTITIES for c in i.certs} == {c.name for c in catalog.CERTS}

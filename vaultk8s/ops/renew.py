@@ -42,6 +42,8 @@ def renew_node(config: ClusterConfig, node_name: str, output: NodeOutput, gatewa
             changes[name] = content
             result.reasons[name] = "CA bundle changed"
     for rc in resolve_node(node, config):
+        if not agent_renews(rc.spec):
+            continue
         observed = observe_leaf(output, rc)
         reason = _reason(rc, observed, cas[rc.spec.ca], now, seed, force)
         if reason is None:
@@ -55,6 +57,11 @@ def renew_node(config: ClusterConfig, node_name: str, output: NodeOutput, gatewa
         output.update_pki(changes)
         result.renewed = sorted(f"pki/{name}" for name in changes)
     return result
+
+
+def agent_renews(spec: catalog.CertSpec) -> bool:
+    """Identities for people (admin, super-admin) are not on any node's credential: bootstrap renews them."""
+    return catalog.identity_of(spec.name).attach is not None
 
 
 def _reason(rc, observed, ca: CAState, now: datetime, seed: int, force: bool) -> str | None:
