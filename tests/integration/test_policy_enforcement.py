@@ -6,7 +6,6 @@ import os
 import stat
 
 import pytest
-from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 from vaultk8s import catalog, crypto

@@ -12,7 +12,7 @@ from vaultk8s.errors import ConfigError
 from vaultk8s.ops.policy import review_offline
 from vaultk8s.plan import policies as pol
 from vaultk8s.plan.resolve import resolve_all
-from vaultk8s.plan.review import HIGH, review
+from vaultk8s.plan.review import review
 from vaultk8s.plan.roles import resolve_roles
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 RENEW_FRACTION = 2 / 3
 JITTER_FRACTION = 1 / 20
 MIN_BACKOFF = timedelta(seconds=5)
+MIN_SLEEP = timedelta(seconds=30)  # never a hot loop, even when Vault's clock is behind ours
 MAX_BACKOFF = timedelta(minutes=10)
 
 
@@ -25,7 +26,7 @@ def renew_at(not_before: datetime, not_after: datetime, rng: random.Random) -> d
 def next_wake(renewal_times: list[datetime], now: datetime, idle: timedelta) -> datetime:
     """The earliest renewal, or now + idle when nothing is held (re-check the files then)."""
     soonest = min(renewal_times, default=now + idle)
-    return max(now, min(soonest, now + idle))
+    return max(now + MIN_SLEEP, min(soonest, now + idle))
 
 
 def backoff(failures: int, rng: random.Random, until_expiry: timedelta | None = None) -> timedelta:

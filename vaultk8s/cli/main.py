@@ -24,6 +24,7 @@ app = typer.Typer(
 
 def _register() -> None:
     """Import each command group here; one line per group keeps merges trivial."""
+    from vaultk8s.cli import agent
     from vaultk8s.cli import bootstrap
     from vaultk8s.cli import certs
     from vaultk8s.cli import dev
@@ -33,6 +34,7 @@ def _register() -> None:
     from vaultk8s.cli import sa
 
     app.command("bootstrap")(bootstrap.bootstrap)
+    app.command("agent")(agent.agent)
     app.add_typer(certs.app, name="certs", help="Inspect issued certificates.")
     app.add_typer(dev.app, name="dev", help="Run a local OpenBao (raft + TLS) for development and tests.")
     app.add_typer(hsm.app, name="hsm", help="Root CA keys in a PKCS#11 token (HSM mode).")

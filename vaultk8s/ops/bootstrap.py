@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import time
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -27,29 +27,18 @@ from vaultk8s.config import ClusterConfig
 from vaultk8s.errors import HsmError, VaultError, VaultK8sError
 from vaultk8s.ops import sa as sa_ops
 from vaultk8s.ops.kubeconfigs import ensure_kubeconfigs
+from vaultk8s.ops.leaves import (CAState, IssuedLeaf, ca_bundle_changes, issue_leaf, leaf_changes, observe_leaf,
+                                 read_ca_state)
 from vaultk8s.plan.actions import Action
 from vaultk8s.plan.cas import ObservedCA, intermediate_params, mount_ttl_seconds, plan_ca, root_params, url_params
-from vaultk8s.plan.leaves import ObservedLeaf, reissue_reason
+from vaultk8s.plan.leaves import reissue_reason
 from vaultk8s.plan.resolve import ResolvedCert, resolve_all
 from vaultk8s.plan.roles import ResolvedRole, resolve_roles, role_drift
-from vaultk8s.store.atomic import FileContent, check_writable, public, secret, write_file
+from vaultk8s.store.atomic import FileContent, check_writable, public, write_file
 from vaultk8s.store.layout import RBAC_FILE, NodeOutput
 from vaultk8s.vault.gateway import VaultGateway
 
 Progress = Callable[[str, int], Callable[[], None]]  # (phase, total) -> advance()
-
-
-@dataclass(frozen=True)
-class CAState:
-    """A CA as leaves see it: the cert that signs them, chain certs between, and trust anchors."""
-
-    issuer: x509.Certificate | None
-    intermediates: tuple[x509.Certificate, ...] = ()
-    anchors: tuple[x509.Certificate, ...] = ()
-
-    @property
-    def bundle_pem(self) -> bytes:
-        return b"".join(crypto.cert_pem(c) for c in self.anchors)
 
 
 @dataclass
@@ -92,7 +81,7 @@ def bootstrap(config: ClusterConfig, out: Path, gateway: VaultGateway, *, now: d
         _ensure_roles(resolve_roles(certs), config, gateway, report, dry_run, pool, progress)
         plan = _plan_leaves(certs, out, cas, now, force_renew, report)
         if not dry_run:
-            issued = _issue_all(plan, gateway, cas, pool, progress)
+            issued = _issue_all(plan, gateway, pool, progress)
         report.actions.extend(sa_ops.plan_key_files(config, out, sa_keys))
         if not dry_run:
             _write_nodes(config, out, cas, issued, sa_ops.key_files(sa_keys))
@@ -233,18 +222,6 @@ def _remove_partial(gateway: VaultGateway, mount: str, imported: dict[str, str],
         gateway.delete_key(mount, key_id)
 
 
-def read_ca_state(gateway: VaultGateway, mount: str) -> CAState:
-    """Only reads `<mount>/issuer/default/json`, which a node's policy allows (sys/mounts it does not)."""
-    issuer_pem = gateway.read_ca_pem(mount)
-    if issuer_pem is None:
-        return CAState(issuer=None)
-    issuer = crypto.load_cert(issuer_pem)
-    chain = [crypto.load_cert(p) for p in gateway.read_ca_chain_pem(mount)] or [issuer]
-    anchors = tuple(c for c in chain if crypto.is_self_signed(c))
-    intermediates = tuple(c for c in chain if not crypto.is_self_signed(c))
-    return CAState(issuer=issuer, intermediates=intermediates, anchors=anchors or (issuer,))
-
-
 # --- roles --------------------------------------------------------------------------------------
 
 def _ensure_roles(roles: tuple[ResolvedRole, ...], config: ClusterConfig, gateway: VaultGateway,
@@ -304,38 +281,8 @@ def _plan_leaves(certs: tuple[ResolvedCert, ...], out: Path, cas: dict[str, CASt
     return todo
 
 
-def observe_leaf(node: NodeOutput, rc: ResolvedCert) -> ObservedLeaf:
-    cert_pem, key_pem = node.read_pki(rc.cert_file), node.read_pki(rc.key_file)
-    try:
-        cert = crypto.load_certs(cert_pem)[0] if cert_pem else None
-    except ValueError:
-        cert = None
-    try:
-        key = crypto.load_key(key_pem) if key_pem else None
-    except (ValueError, TypeError):
-        key = None
-    return ObservedLeaf(cert, key)
-
-
-@dataclass(frozen=True)
-class IssuedLeaf:
-    cert: ResolvedCert
-    cert_pem: bytes  # leaf followed by any intermediates
-    key_pem: bytes
-
-
-def issue_leaf(gateway: VaultGateway, rc: ResolvedCert) -> IssuedLeaf:
-    """The key is made here and never leaves this process; Vault only sees the CSR."""
-    key = crypto.generate_key(rc.key_type)
-    csr = crypto.build_csr(key, rc.common_name, rc.organization, rc.dns_sans, rc.ip_sans)
-    data = gateway.sign(rc.mount, rc.role, csr, int(rc.ttl.total_seconds()))
-    chain = [c for c in (data.get("ca_chain") or []) if not crypto.is_self_signed(crypto.load_cert(c))]
-    pem = "\n".join(p.strip() for p in [data["certificate"], *chain]) + "\n"
-    return IssuedLeaf(rc, pem.encode(), crypto.key_pem(key))
-
-
-def _issue_all(todo: list[ResolvedCert], gateway: VaultGateway, cas: dict[str, CAState],
-               pool: ThreadPoolExecutor, progress: Progress) -> list[IssuedLeaf]:
+def _issue_all(todo: list[ResolvedCert], gateway: VaultGateway, pool: ThreadPoolExecutor,
+               progress: Progress) -> list[IssuedLeaf]:
     advance = progress("certificates", len(todo))
 
     def task(rc: ResolvedCert) -> IssuedLeaf:
@@ -365,14 +312,9 @@ def _write_nodes(config: ClusterConfig, out: Path, cas: dict[str, CAState], issu
     for leaf in issued:
         by_node.setdefault(leaf.cert.node, []).append(leaf)
     for node in config.nodes:
-        changes: dict[str, FileContent | None] = {}
-        for ca in catalog.cas_for(node.control_plane):
-            if cas[ca.name].issuer is None:
-                raise VaultError(f"CA {config.mount(ca.name)} has no certificate after bootstrap")
-            changes[ca.cert_file] = public(cas[ca.name].bundle_pem)
+        changes: dict[str, FileContent | None] = dict(ca_bundle_changes(node.control_plane, cas, config.mount))
         for leaf in by_node.get(node.name, []):
-            changes[leaf.cert.cert_file] = public(leaf.cert_pem)
-            changes[leaf.cert.key_file] = secret(leaf.key_pem)
+            changes.update(leaf_changes(leaf))
         if node.control_plane:
             changes.update(control_plane_files)
         NodeOutput(out, node.name).update_pki(changes)

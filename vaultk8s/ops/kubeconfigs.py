@@ -21,8 +21,9 @@ def ensure_kubeconfigs(config: ClusterConfig, out: Path, *, dry_run: bool = Fals
     return [a for node in config.nodes for a in ensure_node_kubeconfigs(node, config, out, dry_run=dry_run)]
 
 
-def ensure_node_kubeconfigs(node: NodeSpec, config: ClusterConfig, out: Path, *, dry_run: bool = False) -> list[Action]:
-    output = NodeOutput(out, node.name)
+def ensure_node_kubeconfigs(node: NodeSpec, config: ClusterConfig, out: Path, *, dry_run: bool = False,
+                            output: NodeOutput | None = None) -> list[Action]:
+    output = output or NodeOutput(out, node.name)
     ca_pem = output.read_pki(CA_FILE)
     actions = []
     for rk in resolve_node_kubeconfigs(node, config):

@@ -15,10 +15,10 @@ from pathlib import Path
 from vaultk8s import catalog, crypto
 from vaultk8s.agent.schedule import renew_at
 from vaultk8s.config import ClusterConfig
-from vaultk8s.ops.bootstrap import CAState, issue_leaf, observe_leaf, read_ca_state
+from vaultk8s.ops.leaves import CAState, ca_bundle_changes, issue_leaf, leaf_changes, observe_leaf, read_ca_state
 from vaultk8s.plan.leaves import reissue_reason
 from vaultk8s.plan.resolve import resolve_node
-from vaultk8s.store.atomic import FileContent, public, secret
+from vaultk8s.store.atomic import FileContent
 from vaultk8s.store.layout import NodeOutput
 from vaultk8s.vault.gateway import VaultGateway
 
@@ -37,11 +37,10 @@ def renew_node(config: ClusterConfig, node_name: str, output: NodeOutput, gatewa
     cas = {ca.name: read_ca_state(gateway, config.mount(ca.name)) for ca in catalog.cas_for(node.control_plane)}
     result = RenewalResult()
     changes: dict[str, FileContent | None] = {}
-    for ca in catalog.cas_for(node.control_plane):
-        bundle = cas[ca.name].bundle_pem
-        if bundle and output.read_pki(ca.cert_file) != bundle:
-            changes[ca.cert_file] = public(bundle)
-            result.reasons[ca.cert_file] = "CA bundle changed"
+    for name, content in ca_bundle_changes(node.control_plane, cas, config.mount).items():
+        if output.read_pki(name) != content.data:
+            changes[name] = content
+            result.reasons[name] = "CA bundle changed"
     for rc in resolve_node(node, config):
         observed = observe_leaf(output, rc)
         reason = _reason(rc, observed, cas[rc.spec.ca], now, seed, force)
@@ -49,8 +48,7 @@ def renew_node(config: ClusterConfig, node_name: str, output: NodeOutput, gatewa
             _record_schedule(result, rc.cert_file, observed.cert, seed)
             continue
         leaf = issue_leaf(gateway, rc)
-        changes[rc.cert_file] = public(leaf.cert_pem)
-        changes[rc.key_file] = secret(leaf.key_pem)
+        changes.update(leaf_changes(leaf))
         result.reasons[rc.cert_file] = reason
         _record_schedule(result, rc.cert_file, crypto.load_certs(leaf.cert_pem)[0], seed)
     if changes:

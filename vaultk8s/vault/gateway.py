@@ -295,6 +295,18 @@ class VaultGateway:
             self.client.token = own
         return (data or {}).get("data") or {}
 
+    def use_token(self, token: str) -> None:
+        """Authenticate later calls with token (the agent's own login); never logged."""
+        self.client.token = token
+
+    def renew_self(self) -> None:
+        with self._translate("renew the token at", "auth/token/renew-self"):
+            self.client.auth.token.renew_self()
+
+    def revoke_self(self) -> None:
+        with self._translate("revoke the token at", "auth/token/revoke-self"):
+            self.client.auth.token.revoke_self()
+
     def create_token(self, token_role: str, params: dict[str, Any]) -> str:
         with self._translate("create a token with role", f"auth/token/create/{token_role}"):
             data = self.client.write_data(f"auth/token/create/{token_role}", data=dict(params))

@@ -1,0 +1,155 @@
+"""The renewal agent: a loop around ops.renew with the clock, the wait and randomness injected.
+
+One round: authenticate (AppRole files from `vaultk8s node credentials`, or a token file), renew
+what is due on this node, refresh its kubeconfigs, run the reload hooks once for the batch, drop
+the round's AppRole token. Then sleep until the earliest next renewal, or back off after a failure.
+A wake-up (SIGHUP) renews everything now; stop ends the loop between rounds.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import subprocess
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Callable
+
+from vaultk8s.agent import schedule
+from vaultk8s.agent.metrics import AgentMetrics
+from vaultk8s.config import ClusterConfig
+from vaultk8s.errors import VaultK8sError
+from vaultk8s.ops.kubeconfigs import ensure_node_kubeconfigs
+from vaultk8s.ops.node import login_from_dir
+from vaultk8s.ops.renew import RenewalResult, renew_node
+from vaultk8s.store.atomic import read_file
+from vaultk8s.store.layout import NodeOutput
+from vaultk8s.vault.gateway import VaultGateway
+
+log = logging.getLogger("vaultk8s.agent")
+HOOK_TIMEOUT_SECONDS = 120
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    config: ClusterConfig
+    node: str
+    output: NodeOutput
+    credentials_dir: Path | None = None  # role_id / secret_id from `vaultk8s node credentials`
+    token_file: Path | None = None
+    hooks: tuple[tuple[str, ...], ...] = ()  # argv lists, run without a shell
+    idle: timedelta = timedelta(hours=1)
+
+
+@dataclass
+class Agent:
+    settings: AgentSettings
+    connect: Callable[[], VaultGateway]
+    clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)
+    rng: random.Random = field(default_factory=random.Random)
+    metrics: AgentMetrics = field(default_factory=AgentMetrics)
+    failures: int = 0
+
+    def __post_init__(self) -> None:
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._force_next = False
+        self._seed = self.rng.getrandbits(32)  # this agent's jitter, stable across its rounds
+
+    # --- one round ------------------------------------------------------------------------------
+
+    def renew_once(self, force: bool = False) -> RenewalResult:
+        gateway = self.connect()
+        approle = self._authenticate(gateway)
+        try:
+            gateway.check_ready()
+            result = renew_node(self.settings.config, self.settings.node, self.settings.output, gateway,
+                                now=self.clock(), seed=self._seed, force=force)
+        finally:
+            if approle:
+                _quietly(gateway.revoke_self)  # a round's token is not left alive for nobody
+        node = self.settings.config.node(self.settings.node)
+        written = ensure_node_kubeconfigs(node, self.settings.config, self.settings.output.root.parent,
+                                          output=self.settings.output)
+        renewed = result.renewed + [a.target.split("/", 1)[1] for a in written]
+        for name, reason in result.reasons.items():
+            log.info("renewed pki/%s (%s)", name, reason)
+        if renewed:
+            self._run_hooks(renewed)
+        self.metrics.observe(self.settings.node, result, self.clock())
+        return result
+
+    def _authenticate(self, gateway: VaultGateway) -> bool:
+        """True when this round logged in (and so owns a token to revoke)."""
+        if self.settings.credentials_dir is not None:
+            gateway.use_token(login_from_dir(self.settings.credentials_dir, gateway))
+            return True
+        if self.settings.token_file is not None:
+            token = read_file(self.settings.token_file)
+            if not token:
+                raise VaultK8sError(f"token file {self.settings.token_file} is missing or empty")
+            gateway.use_token(token.decode().strip())
+            _quietly(gateway.renew_self)  # keeps a renewable periodic token alive; others just expire
+        return False
+
+    def _run_hooks(self, renewed: list[str]) -> None:
+        env = dict(os.environ, VAULTK8S_NODE=self.settings.node, VAULTK8S_RENEWED=" ".join(sorted(set(renewed))))
+        for argv in dict.fromkeys(self.settings.hooks):  # each hook once per batch
+            try:
+                proc = subprocess.run(list(argv), env=env, timeout=HOOK_TIMEOUT_SECONDS,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            except (OSError, subprocess.TimeoutExpired) as err:
+                raise VaultK8sError(f"reload hook {argv[0]} failed: {type(err).__name__}") from None
+            if proc.returncode != 0:
+                raise VaultK8sError(f"reload hook {argv[0]} exited {proc.returncode}")
+
+    # --- the loop -------------------------------------------------------------------------------
+
+    def next_delay(self, result: RenewalResult | None) -> timedelta:
+        now = self.clock()
+        if result is None:
+            return schedule.backoff(self.failures, self.rng, self._until_expiry(now))
+        return schedule.next_wake(list(result.next_renewals.values()), now, self.settings.idle) - now
+
+    def run(self, wait: Callable[[float], None] | None = None) -> None:
+        """Rounds until stop(); `wait(seconds)` sleeps (tests pass one that moves a fake clock)."""
+        wait = wait or self._wake.wait
+        while not self._stop.is_set():
+            force, self._force_next = self._force_next, False
+            try:
+                result = self.renew_once(force=force)
+                self.failures = 0
+            except VaultK8sError as err:
+                self.failures += 1
+                self.metrics.failed(self.settings.node)
+                log.error("renewal failed (%d in a row): %s", self.failures, err)
+                result = None
+            if self._stop.is_set():
+                break
+            delay = self.next_delay(result)
+            log.info("next check in %ds", int(delay.total_seconds()))
+            self._wake.clear()
+            wait(max(0.0, delay.total_seconds()))
+
+    def renew_now(self) -> None:
+        """SIGHUP: renew every certificate at once, then carry on."""
+        self._force_next = True
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    def _until_expiry(self, now: datetime) -> timedelta | None:
+        expiries = self.metrics.expiries(self.settings.node)
+        return min(expiries) - now if expiries else None
+
+
+def _quietly(call: Callable[[], None]) -> None:
+    try:
+        call()
+    except VaultK8sError as err:
+        log.warning("%s", err)
