@@ -9,6 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from cryptography import x509
+from cryptography.x509.verification import Criticality, ExtensionPolicy, PolicyBuilder, Store
+
+from vaultk8s import catalog
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -48,3 +52,19 @@ def openssl_verify(ca_file: Path, cert_file: Path) -> subprocess.CompletedProces
     """openssl verify with the leaf file's own chain (leaf + intermediates) as untrusted certs."""
     return subprocess.run(["openssl", "verify", "-CAfile", str(ca_file), "-untrusted", str(cert_file),
                            str(cert_file)], capture_output=True, text=True, timeout=30)
+
+
+def policy_verify(spec: catalog.CertSpec, server_name: str, anchors: list[x509.Certificate],
+                  chain: list[x509.Certificate]) -> list[x509.Certificate]:
+    """cryptography's verifier: chain[0] is the leaf, chain[1:] the intermediates it presents.
+
+    Returns the verified chain, leaf first and trust anchor last; raises if it does not verify.
+    """
+    builder = PolicyBuilder().store(Store(anchors))
+    if catalog.Usage.SERVER in spec.usages:
+        return builder.build_server_verifier(x509.DNSName(server_name)).verify(chain[0], chain[1:])
+    # Our client certs, like kubeadm's, carry no SAN; the web PKI profile requires one, so the
+    # end-entity policy relaxes only that. CA certificates keep the strict web PKI profile.
+    ee = ExtensionPolicy.webpki_defaults_ee().may_be_present(x509.SubjectAlternativeName, Criticality.AGNOSTIC, None)
+    builder = builder.extension_policies(ca_policy=ExtensionPolicy.webpki_defaults_ca(), ee_policy=ee)
+    return builder.build_client_verifier().verify(chain[0], chain[1:]).chain

@@ -6,8 +6,6 @@ and mount prefix; the tests that break things make their own token and prefix.
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 import sys
 import time
@@ -18,26 +16,23 @@ from pathlib import Path
 
 import pkcs11
 import pytest
+import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.x509.verification import Criticality, ExtensionPolicy, PolicyBuilder, Store
 
+from tests.helpers.cluster import policy_verify
+from tests.helpers.hsm import PIN_ENV, hsm_section, needs_softhsm, new_token
 from vaultk8s import catalog, crypto
 from vaultk8s.cli import main
 from vaultk8s.config import ClusterConfig, load_config
 from vaultk8s.errors import HsmError, PlanRefused, VaultError
-from vaultk8s.hsm import SOFTHSM_MODULE, HsmRootAuthority, init_dev_token, open_token, refresh_module
+from vaultk8s.hsm import SOFTHSM_MODULE, HsmRootAuthority, open_token, refresh_module
 from vaultk8s.hsm.keys import key_id
 from vaultk8s.ops.bootstrap import BootstrapReport, bootstrap
 from vaultk8s.vault.gateway import VaultGateway
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(not SOFTHSM_MODULE.exists() or not shutil.which("softhsm2-util"),
-                       reason="SoftHSM2 is not installed"),
-]
+pytestmark = [pytest.mark.integration, needs_softhsm]
 
-PIN_ENV = "VAULTK8S_TEST_HSM_PIN"
 CA_NAMES = tuple(ca.name for ca in catalog.CAS)
 
 
@@ -51,8 +46,7 @@ def cluster_yaml(prefix: str, hsm_key_type: str | None, pin_env: str = PIN_ENV, 
         "  workers: [{name: worker-1, ips: [10.0.1.1]}]\n"
     )
     if hsm_key_type:
-        text += (f"hsm: {{module: {SOFTHSM_MODULE}, token_label: {label}, pin_env: {pin_env}, "
-                 f"key_type: {hsm_key_type}}}\n")
+        text += yaml.safe_dump({"hsm": hsm_section(hsm_key_type, pin_env=pin_env, label=label)})
     return text
 
 
@@ -104,13 +98,6 @@ def vault_issuers(gateway: VaultGateway, mount: str) -> dict:
         return gateway.client.list(f"{mount}/issuers")["data"]["key_info"]
     except Exception:
         return {}
-
-
-def new_token(base: Path, monkeypatch: pytest.MonkeyPatch):
-    token = init_dev_token(base)
-    monkeypatch.setenv("SOFTHSM2_CONF", str(token.conf_path))
-    monkeypatch.setenv(PIN_ENV, token.pin)
-    return token
 
 
 # --- one bootstrapped cluster per root key type ------------------------------------------------
@@ -188,7 +175,7 @@ def test_every_leaf_verifies_via_the_intermediate_to_the_hsm_root(cluster, tmp_p
             chain = crypto.load_certs(leaf_file.read_bytes())
             assert len(chain) == 2 and not crypto.is_self_signed(chain[1])
             _openssl_verify(ca_file, leaf_file)
-            verified = _policy_verify(spec, node, crypto.load_certs(ca_file.read_bytes()), chain)
+            verified = policy_verify(spec, node.name, crypto.load_certs(ca_file.read_bytes()), chain)
             assert verified[-1] == roots[spec.ca] and len(verified) == 3
             checked += 1
     assert checked == len(catalog.certs_for(True)) + len(catalog.certs_for(False))
@@ -199,17 +186,6 @@ def _openssl_verify(ca_file: Path, leaf_file: Path) -> None:
     result = subprocess.run(["openssl", "verify", "-x509_strict", "-CAfile", str(ca_file),
                              "-untrusted", str(leaf_file), str(leaf_file)], capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout.strip().endswith(": OK"), result.stdout + result.stderr
-
-
-def _policy_verify(spec, node, anchors, chain) -> list[x509.Certificate]:
-    builder = PolicyBuilder().store(Store(anchors))
-    if catalog.Usage.SERVER in spec.usages:
-        return builder.build_server_verifier(x509.DNSName(node.name)).verify(chain[0], chain[1:])
-    # Our client certs, like kubeadm's, carry no SAN; the web PKI profile requires one, so the
-    # end-entity policy relaxes only that. CA certificates keep the strict web PKI profile.
-    ee = ExtensionPolicy.webpki_defaults_ee().may_be_present(x509.SubjectAlternativeName, Criticality.AGNOSTIC, None)
-    builder = builder.extension_policies(ca_policy=ExtensionPolicy.webpki_defaults_ca(), ee_policy=ee)
-    return builder.build_client_verifier().verify(chain[0], chain[1:]).chain
 
 
 def test_no_root_key_material_in_vault_or_on_disk(cluster):
@@ -274,47 +250,6 @@ def test_another_tokens_root_is_refused(cluster, tmp_path, monkeypatch):
     assert token_objects(cluster.config.hsm) == []  # nothing created in the wrong token
     assert mount_snapshot(cluster.gateway, cluster.prefix) == before
     assert other.conf_path != cluster.token.conf_path
-
-
-def test_etcd_mtls_with_root_only_ca_files(cluster, tmp_path, free_port):
-    """etcd trusts etcd/ca.crt (the HSM root only); peers present leaf + intermediate."""
-    etcd, etcdctl = shutil.which("etcd"), shutil.which("etcdctl")
-    if not (etcd and etcdctl) or cluster.config.hsm.key_type != "ec-p384":
-        pytest.skip("etcd not installed" if not etcd else "one key type is enough for the etcd smoke")
-    pki, port = cluster.out / "cp-1" / "pki", free_port()
-    url = f"https://127.0.0.1:{port}"
-    proc = subprocess.Popen(
-        [etcd, "--name", "cp-1", "--data-dir", str(tmp_path / "data"), "--listen-client-urls", url,
-         "--advertise-client-urls", url, "--listen-peer-urls", f"http://127.0.0.1:{port + 1}",
-         "--initial-advertise-peer-urls", f"http://127.0.0.1:{port + 1}",
-         "--initial-cluster", f"cp-1=http://127.0.0.1:{port + 1}", "--client-cert-auth",
-         "--trusted-ca-file", str(pki / "etcd/ca.crt"), "--cert-file", str(pki / "etcd/server.crt"),
-         "--key-file", str(pki / "etcd/server.key")],
-        stdout=subprocess.DEVNULL, stderr=(tmp_path / "etcd.log").open("wb"))
-
-    def health(cert: str) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [etcdctl, "--endpoints", url, "--cacert", str(pki / "etcd/ca.crt"), "--cert", str(pki / f"{cert}.crt"),
-             "--key", str(pki / f"{cert}.key"), "--dial-timeout", "2s", "--command-timeout", "3s", "endpoint", "health"],
-            capture_output=True, text=True, timeout=20, env={**os.environ, "ETCDCTL_API": "3"})
-
-    try:
-        deadline = time.monotonic() + 20
-        while (result := health("apiserver-etcd-client")).returncode != 0 and time.monotonic() < deadline:
-            assert proc.poll() is None, (tmp_path / "etcd.log").read_text()[-2000:]
-            time.sleep(0.3)
-        assert result.returncode == 0, result.stdout + result.stderr
-        assert "is healthy" in result.stdout + result.stderr
-        assert health("etcd/healthcheck-client").returncode == 0
-        refused = health("apiserver-kubelet-client")  # a kubernetes-ca client: other root
-        assert refused.returncode != 0
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
 
 
 # --- failures leave Vault as it was ------------------------------------------------------------
