@@ -286,3 +286,13 @@ path "sys/mounts/vaultk8s" {
 path "vaultk8s/data/demo/service-account" {
   capabilities = ["create", "read", "update"]
 }
+
+# service-account key set: retire permanently destroys older versions (retired private keys)
+path "vaultk8s/destroy/demo/service-account" {
+  capabilities = ["update"]
+}
+
+# service-account key set metadata: bootstrap bounds max_versions, retire finds versions to destroy
+path "vaultk8s/metadata/demo/service-account" {
+  capabilities = ["create", "read", "update"]
+}

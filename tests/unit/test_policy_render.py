@@ -167,3 +167,12 @@ def test_node_name_that_collides_with_a_shared_role_is_high():
     config = parse_config(data)
     result = review(config, _texts(config), _roles(config))
     assert any("rename the node" in f.message for f in result.high)
+
+
+def test_operator_service_account_grants_are_exactly_the_key_sets_paths(config):
+    kv = [g for g in pol.grants_for(pol.OPERATOR, config) if g.path.startswith("vaultk8s/")]
+    assert {(g.path, tuple(sorted(g.capabilities))) for g in kv} == {
+        ("vaultk8s/data/demo/service-account", ("create", "read", "update")),
+        ("vaultk8s/metadata/demo/service-account", ("create", "read", "update")),
+        ("vaultk8s/destroy/demo/service-account", ("update",)),
+    }

@@ -215,7 +215,9 @@ def _hsm_intermediate_grants(mount: str) -> list[Grant]:
 
 
 def _service_account_grants(config: ClusterConfig) -> list[Grant]:
-    """The service-account key set: only this cluster's secret, read and check-and-set written."""
+    """The service-account key set: only this cluster's secret, read and check-and-set written, its
+    metadata, and destroy of its old versions. No delete (metadata delete would drop the whole
+    history including the current key), no undelete, no list, nothing else in the KV mount."""
     from vaultk8s.plan.sa import resolve_settings
 
     sa = resolve_settings(config)
@@ -223,6 +225,10 @@ def _service_account_grants(config: ClusterConfig) -> list[Grant]:
         Grant(f"sys/mounts/{sa.kv_mount}", ("create", "read", "update"), "enable and inspect the service-account KV mount"),
         Grant(f"{sa.kv_mount}/data/{sa.kv_path}", ("create", "read", "update"),
               "service-account key set (private signing keys): bootstrap, sa rotate, sa status"),
+        Grant(f"{sa.kv_mount}/metadata/{sa.kv_path}", ("create", "read", "update"),
+              "service-account key set metadata: bootstrap bounds max_versions, retire finds versions to destroy"),
+        Grant(f"{sa.kv_mount}/destroy/{sa.kv_path}", ("update",),
+              "service-account key set: retire permanently destroys older versions (retired private keys)"),
     ]
 
 
