@@ -147,3 +147,36 @@ def test_settings_problems_are_listed_one_per_line():
 
 def test_human_duration():
     assert [sa.human_duration(timedelta(minutes=m)) for m in (0, 45, 60, 90, 2880)] == ["0m", "45m", "1h", "1h30m", "48h"]
+
+
+# --- destroying history after retire ------------------------------------------------------------
+
+def _history(*versions, destroyed=(), deleted=()):
+    return tuple(sa.StoredVersion(v, v in destroyed, v in deleted) for v in versions)
+
+
+def test_retire_destroys_every_older_version_still_holding_data(steady):
+    retired = sa.retire(sa.promote(sa.stage(steady, _key(), T0), T0), T0, GRACE, force=True)
+    # v1 bootstrap, v2 stage, v3 promote, v4 retire; v2 was soft-deleted: undelete would bring it back
+    assert sa.destroy_after_retire(retired, 4, _history(1, 2, 3, 4, deleted=(2,))) == (1, 2, 3)
+    # the second time round, only what is not destroyed yet (nothing, after a complete retire)
+    assert sa.destroy_after_retire(retired, 4, _history(1, 2, 3, 4, destroyed=(1, 2, 3))) == ()
+    # a version written after ours (another operator) is never touched; evicted versions are absent
+    assert sa.destroy_after_retire(retired, 4, _history(2, 3, 4, 5)) == (2, 3)
+
+
+@pytest.mark.parametrize("phases", [(), ("stage",), ("stage", "promote")])
+def test_history_is_kept_until_a_key_is_retired(steady, phases):
+    state = steady
+    for phase in phases:
+        state = sa.apply_phase(state, Phase(phase), T0, GRACE, new=_key())
+    assert not sa.cleans_history(state)
+    assert sa.destroy_after_retire(state, 3, _history(1, 2, 3)) == ()
+
+
+def test_history_is_kept_while_a_new_rotation_is_under_way(steady):
+    retired = sa.retire(sa.promote(sa.stage(steady, _key(), T0), T0), T0, GRACE, force=True)
+    restaged = sa.stage(retired, _key(), T0)
+    assert sa.cleans_history(retired) and not sa.cleans_history(restaged)
+    assert sa.destroy_after_retire(restaged, 5, _history(1, 2, 3, 4, 5)) == ()
+

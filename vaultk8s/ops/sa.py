@@ -37,9 +37,11 @@ class RotateReport:
     kv_version: int
     keys: sa.KeySet
     actions: list[Action] = field(default_factory=list)
+    destroyed_versions: tuple[int, ...] = ()  # older KV versions retire destroyed
 
     def to_dict(self) -> dict:
         return {"phase": self.phase.value, "changed": self.changed, "kv_version": self.kv_version,
+                "destroyed_versions": list(self.destroyed_versions),
                 "actions": [a.to_dict() for a in self.actions]}
 
 
@@ -98,10 +100,13 @@ def ensure_key_set(config: ClusterConfig, gateway: VaultGateway, *, now: datetim
     if stored is not None:
         return stored.keys, actions
     target = f"{settings.kv_mount}/data/{settings.kv_path}"
-    actions.append(Action("generate-key", target, f"no service-account key yet: {settings.key_type}"))
+    actions.append(Action("generate-key", target, f"no service-account key yet: {settings.key_type}, "
+                                                  f"max_versions {sa.KV_MAX_VERSIONS}"))
     if dry_run:
         return None, actions
     keys = sa.initial(sa.new_key(make_key(settings.key_type), now), now)
+    # Metadata first: if the write below fails, a re-run finds no key and sets it again (idempotent).
+    gateway.kv2_set_max_versions(settings.kv_mount, settings.kv_path, sa.KV_MAX_VERSIONS)
     _write_key_set(gateway, settings, keys, cas=0)
     return keys, actions
 
@@ -160,7 +165,34 @@ def rotate(config: ClusterConfig, out: Path, gateway: VaultGateway, phase: sa.Ph
         actions.append(Action("write-kv", f"{settings.kv_mount}/data/{settings.kv_path}", _describe(phase, keys)))
     actions.extend(plan_key_files(config, out, keys))
     write_key_files(config, out, keys)
-    return RotateReport(phase, keys != stored.keys, version, keys, actions)
+    destroyed: tuple[int, ...] = ()
+    if phase is sa.Phase.RETIRE:
+        destroyed = _destroy_old_versions(gateway, settings, keys, version, wrote=keys != stored.keys)
+    if destroyed:
+        actions.append(Action("destroy-kv-versions", f"{settings.kv_mount}/destroy/{settings.kv_path}",
+                              f"versions {', '.join(map(str, destroyed))} held the retired private key"))
+    return RotateReport(phase, keys != stored.keys or bool(destroyed), version, keys, actions, destroyed)
+
+
+def _destroy_old_versions(gateway: VaultGateway, settings: sa.SASettings, keys: sa.KeySet, version: int,
+                          wrote: bool) -> tuple[int, ...]:
+    """After retire: permanently destroy the versions older than `version` (KV keeps them otherwise).
+
+    Also runs when retire was already done, so a destroy that failed last time is finished by re-running.
+    """
+    if not sa.cleans_history(keys):
+        return ()  # nothing retired yet: keep the history (and need no metadata access)
+    where = f"{settings.kv_mount}/data/{settings.kv_path}"
+    try:
+        _, versions = gateway.kv2_versions(settings.kv_mount, settings.kv_path) or (0, [])
+        history = tuple(sa.StoredVersion(n, destroyed, deleted) for n, destroyed, deleted in versions)
+        doomed = sa.destroy_after_retire(keys, version, history)
+        gateway.kv2_destroy(settings.kv_mount, settings.kv_path, list(doomed))
+    except VaultError as err:
+        done = f"retired in {where} (version {version}) and node files written" if wrote else "retire already done"
+        raise type(err)(f"{done}, but older versions may still hold the retired private key: {err}; "
+                        "re-run `vaultk8s sa rotate --phase retire` to destroy them") from None
+    return doomed
 
 
 def _describe(phase: sa.Phase, keys: sa.KeySet) -> str:

@@ -28,6 +28,10 @@ DEFAULT_GRACE = timedelta(hours=48)
 MIN_GRACE = timedelta(hours=1)
 KV_SUFFIX = "vaultk8s"
 DOCUMENT_SCHEMA = 1
+# max_versions on the key-set secret: one rotation's states (before stage, staged, promoted) stay
+# readable for `bao kv rollback` until retire; retire destroys them (destroy_after_retire). It also
+# bounds how long a private key could linger in history if that destroy never ran.
+KV_MAX_VERSIONS = 3
 
 
 class KeyState(str, Enum):
@@ -222,6 +226,34 @@ def apply_phase(state: KeySet, phase: Phase, now: datetime, grace: timedelta,
     if phase is Phase.PROMOTE:
         return promote(state, now)
     return retire(state, now, grace, force)
+
+
+@dataclass(frozen=True)
+class StoredVersion:
+    """One entry of the secret's KV v2 version history (its metadata: no data, no key material)."""
+    version: int
+    destroyed: bool
+    deleted: bool = False  # soft-deleted: the data is still there (undelete), so it still counts
+
+
+def cleans_history(state: KeySet) -> bool:
+    """A retired state: some key retired, none previous or staged. Only then is history destroyed."""
+    return bool(state.with_state(KeyState.RETIRED)) and not state.with_state(KeyState.PREVIOUS, KeyState.STAGED)
+
+
+def destroy_after_retire(state: KeySet, current: int, history: tuple[StoredVersion, ...]) -> tuple[int, ...]:
+    """The versions retire must destroy: every one older than `current` whose data still exists.
+
+    `state` is the key set stored at `current`. Only a retired state (keys retired, none previous)
+    destroys anything: then every older version holds a private key that must never sign again
+    (the retired key was staged, active or previous in each version since the last retire; earlier
+    ones were destroyed by that retire), so older versions are destroyed as a whole rather than read
+    one by one, which would fetch those private keys once more. Versions newer than `current`
+    (another operator's later write) are never touched.
+    """
+    if not cleans_history(state):
+        return ()
+    return tuple(sorted(v.version for v in history if 0 < v.version < current and not v.destroyed))
 
 
 def retire_after(key: SAKey, grace: timedelta) -> datetime:

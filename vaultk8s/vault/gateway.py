@@ -382,6 +382,35 @@ class VaultGateway:
                 ) from None
         return int(((result or {}).get("data") or {}).get("version") or 0)
 
+    def kv2_set_max_versions(self, mount: str, path: str, max_versions: int) -> None:
+        """Bound the secret's version history (creates its metadata when the secret does not exist yet)."""
+        with self._translate("write", f"{mount}/metadata/{path}"):
+            self.client.secrets.kv.v2.update_metadata(path, max_versions=max_versions, mount_point=mount)
+
+    def kv2_versions(self, mount: str, path: str) -> tuple[int, list[tuple[int, bool, bool]]] | None:
+        """(max_versions, [(version, destroyed, soft_deleted)]) from the secret's metadata; None when absent.
+
+        Metadata only: no secret data is read.
+        """
+        with self._translate("read", f"{mount}/metadata/{path}"):
+            try:
+                data = self.client.secrets.kv.v2.read_secret_metadata(path, mount_point=mount)
+            except hv.InvalidPath:
+                return None
+        body = (data or {}).get("data") or {}
+        versions = []
+        for number, info in (body.get("versions") or {}).items():
+            info = info or {}
+            versions.append((int(number), bool(info.get("destroyed")), bool(info.get("deletion_time"))))
+        return int(body.get("max_versions") or 0), sorted(versions)
+
+    def kv2_destroy(self, mount: str, path: str, versions: list[int]) -> None:
+        """Permanently remove the data of these versions (not a soft delete: no undelete, no rollback)."""
+        if not versions:
+            return
+        with self._translate("destroy versions of", f"{mount}/destroy/{path}"):
+            self.client.secrets.kv.v2.destroy_secret_versions(path, versions=list(versions), mount_point=mount)
+
     # --- generic (used by the other gateways' callers: KV, policies, auth) ------------------------
 
     def read(self, path: str) -> dict[str, Any] | None:
