@@ -13,9 +13,10 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from tests.helpers import policy as policy_helpers
 from tests.helpers.nodes import run_cli, tree_state, write_cluster
 from vaultk8s.config import load_config
-from vaultk8s.errors import PlanRefused
+from vaultk8s.errors import PlanRefused, VaultError
 from vaultk8s.ops import sa as sa_ops
 from vaultk8s.plan import sa
 from vaultk8s.vault.gateway import VaultGateway
@@ -203,3 +204,128 @@ def test_bootstrap_refuses_a_non_kv_mount(tmp_path, vault_env, mount_prefix, ope
     cluster = write_cluster(tmp_path, mount_prefix, CONTROL_PLANE)
     result = run_cli(["bootstrap", "-c", str(cluster), "-o", str(tmp_path / "out")], vault_env, check=False)
     _one_line_error(result, 6, "KV version 1")
+
+
+# --- retire destroys the old versions that still hold the retired private key --------------------
+
+def _history(env, mount, path):
+    """Every version Vault can still serve, as {version: raw JSON text}, plus the metadata."""
+    token = env["VAULT_TOKEN"]
+    meta = policy_helpers.call(env, token, "GET", f"{mount}/metadata/{path}")
+    assert meta.status_code == 200, meta.text
+    meta = meta.json()["data"]
+    texts = {}
+    for version in range(1, meta["current_version"] + 1):
+        resp = policy_helpers.call(env, token, "GET", f"{mount}/data/{path}?version={version}")
+        if resp.status_code == 200 and (resp.json().get("data") or {}).get("data"):
+            texts[version] = resp.text
+    return meta, texts
+
+
+def _rotate_fully(rotate):
+    """stage -> promote -> retire --force; returns the ids of the key retired and the key now active."""
+    for phase in ("stage", "promote"):
+        rotate(phase)
+    return rotate("retire", "--force")
+
+
+def _assert_only_active_private_key(env, mount, path, retired_id, active_key_pem):
+    meta, texts = _history(env, mount, path)
+    current = meta["current_version"]
+    assert list(texts) == [current], f"older versions still readable: {sorted(texts)}"
+    for version, info in meta["versions"].items():
+        if int(version) < current:
+            assert info["destroyed"], version
+    doc = json.loads(texts[current])["data"]["data"]
+    by_id = {k["id"]: k for k in doc["keys"]}
+    assert "private_pem" not in by_id[retired_id] and by_id[retired_id]["state"] == "retired"
+    active = [k for k in doc["keys"] if k["state"] == "active"]
+    assert len(active) == 1 and active[0]["private_pem"].encode() == active_key_pem
+    assert texts[current].count("PRIVATE KEY-----") == 2  # BEGIN and END of the active key, nothing else
+    return meta
+
+
+def test_retire_destroys_old_versions_holding_the_retired_private_key(tmp_path, vault_env, mount_prefix):
+    cluster = write_cluster(tmp_path, mount_prefix, CONTROL_PLANE)
+    out = tmp_path / "out"
+    run_cli(["bootstrap", "-c", str(cluster), "-o", str(out)], vault_env)
+    mount, path = f"{mount_prefix}vaultk8s", "it/service-account"
+    meta, _ = _history(vault_env, mount, path)
+    assert meta["max_versions"] == sa.KV_MAX_VERSIONS
+    old_id = sa.key_id(serialization.load_pem_private_key(_files(out)[0], None).public_key())
+
+    results = []
+    retired = _rotate_fully(lambda phase, *extra: results.append(_rotate(cluster, out, vault_env, phase, *extra))
+                            or results[-1])
+    assert "did: destroy-kv-versions" in retired.stdout
+    _assert_no_secret(*results)
+    meta = _assert_only_active_private_key(vault_env, mount, path, old_id, _files(out)[0])
+    assert meta["current_version"] == 4
+
+    before = tree_state(out)
+    again = _rotate(cluster, out, vault_env, "retire", "--force")
+    assert "already done" in again.stdout and "destroy" not in again.stdout
+    assert _history(vault_env, mount, path)[0] == meta and tree_state(out) == before
+
+    # a second rotation: the first one's active key is the one retired now
+    second_id = sa.key_id(serialization.load_pem_private_key(_files(out)[0], None).public_key())
+    _rotate_fully(lambda phase, *extra: _rotate(cluster, out, vault_env, phase, *extra))
+    meta = _assert_only_active_private_key(vault_env, mount, path, second_id, _files(out)[0])
+    assert meta["current_version"] == 7
+
+
+def test_a_failed_destroy_is_finished_by_rerunning_retire(tmp_path, vault_env, mount_prefix, monkeypatch):
+    cluster = write_cluster(tmp_path, mount_prefix, CONTROL_PLANE)
+    out = tmp_path / "out"
+    run_cli(["bootstrap", "-c", str(cluster), "-o", str(out)], vault_env)
+    old_id = sa.key_id(serialization.load_pem_private_key(_files(out)[0], None).public_key())
+    _rotate(cluster, out, vault_env, "stage")
+    _rotate(cluster, out, vault_env, "promote")
+    config = load_config(cluster)
+    gateway = VaultGateway.from_env(vault_env)
+
+    def refuse(*args, **kwargs):
+        raise VaultError("Vault refused to destroy versions of x: injected")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(gateway, "kv2_destroy", refuse)
+        with pytest.raises(VaultError) as err:
+            sa_ops.rotate(config, out, gateway, sa.Phase.RETIRE, now=datetime.now(timezone.utc), force=True)
+    message = str(err.value)
+    assert "\n" not in message and "PRIVATE" not in message
+    assert "node files written" in message and "re-run `vaultk8s sa rotate --phase retire`" in message
+    assert _files(out)[1].count(b"BEGIN PUBLIC KEY") == 1  # the retire itself took effect
+    mount, path = f"{mount_prefix}vaultk8s", "it/service-account"
+    assert len(_history(vault_env, mount, path)[1]) > 1  # old versions (the retired key) still there
+
+    report = sa_ops.rotate(config, out, gateway, sa.Phase.RETIRE, now=datetime.now(timezone.utc))
+    assert report.changed and report.destroyed_versions == (2, 3)
+    _assert_only_active_private_key(vault_env, mount, path, old_id, _files(out)[0])
+
+
+def test_operator_token_can_rotate_and_destroy_but_nothing_broader(tmp_path, vault_env, mount_prefix):
+    path, config, operator = policy_helpers.applied_cluster(vault_env, tmp_path, mount_prefix)
+    out = tmp_path / "out"
+    mount, secret = f"{mount_prefix}vaultk8s", "pol/service-account"
+    meta, _ = _history(vault_env, mount, secret)
+    assert meta["max_versions"] == sa.KV_MAX_VERSIONS  # bootstrap ran with the operator token
+    old_id = sa.key_id(serialization.load_pem_private_key(_files(out)[0], None).public_key())
+
+    def rotate(phase, *extra):
+        result = policy_helpers.cli(vault_env, "sa", "rotate", "-c", str(path), "-o", str(out), "--phase", phase,
+                                    *extra, token=operator)
+        assert result.returncode == 0, result.stderr
+        return result
+
+    assert "destroy-kv-versions" in _rotate_fully(rotate).stdout
+    _assert_only_active_private_key(vault_env, mount, secret, old_id, _files(out)[0])
+    assert "already done" in rotate("retire").stdout
+
+    # nothing beyond this one secret: no metadata delete (would drop the current key), no undelete,
+    # no destroy or metadata on another path of the mount
+    call = policy_helpers.call
+    assert call(vault_env, operator, "DELETE", f"{mount}/metadata/{secret}").status_code == 403
+    assert call(vault_env, operator, "POST", f"{mount}/undelete/{secret}", {"versions": [1]}).status_code == 403
+    assert call(vault_env, operator, "POST", f"{mount}/destroy/other/service-account", {"versions": [1]}).status_code == 403
+    assert call(vault_env, operator, "GET", f"{mount}/metadata/other/service-account").status_code == 403
+    assert call(vault_env, operator, "LIST", f"{mount}/metadata/").status_code == 403
