@@ -17,18 +17,13 @@ path "auth/token/lookup-self" {
   capabilities = ["read"]
 }
 
-# cp-1: token role
-path "auth/token/roles/vaultk8s-node-cp-1" {
-  capabilities = ["read"]
+# find token roles of removed nodes (names only)
+path "auth/token/roles" {
+  capabilities = ["list"]
 }
 
-# worker-1: token role
-path "auth/token/roles/vaultk8s-node-worker-1" {
-  capabilities = ["read"]
-}
-
-# worker-2: token role
-path "auth/token/roles/vaultk8s-node-worker-2" {
+# node token roles, including removed nodes'
+path "auth/token/roles/vaultk8s-node-*" {
   capabilities = ["read"]
 }
 
@@ -52,18 +47,13 @@ path "front-proxy-ca/roles/+" {
   capabilities = ["read"]
 }
 
-# cp-1: node binding (metadata, aliases)
-path "identity/entity/name/vaultk8s-node-cp-1" {
-  capabilities = ["read"]
+# find identities of removed nodes (names only)
+path "identity/entity/name" {
+  capabilities = ["list"]
 }
 
-# worker-1: node binding (metadata, aliases)
-path "identity/entity/name/vaultk8s-node-worker-1" {
-  capabilities = ["read"]
-}
-
-# worker-2: node binding (metadata, aliases)
-path "identity/entity/name/vaultk8s-node-worker-2" {
+# node bindings (metadata, aliases), including removed nodes'
+path "identity/entity/name/vaultk8s-node-*" {
   capabilities = ["read"]
 }
 

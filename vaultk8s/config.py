@@ -73,6 +73,11 @@ class ClusterConfig:
                 return node
         raise ConfigError(f"no node named {name!r} in the cluster file")
 
+    @property
+    def hsm_scope(self) -> str:
+        """Names this cluster's root objects in a shared HSM token (cluster name and mount prefix)."""
+        return f"{self.name}/{self.mount_prefix}"
+
     def mount(self, ca_name: str) -> str:
         """The Vault mount path of a CA: the prefix lets several clusters share one Vault."""
         return f"{self.mount_prefix}{ca_name}"

@@ -58,9 +58,9 @@ def _settings(key_type="ec-p256", **changes) -> HsmSettings:
     return replace(base, **changes)
 
 
-def _roots(settings):
+def _roots(settings, scope: str = ""):
     with open_token(settings) as session:
-        authority = HsmRootAuthority(session, settings.key_type)
+        authority = HsmRootAuthority(session, settings.key_type, scope=scope)
         return {ca: authority.ensure_root(ca, ca, TEN_YEARS, NOW) for ca in DEFAULT_CA_NAMES}
 
 
@@ -299,7 +299,7 @@ def test_dev_token_is_reused(dev_token, tmp_path):
 def test_cli_status_json(dev_token, tmp_path):
     from vaultk8s.cli.main import app
 
-    _roots(_settings())
+    _roots(_settings(), scope="demo/")  # the scope of cluster "demo" with no mount prefix
     config = tmp_path / "cluster.yaml"
     config.write_text("cluster: {name: demo, endpoint: 'https://10.0.0.10:6443'}\n"
                       "nodes: {control_plane: [{name: cp-1, ips: [10.0.0.11]}]}\n"

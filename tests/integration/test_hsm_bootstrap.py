@@ -120,7 +120,7 @@ class Cluster:
 
     def roots(self) -> dict[str, x509.Certificate]:
         with open_token(self.config.hsm) as session:
-            authority = HsmRootAuthority(session, self.config.hsm.key_type)
+            authority = HsmRootAuthority(session, self.config.hsm.key_type, scope=self.config.hsm_scope)
             return {ca.name: authority.ensure_root(ca.name, ca.common_name, self.config.ca_ttl,
                                                    datetime.now(timezone.utc)) for ca in catalog.CAS}
 
@@ -149,7 +149,7 @@ def test_first_bootstrap_makes_intermediates(cluster):
 def test_root_keys_stay_in_the_token(cluster):
     with open_token(cluster.config.hsm) as session:
         privates = list(session.get_objects({pkcs11.Attribute.CLASS: pkcs11.ObjectClass.PRIVATE_KEY}))
-        assert sorted(p[pkcs11.Attribute.ID] for p in privates) == sorted(key_id(n) for n in CA_NAMES)
+        assert sorted(p[pkcs11.Attribute.ID] for p in privates) == sorted(key_id(cluster.config.hsm_scope + n) for n in CA_NAMES)
         for private in privates:
             assert private[pkcs11.Attribute.EXTRACTABLE] is False
             assert private[pkcs11.Attribute.SENSITIVE] is True
@@ -309,11 +309,28 @@ def test_unsupported_mechanism_fails_before_vault_is_touched(tmp_path, monkeypat
     assert _no_mounts(vault_env, mount_prefix) and token_objects(config.hsm) == []
 
 
+def test_two_clusters_on_one_token_get_distinct_roots(tmp_path, monkeypatch, vault_env, mount_prefix):
+    """Shared roots would make one cluster's API server trust the other cluster's kubelets."""
+    new_token(tmp_path / "state", monkeypatch)
+    first = write_config(tmp_path / "a.yaml", mount_prefix, "ec-p256")
+    second = write_config(tmp_path / "b.yaml", mount_prefix.rstrip("/") + "b/", "ec-p256")
+    run_bootstrap(first, tmp_path / "out-a", vault_env)
+    run_bootstrap(second, tmp_path / "out-b", vault_env)
+    ca_a = (tmp_path / "out-a" / "cp-1" / "pki" / "ca.crt").read_bytes()
+    ca_b = (tmp_path / "out-b" / "cp-1" / "pki" / "ca.crt").read_bytes()
+    assert ca_a != ca_b
+    with open_token(first.hsm) as session:
+        labels = sorted(o[pkcs11.Attribute.LABEL] for o in session.get_objects(
+            {pkcs11.Attribute.CLASS: pkcs11.ObjectClass.PRIVATE_KEY}))
+    assert len(labels) == 6 and f"vaultk8s:{first.hsm_scope}kubernetes-ca" in labels
+
+
 def test_key_without_certificate_refused_even_in_dry_run(tmp_path, monkeypatch, vault_env, mount_prefix):
     new_token(tmp_path / "state", monkeypatch)
     config = write_config(tmp_path / "c.yaml", mount_prefix, "ec-p256")
     with open_token(config.hsm) as session:
-        HsmRootAuthority(session, "ec-p256").ensure_root("etcd-ca", "etcd-ca", config.ca_ttl, datetime.now(timezone.utc))
+        HsmRootAuthority(session, "ec-p256", scope=config.hsm_scope).ensure_root(
+            "etcd-ca", "etcd-ca", config.ca_ttl, datetime.now(timezone.utc))
         for obj in session.get_objects({pkcs11.Attribute.CLASS: pkcs11.ObjectClass.CERTIFICATE}):
             obj.destroy()
     for dry_run in (True, False):

@@ -28,9 +28,9 @@ def status(
     """Report, per CA, the root key's attributes and the root certificate in the token."""
     from vaultk8s.hsm import HsmRootAuthority, open_token
 
-    settings = _load_settings(config)
-    with open_token(settings) as session:
-        report = HsmRootAuthority(session, settings.key_type).status()
+    cluster = _load_cluster(config)
+    with open_token(cluster.hsm) as session:
+        report = HsmRootAuthority(session, cluster.hsm.key_type, scope=cluster.hsm_scope).status()
     if output is Output.json:
         typer.echo(json.dumps([entry.to_dict() for entry in report], indent=2))
         return
@@ -54,11 +54,11 @@ def dev_token_exports(token) -> str:
             f"export VAULTK8S_HSM_PIN=\"$(cat {shlex.quote(str(token.pin_file.resolve()))})\"\n")
 
 
-def _load_settings(config: Path):
+def _load_cluster(config: Path):
     cluster = load_config(config)
     if cluster.hsm is None:
         raise ConfigError("no hsm: block; see docs/hsm.md", source=str(config))
-    return cluster.hsm
+    return cluster
 
 
 def _render_text(entry) -> str:

@@ -40,6 +40,9 @@ def apply(
 ) -> None:
     """Write the policies, the AppRole mount, and per node its AppRole role, token role and identity.
 
+    Deletes the AppRole role, token role and identity of nodes no longer in the cluster file
+    (only this cluster's: see docs/policies.md).
+
     Needs an admin token: writing policies and identities is what grants everything else.
     """
     report = ops.apply(common.load(config), VaultGateway.from_env(), dry_run=dry_run)
@@ -63,6 +66,8 @@ def _print_report(report: ops.PolicyReport, output: common.Output, verb: str) ->
         typer.echo(text, nl=False)
     for action in report.actions:
         typer.echo(f"{verb}: {action}")
+    for note in report.notes:
+        typer.echo(f"note: {note}")
     typer.echo(f"{len(report.actions)} change(s)" if report.changed else "no changes: Vault matches policies/")
 
 

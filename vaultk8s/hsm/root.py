@@ -82,11 +82,17 @@ class _Root:
 class HsmRootAuthority:
     """Root keys and certificates of the CAs, in one logged-in session (see `open_token`)."""
 
-    def __init__(self, session: pkcs11.Session, key_type: str):
+    def __init__(self, session: pkcs11.Session, key_type: str, scope: str = ""):
+        """scope names the cluster (e.g. "demo/clusters/demo/"): clusters sharing a token get
+        distinct roots, so one cluster's certificates are never trusted by another."""
+        self._scope = scope
         if key_type not in KEY_SPECS:
             raise HsmError(f"unknown key_type {key_type!r}; use one of {', '.join(KEY_SPECS)}")
         self._session = session
         self._spec: KeySpec = KEY_SPECS[key_type]
+
+    def _scoped(self, ca_name: str) -> str:
+        return f"{self._scope}{ca_name}"
 
     @_drains
     def ensure_root(self, ca_name: str, common_name: str, ttl: timedelta, now: datetime,
@@ -99,7 +105,7 @@ class HsmRootAuthority:
                            "key; restore the key from the HSM backup or remove the certificate")
         if root.private is None and root.public is not None:
             raise HsmError(f"{ca_name}: the token holds a public key without its private key "
-                           f"(CKA_ID {key_id(ca_name).hex()}); remove it before creating a root")
+                           f"(CKA_ID {key_id(self._scoped(ca_name)).hex()}); remove it before creating a root")
         if root.private is not None:
             self._check_key_type(ca_name, root.private)
         if root.cert is not None:
@@ -111,7 +117,7 @@ class HsmRootAuthority:
                            "restore the certificate, or pass allow_new_cert to issue one")
         check_mechanisms(self._session.token, self._spec)
         if root.private is None:
-            root.public, root.private = generate_keypair(self._session, self._spec, ca_name)
+            root.public, root.private = generate_keypair(self._session, self._spec, self._scoped(ca_name))
         cert = self._self_sign(root, common_name, ttl, now)
         self._store_cert(ca_name, cert)
         return cert
@@ -152,7 +158,7 @@ class HsmRootAuthority:
     # -- finding and checking -------------------------------------------------------------
 
     def _find(self, ca_name: str) -> _Root:
-        ident = key_id(ca_name)
+        ident = key_id(self._scoped(ca_name))
         try:
             private = find_one(self._session, ObjectClass.PRIVATE_KEY, ident)
             public = find_one(self._session, ObjectClass.PUBLIC_KEY, ident)
@@ -181,7 +187,7 @@ class HsmRootAuthority:
 
     def _status_of(self, ca_name: str) -> RootKeyStatus:
         root = self._find(ca_name)
-        ident = key_id(ca_name).hex()
+        ident = key_id(self._scoped(ca_name)).hex()
         key_fields = {}
         if root.private is not None:
             key_fields = {
@@ -233,8 +239,8 @@ class HsmRootAuthority:
                 Attribute.TOKEN: True,
                 Attribute.PRIVATE: False,
                 Attribute.MODIFIABLE: False,
-                Attribute.ID: key_id(ca_name),
-                Attribute.LABEL: key_label(ca_name),
+                Attribute.ID: key_id(self._scoped(ca_name)),
+                Attribute.LABEL: key_label(self._scoped(ca_name)),
                 Attribute.SUBJECT: cert.subject.public_bytes(),
                 Attribute.ISSUER: cert.issuer.public_bytes(),
                 Attribute.VALUE: cert.public_bytes(serialization.Encoding.DER),

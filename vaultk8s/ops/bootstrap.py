@@ -137,7 +137,7 @@ def _root_authority(config: ClusterConfig) -> Iterator[Any]:
     from vaultk8s.hsm import HsmRootAuthority, open_token  # pkcs11 only when HSM mode is on
 
     with open_token(config.hsm) as session:
-        yield HsmRootAuthority(session, config.hsm.key_type)
+        yield HsmRootAuthority(session, config.hsm.key_type, scope=config.hsm_scope)
 
 
 def _probe_roots(authority: Any) -> dict[str, str]:

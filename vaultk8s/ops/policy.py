@@ -1,9 +1,11 @@
 """`vaultk8s policy render|apply|diff|review`: policies/ on disk, policies and auth roles in Vault.
 
-apply writes, in order: the cluster's AppRole mount, the ACL policies, per node an AppRole role
-and a token role, and per node an identity entity (metadata node=<name>) with two aliases (the
-AppRole role_id, the token role's alias name). Every step is observed first; re-running changes
-nothing. Writing policies and identities needs an admin token (see docs/policies.md).
+apply writes, in order: the ACL policies, the cluster's AppRole mount, then deletes the AppRole
+role, token role and identity entity of every node no longer in the cluster file (plan/prune.py
+decides which objects are this cluster's), then per node an AppRole role and a token role, and per
+node an identity entity (metadata node=<name>) with two aliases (the AppRole role_id, the token
+role's alias name). Every step is observed first; re-running changes nothing. Writing policies and
+identities needs an admin token (see docs/policies.md).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from vaultk8s import catalog
 from vaultk8s.config import ClusterConfig, NodeSpec
 from vaultk8s.errors import PlanRefused, StoreError, VaultError
 from vaultk8s.plan import policies as pol
+from vaultk8s.plan import prune
 from vaultk8s.plan.actions import Action
 from vaultk8s.plan.review import Review, review
 from vaultk8s.plan.resolve import resolve_all
@@ -31,13 +34,15 @@ TOKEN_AUTH = "token"
 class PolicyReport:
     actions: list[Action] = field(default_factory=list)
     diffs: list[str] = field(default_factory=list)  # unified diffs of policy texts
+    notes: list[str] = field(default_factory=list)  # kept on purpose: look like ours, are not
 
     @property
     def changed(self) -> bool:
         return bool(self.actions)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"changed": self.changed, "actions": [a.to_dict() for a in self.actions], "diffs": self.diffs}
+        return {"changed": self.changed, "actions": [a.to_dict() for a in self.actions], "diffs": self.diffs,
+                "notes": self.notes}
 
 
 # --- files ----------------------------------------------------------------------------------------
@@ -74,6 +79,7 @@ def apply(config: ClusterConfig, gateway: VaultGateway, *, dry_run: bool = False
     _ensure_policies(config, gateway, report, dry_run)
     accessor = _ensure_approle_mount(config, gateway, report, dry_run)
     token_accessor = _token_accessor(gateway)
+    _prune_removed_nodes(config, gateway, report, dry_run, accessor, token_accessor)
     for node in config.nodes:
         _ensure_node(config, node, gateway, report, dry_run, accessor, token_accessor)
     return report
@@ -114,6 +120,46 @@ def _token_accessor(gateway: VaultGateway) -> str:
     if found is None:  # pragma: no cover - Vault always mounts token/
         raise VaultError("Vault has no token auth method mounted")
     return found[1]
+
+
+_DELETE_KINDS = {prune.APPROLE_ROLE: "delete-approle", prune.TOKEN_ROLE: "delete-token-role",
+                 prune.ENTITY: "delete-entity"}
+_DELETE_WHY = {prune.APPROLE_ROLE: "its secret_ids stop logging in",
+               prune.TOKEN_ROLE: "no new plain tokens",
+               prune.ENTITY: "its live tokens stop resolving node paths"}
+
+
+def observe_prune(config: ClusterConfig, gateway: VaultGateway, approle_accessor: str | None,
+                  token_accessor: str | None) -> prune.PrunePlan:
+    """Read what removed nodes left behind (names listed, candidates read) and plan the deletions."""
+    mount = pol.approle_mount(config)
+    roles = gateway.list_approle_roles(mount) if approle_accessor is not None else []
+    observed = prune.Observed(
+        approle_roles={n: gateway.read_approle_role(mount, n) for n in prune.candidate_approle_roles(config, roles)},
+        token_roles={n: gateway.read_token_role(n)
+                     for n in prune.candidate_entity_names(config, gateway.list_token_roles())},
+        entities={n: gateway.read_entity(n) for n in prune.candidate_entity_names(config, gateway.list_entity_names())},
+        approle_accessor=approle_accessor, token_accessor=token_accessor,
+    )
+    return prune.plan_prune(config, observed)
+
+
+def _prune_removed_nodes(config: ClusterConfig, gateway: VaultGateway, report: PolicyReport, dry_run: bool,
+                         approle_accessor: str | None, token_accessor: str) -> None:
+    plan = observe_prune(config, gateway, approle_accessor, token_accessor)
+    for kept in plan.skipped:
+        report.notes.append(f"kept {kept.path}: named like a removed node's {kept.kind}, but {kept.reason}")
+    for item in plan.stale:
+        report.actions.append(Action(_DELETE_KINDS[item.kind], item.path,
+                                     f"node {item.node} is not in the cluster file: {_DELETE_WHY[item.kind]}"))
+        if dry_run:
+            continue
+        if item.kind == prune.APPROLE_ROLE:
+            gateway.delete_approle_role(pol.approle_mount(config), pol.approle_role(item.node))
+        elif item.kind == prune.TOKEN_ROLE:
+            gateway.delete_token_role(pol.entity_name(config, item.node))
+        else:
+            gateway.delete_entity(pol.entity_name(config, item.node))
 
 
 def _ensure_node(config: ClusterConfig, node: NodeSpec, gateway: VaultGateway, report: PolicyReport,
@@ -184,4 +230,7 @@ def review_vault(config: ClusterConfig, gateway: VaultGateway) -> Review:
         mount = config.mount(ca.name)
         for name in gateway.list_roles(mount):
             roles[(mount, name)] = gateway.read_role(mount, name) or {}
-    return review(config, texts, roles)
+    found = gateway.auth_accessor(pol.approle_mount(config))
+    approle_accessor = found[1] if found is not None and found[0] == "approle" else None
+    leftovers = observe_prune(config, gateway, approle_accessor, _token_accessor(gateway))
+    return review(config, texts, roles, leftovers)

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass
 class Action:
     kind: str  # enable-mount | tune-mount | generate-root | hsm-intermediate | configure-urls | write-role
     #          | delete-role | issue | write-file | generate-key | write-kv (service-account key set)
+    #          | delete-approle | delete-token-role | delete-entity (policy apply: removed nodes)
     target: str
     reason: str
 

@@ -245,10 +245,14 @@ def auditor_grants(config: ClusterConfig) -> list[Grant]:
     am = approle_mount(config)
     grants += [Grant(f"auth/{am}/role", ("list",), "machine-credential inventory"),
                Grant(f"auth/{am}/role/+", READ_CAPS, "token limits of node credentials")]
-    for node in config.nodes:
-        grants.append(Grant(f"auth/token/roles/{entity_name(config, node.name)}", READ_CAPS, f"{node.name}: token role"))
-        grants.append(Grant(f"identity/entity/name/{entity_name(config, node.name)}", READ_CAPS,
-                            f"{node.name}: node binding (metadata, aliases)"))
+    # Nodes removed from the cluster file are found by listing (names only, every cluster's and
+    # foreign ones alike) and reading candidates named under this cluster's scheme.
+    scheme = entity_name(config, "")
+    grants += [Grant("auth/token/roles", ("list",), "find token roles of removed nodes (names only)"),
+               Grant(f"auth/token/roles/{scheme}*", READ_CAPS, "node token roles, including removed nodes'"),
+               Grant("identity/entity/name", ("list",), "find identities of removed nodes (names only)"),
+               Grant(f"identity/entity/name/{scheme}*", READ_CAPS,
+                     "node bindings (metadata, aliases), including removed nodes'")]
     return grants
 
 

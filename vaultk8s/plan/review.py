@@ -14,6 +14,7 @@ from typing import Any, Mapping
 from vaultk8s import catalog
 from vaultk8s.config import ClusterConfig
 from vaultk8s.plan import policies as pol
+from vaultk8s.plan.prune import PrunePlan
 from vaultk8s.plan.resolve import resolve_all
 from vaultk8s.plan.roles import resolve_roles
 
@@ -71,8 +72,9 @@ class Review:
 
 
 def review(config: ClusterConfig, policy_texts: Mapping[str, str | None],
-           roles: Mapping[tuple[str, str], dict[str, Any]]) -> Review:
-    """policy_texts: kind -> HCL (None when missing); roles: (mount, name) -> parameters."""
+           roles: Mapping[tuple[str, str], dict[str, Any]], removed_nodes: PrunePlan | None = None) -> Review:
+    """policy_texts: kind -> HCL (None when missing); roles: (mount, name) -> parameters;
+    removed_nodes: machine credentials of nodes no longer in the cluster file, as found in Vault."""
     result = Review()
     mounts = {config.mount(ca.name) for ca in catalog.CAS}
     used: dict[tuple[str, str], set[str]] = {}
@@ -102,6 +104,7 @@ def review(config: ClusterConfig, policy_texts: Mapping[str, str | None],
     _lint_overlap(result, used)
     _lint_role_collisions(result, config)
     _lint_roles(result, config, roles, used)
+    _lint_removed_nodes(result, removed_nodes)
     result.findings.sort(key=lambda f: ({HIGH: 0, MEDIUM: 1, INFO: 2}[f.severity], f.identity, f.subject))
     return result
 
@@ -230,6 +233,19 @@ def _lint_roles(result: Review, config: ClusterConfig, roles: Mapping[tuple[str,
         if key not in used:
             result.findings.append(Finding(MEDIUM, "-", subject, "no node or person policy can use this role "
                                                                  "(only the operator)"))
+
+
+def _lint_removed_nodes(result: Review, plan: PrunePlan | None) -> None:
+    if plan is None:
+        return
+    for item in plan.stale:
+        result.findings.append(Finding(HIGH, f"node@{item.node}", item.path,
+                                       f"{item.kind} of node {item.node}, which is not in the cluster file: its "
+                                       "credential still works and a node re-added under that name inherits it; "
+                                       "`vaultk8s policy apply` deletes it"))
+    for kept in plan.skipped:
+        result.findings.append(Finding(MEDIUM, "-", kept.path, f"named like a removed node's {kept.kind}, but "
+                                                               f"{kept.reason}: not touched, review by hand"))
 
 
 def lint_role(params: dict[str, Any], desired: dict[str, Any] | None, ttl_bound: int) -> list[tuple[str, str]]:

@@ -279,6 +279,27 @@ class VaultGateway:
         with self._translate("destroy a secret_id at", path):
             self.client.write_data(path, data={"secret_id_accessor": accessor})
 
+    def list_approle_roles(self, mount: str) -> list[str]:
+        with self._translate("list AppRole roles at", f"auth/{mount}/role"):
+            try:
+                data = self.client.list(f"auth/{mount}/role")
+            except hv.InvalidPath:
+                return []
+        return list(((data or {}).get("data") or {}).get("keys") or [])
+
+    def read_approle_role(self, mount: str, role: str) -> dict[str, Any] | None:
+        with self._translate("read AppRole role", f"auth/{mount}/role/{role}"):
+            try:
+                data = self.client.read(f"auth/{mount}/role/{role}")
+            except hv.InvalidPath:
+                return None
+        return (data or {}).get("data")
+
+    def delete_approle_role(self, mount: str, role: str) -> None:
+        """Deleting the role deletes its secret_ids with it; tokens already issued are not revoked."""
+        with self._translate("delete AppRole role", f"auth/{mount}/role/{role}"):
+            self.client.delete(f"auth/{mount}/role/{role}")
+
     def login_approle(self, mount: str, role_id: str, secret_id: str) -> str:
         """A token for role_id/secret_id; this gateway's own token is not changed."""
         with self._translate("log in at", f"auth/{mount}/login"):
@@ -311,6 +332,34 @@ class VaultGateway:
         with self._translate("create a token with role", f"auth/token/create/{token_role}"):
             data = self.client.write_data(f"auth/token/create/{token_role}", data=dict(params))
         return data["auth"]["client_token"]
+
+    def list_token_roles(self) -> list[str]:
+        with self._translate("list token roles at", "auth/token/roles"):
+            try:
+                data = self.client.list("auth/token/roles")
+            except hv.InvalidPath:
+                return []
+        return list(((data or {}).get("data") or {}).get("keys") or [])
+
+    def read_token_role(self, name: str) -> dict[str, Any] | None:
+        with self._translate("read token role", f"auth/token/roles/{name}"):
+            try:
+                data = self.client.read(f"auth/token/roles/{name}")
+            except hv.InvalidPath:
+                return None
+        return (data or {}).get("data")
+
+    def delete_token_role(self, name: str) -> None:
+        with self._translate("delete token role", f"auth/token/roles/{name}"):
+            self.client.delete(f"auth/token/roles/{name}")
+
+    def list_entity_names(self) -> list[str]:
+        with self._translate("list entities at", "identity/entity/name"):
+            try:
+                data = self.client.list("identity/entity/name")
+            except hv.InvalidPath:
+                return []
+        return list(((data or {}).get("data") or {}).get("keys") or [])
 
     def read_entity(self, name: str) -> dict[str, Any] | None:
         with self._translate("read entity", f"identity/entity/name/{name}"):
