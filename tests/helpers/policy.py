@@ -62,3 +62,22 @@ def applied_cluster(env: dict[str, str], tmp_path: Path, prefix: str, **override
     boot = cli(env, "bootstrap", "-c", str(path), "-o", str(tmp_path / "out"), token=operator)
     assert boot.returncode == 0, boot.stderr
     return path, config, operator
+
+
+def write_node_credentials(env, path, node, out, operator):
+    """`vaultk8s node credentials --token` with the operator's token."""
+    made = cli(env, "node", "credentials", "-c", str(path), "--node", node, "--out", str(out), "--token", token=operator)
+    assert made.returncode == 0, made.stderr
+
+
+def approle_login(env, config, out):
+    """A plain AppRole login over HTTP with the files `node credentials` wrote."""
+    from vaultk8s.plan import policies as pol
+
+    return call(env, "", "POST", f"auth/{pol.approle_mount(config)}/login",
+                {"role_id": (out / "role_id").read_text(), "secret_id": (out / "secret_id").read_text()})
+
+
+def can_sign(env, config, token, node):
+    resp = call(env, token, "POST", f"{config.mount('kubernetes-ca')}/sign/kubelet-client-{node}", {"csr": "x"})
+    return resp.status_code != 403  # 400 (bad CSR) means the policy let the request through

@@ -12,24 +12,10 @@ import pytest
 
 from vaultk8s.plan import policies as pol
 
-from tests.helpers.policy import CLUSTER, applied_cluster, call, cli, make_token, write_cluster
+from tests.helpers.policy import (CLUSTER, applied_cluster, approle_login, call, can_sign, cli, make_token,
+                                   write_cluster, write_node_credentials)
 
 pytestmark = pytest.mark.integration
-
-
-def _credentials(env, path, node, out, operator):
-    made = cli(env, "node", "credentials", "-c", str(path), "--node", node, "--out", str(out), "--token", token=operator)
-    assert made.returncode == 0, made.stderr
-
-
-def _login(env, config, out):
-    return call(env, "", "POST", f"auth/{pol.approle_mount(config)}/login",
-                {"role_id": (out / "role_id").read_text(), "secret_id": (out / "secret_id").read_text()})
-
-
-def _can_sign(env, config, token, node):
-    resp = call(env, token, "POST", f"{config.mount('kubernetes-ca')}/sign/kubelet-client-{node}", {"csr": "x"})
-    return resp.status_code != 403  # 400 (bad CSR) means the policy let the request through
 
 
 def _exists(env, path):
@@ -53,13 +39,13 @@ def test_removed_node_is_pruned_and_other_cluster_untouched(vault_env, tmp_path,
     assert pol.entity_name(config_b, "worker-2").startswith(pol.entity_name(config, ""))
 
     w1, w2, b2 = tmp_path / "w1", tmp_path / "w2", tmp_path / "b2"
-    _credentials(vault_env, path, "worker-1", w1, operator)
-    _credentials(vault_env, path, "worker-2", w2, operator)
-    _credentials(vault_env, path_b, "worker-2", b2, operator_b)
-    token1 = _login(vault_env, config, w1).json()["auth"]["client_token"]
-    token2 = _login(vault_env, config, w2).json()["auth"]["client_token"]
+    write_node_credentials(vault_env, path, "worker-1", w1, operator)
+    write_node_credentials(vault_env, path, "worker-2", w2, operator)
+    write_node_credentials(vault_env, path_b, "worker-2", b2, operator_b)
+    token1 = approle_login(vault_env, config, w1).json()["auth"]["client_token"]
+    token2 = approle_login(vault_env, config, w2).json()["auth"]["client_token"]
     plain2 = (w2 / "token").read_text()
-    assert _can_sign(vault_env, config, token2, "worker-2") and _can_sign(vault_env, config, plain2, "worker-2")
+    assert can_sign(vault_env, config, token2, "worker-2") and can_sign(vault_env, config, plain2, "worker-2")
 
     # worker-2 leaves cluster A's file
     workers = [w for w in CLUSTER["nodes"]["workers"] if w["name"] != "worker-2"]
@@ -90,16 +76,16 @@ def test_removed_node_is_pruned_and_other_cluster_untouched(vault_env, tmp_path,
     assert not any(_exists(vault_env, t) for t in _leftovers(config, "worker-2"))
 
     # worker-2's old credentials are dead: no login, no signing with tokens made before
-    assert _login(vault_env, config, w2).status_code in (400, 403)
-    assert not _can_sign(vault_env, config, token2, "worker-2")
-    assert not _can_sign(vault_env, config, plain2, "worker-2")
+    assert approle_login(vault_env, config, w2).status_code in (400, 403)
+    assert not can_sign(vault_env, config, token2, "worker-2")
+    assert not can_sign(vault_env, config, plain2, "worker-2")
     # worker-1 and cluster B are unaffected
-    assert _can_sign(vault_env, config, token1, "worker-1")
-    assert _login(vault_env, config, w1).status_code == 200
+    assert can_sign(vault_env, config, token1, "worker-1")
+    assert approle_login(vault_env, config, w1).status_code == 200
     assert all(_exists(vault_env, t) for t in _leftovers(config_b, "worker-2"))
-    token_b2 = _login(vault_env, config_b, b2).json()["auth"]["client_token"]
-    assert _can_sign(vault_env, config_b, token_b2, "worker-2")
-    assert _can_sign(vault_env, config_b, (b2 / "token").read_text(), "worker-2")
+    token_b2 = approle_login(vault_env, config_b, b2).json()["auth"]["client_token"]
+    assert can_sign(vault_env, config_b, token_b2, "worker-2")
+    assert can_sign(vault_env, config_b, (b2 / "token").read_text(), "worker-2")
     assert cli(vault_env, "policy", "diff", "-c", str(path_b)).returncode == 0
 
     again = cli(vault_env, "policy", "apply", "-c", str(path))
@@ -111,6 +97,6 @@ def test_removed_node_is_pruned_and_other_cluster_untouched(vault_env, tmp_path,
     # Re-adding a node under the same name starts from nothing: the old credentials stay dead.
     write_cluster(tmp_path / "a", mount_prefix)
     assert cli(vault_env, "policy", "apply", "-c", str(path)).returncode == 0
-    assert _login(vault_env, config, w2).status_code in (400, 403)
-    assert not _can_sign(vault_env, config, token2, "worker-2")
-    assert not _can_sign(vault_env, config, plain2, "worker-2")
+    assert approle_login(vault_env, config, w2).status_code in (400, 403)
+    assert not can_sign(vault_env, config, token2, "worker-2")
+    assert not can_sign(vault_env, config, plain2, "worker-2")

@@ -4,53 +4,37 @@ from __future__ import annotations
 
 import pytest
 
-from vaultk8s.plan import policies as pol
 
-from tests.helpers.policy import applied_cluster, call, cli
+from tests.helpers.policy import applied_cluster, approle_login, can_sign, cli, write_node_credentials
 
 pytestmark = pytest.mark.integration
-
-
-def _credentials(env, path, node, out, operator):
-    made = cli(env, "node", "credentials", "-c", str(path), "--node", node, "--out", str(out), "--token", token=operator)
-    assert made.returncode == 0, made.stderr
-
-
-def _login(env, config, out):
-    return call(env, "", "POST", f"auth/{pol.approle_mount(config)}/login",
-                {"role_id": (out / "role_id").read_text(), "secret_id": (out / "secret_id").read_text()})
-
-
-def _can_sign(env, config, token, node):
-    resp = call(env, token, "POST", f"{config.mount('kubernetes-ca')}/sign/kubelet-client-{node}", {"csr": "x"})
-    return resp.status_code != 403  # 400 (bad CSR) means the policy let the request through
 
 
 def test_revoke_kills_secret_ids_and_tokens_of_that_node_only(vault_env, tmp_path, mount_prefix):
     path, config, operator = applied_cluster(vault_env, tmp_path, mount_prefix)
     w1, w2 = tmp_path / "w1", tmp_path / "w2"
-    _credentials(vault_env, path, "worker-1", w1, operator)
-    _credentials(vault_env, path, "worker-1", w1, operator)  # a second secret_id; both must go
-    _credentials(vault_env, path, "worker-2", w2, operator)
-    token1 = _login(vault_env, config, w1).json()["auth"]["client_token"]
+    write_node_credentials(vault_env, path, "worker-1", w1, operator)
+    write_node_credentials(vault_env, path, "worker-1", w1, operator)  # a second secret_id; both must go
+    write_node_credentials(vault_env, path, "worker-2", w2, operator)
+    token1 = approle_login(vault_env, config, w1).json()["auth"]["client_token"]
     plain1 = (w1 / "token").read_text()
-    token2 = _login(vault_env, config, w2).json()["auth"]["client_token"]
-    assert _can_sign(vault_env, config, token1, "worker-1") and _can_sign(vault_env, config, plain1, "worker-1")
+    token2 = approle_login(vault_env, config, w2).json()["auth"]["client_token"]
+    assert can_sign(vault_env, config, token1, "worker-1") and can_sign(vault_env, config, plain1, "worker-1")
 
     revoked = cli(vault_env, "node", "revoke", "-c", str(path), "--node", "worker-1", "--output", "json", token=operator)
     assert revoked.returncode == 0, revoked.stderr
     assert '"secret_ids_destroyed": 2' in revoked.stdout
 
-    assert _login(vault_env, config, w1).status_code in (400, 403)
-    assert not _can_sign(vault_env, config, token1, "worker-1")
-    assert not _can_sign(vault_env, config, plain1, "worker-1")
-    assert _can_sign(vault_env, config, token2, "worker-2")
+    assert approle_login(vault_env, config, w1).status_code in (400, 403)
+    assert not can_sign(vault_env, config, token1, "worker-1")
+    assert not can_sign(vault_env, config, plain1, "worker-1")
+    assert can_sign(vault_env, config, token2, "worker-2")
 
     # Re-admission is an admin decision: credentials refuse until `policy apply` restores the identity.
     again = cli(vault_env, "node", "credentials", "-c", str(path), "--node", "worker-1", "--out", str(w1), token=operator)
     assert again.returncode != 0 and "policy apply" in again.stderr
     assert cli(vault_env, "policy", "apply", "-c", str(path)).returncode == 0
-    _credentials(vault_env, path, "worker-1", w1, operator)
-    fresh = _login(vault_env, config, w1).json()["auth"]["client_token"]
-    assert _can_sign(vault_env, config, fresh, "worker-1")
-    assert not _can_sign(vault_env, config, token1, "worker-1")  # the old token stays dead
+    write_node_credentials(vault_env, path, "worker-1", w1, operator)
+    fresh = approle_login(vault_env, config, w1).json()["auth"]["client_token"]
+    assert can_sign(vault_env, config, fresh, "worker-1")
+    assert not can_sign(vault_env, config, token1, "worker-1")  # the old token stays dead
