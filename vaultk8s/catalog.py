@@ -69,6 +69,10 @@ class CertSpec:
         node_sans = {San.NODE_NAME, San.NODE_IPS, San.NODE_EXTRA_SANS}
         return NODE in self.common_name or bool(node_sans & set(self.sans))
 
+    def role_for(self, node: str) -> str:
+        """The Vault role that issues this certificate on node."""
+        return f"{self.name}-{node}" if self.per_node else self.name
+
     @property
     def cert_file(self) -> str:
         return f"{self.file_base}.crt"
@@ -176,6 +180,20 @@ def cert(name: str) -> CertSpec:
         if spec.name == name:
             return spec
     raise KeyError(name)
+
+
+def role_collisions(nodes: list[tuple[str, bool]]) -> list[str]:
+    """Node names whose per-node role would equal another role (e.g. a control-plane node named
+    `kubelet-client` makes `apiserver-kubelet-client`): two identities would share one role."""
+    owners = {spec.name: "a shared role" for spec in CERTS if not spec.per_node}
+    problems = []
+    for node, control_plane in nodes:
+        for spec in (s for s in certs_for(control_plane) if s.per_node):
+            role = spec.role_for(node)
+            if role in owners:
+                problems.append(f"node name {node!r} makes role {role!r} collide with {owners[role]}; rename the node")
+            owners[role] = f"the {spec.name} role of {node}"
+    return problems
 
 
 def certs_for(control_plane: bool) -> tuple[CertSpec, ...]:

@@ -154,6 +154,7 @@ def parse_config(data: Any, source: str = "cluster file") -> ClusterConfig:
     if not control_plane and "control_plane" in nodes and not problems:
         problems.append("nodes.control_plane needs at least one node")
     _check_unique(control_plane + workers, problems)
+    problems.extend(_role_collisions(control_plane + workers))
     hsm = _hsm(data.get("hsm"), problems)
 
     if problems:
@@ -328,6 +329,12 @@ def _check_unique(nodes: tuple[NodeSpec, ...], problems: list[str]) -> None:
             if ip in seen_ips and seen_ips[ip] != node.name:
                 problems.append(f"IP {ip} is given to both {seen_ips[ip]} and {node.name}")
             seen_ips[ip] = node.name
+
+
+def _role_collisions(nodes: tuple[NodeSpec, ...]) -> list[str]:
+    from vaultk8s.catalog import role_collisions  # the catalog decides role names
+
+    return role_collisions([(n.name, n.control_plane) for n in nodes])
 
 
 def _is_ip(text: str) -> bool:

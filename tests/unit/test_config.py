@@ -97,3 +97,12 @@ def test_parse_duration(text, seconds):
 def test_parse_duration_rejects(text):
     with pytest.raises(ValueError):
         parse_duration(text)
+
+
+def test_node_names_that_would_share_a_role_are_rejected():
+    doc = _doc()
+    doc["nodes"]["control_plane"].append({"name": "kubelet-client", "ips": ["10.0.0.12"]})
+    assert any("'apiserver-kubelet-client' collide with a shared role" in p for p in _problems(doc))
+    doc = _doc()
+    doc["nodes"]["workers"] = [{"name": "kubelet-client", "ips": ["10.0.1.1"]}]  # workers have no apiserver role
+    parse_config(doc)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -166,8 +167,11 @@ def test_bound_cidrs_are_node_ips(config):
 
 def test_node_name_that_collides_with_a_shared_role_is_high():
     data = load_config(ROOT / "examples" / "cluster.yaml").raw
-    data = data | {"nodes": {"control_plane": [{"name": "kubelet-client", "ips": ["10.0.0.11"]}]}}
-    config = parse_config(data)
+    bad = data | {"nodes": {"control_plane": [{"name": "kubelet-client", "ips": ["10.0.0.11"]}]}}
+    with pytest.raises(ConfigError, match="rename the node"):
+        parse_config(bad)  # the cluster file rejects it; review still catches it in a config built otherwise
+    good = parse_config(data)
+    config = dataclasses.replace(good, control_plane=(dataclasses.replace(good.control_plane[0], name="kubelet-client"),))
     result = review(config, _texts(config), _roles(config))
     assert any("rename the node" in f.message for f in result.high)
 

@@ -42,7 +42,7 @@ class ResolvedCert:
 
 
 def role_name(spec: CertSpec, node: str) -> str:
-    return f"{spec.name}-{node}" if spec.per_node else spec.name
+    return spec.role_for(node)
 
 
 def resolve_sans(spec: CertSpec, node: NodeSpec, config: ClusterConfig) -> tuple[tuple[str, ...], tuple]:
