@@ -32,3 +32,18 @@ def test_our_errors_are_one_line(monkeypatch, capsys, tmp_path):
 
 def test_typer_exit_code_is_returned(monkeypatch, tmp_path):
     assert run(monkeypatch, "dev", "status", "--state-dir", str(tmp_path)) == 1
+
+
+def test_version_and_closed_pipe_are_not_tracebacks():
+    import subprocess
+    import sys
+
+    version = subprocess.run([sys.executable, "-m", "vaultk8s", "--version"], capture_output=True, text=True, timeout=60)
+    assert version.returncode == 0 and version.stdout.startswith("vaultk8s ")
+    # `vaultk8s bootstrap --help | head -1`: the reader goes away mid-output.
+    proc = subprocess.Popen([sys.executable, "-m", "vaultk8s", "bootstrap", "--help"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.read(10)
+    proc.stdout.close()
+    _, err = proc.communicate(timeout=60)
+    assert b"Traceback" not in err

@@ -13,6 +13,10 @@ try:  # typer >= 0.2x raises its vendored click's exceptions; older typer raises
 except ImportError:  # pragma: no cover
     from click import exceptions as click_exceptions
 
+# Which module raises Exit/Abort varies across typer releases; catch whichever exist.
+_EXIT = tuple({typer.Exit, getattr(click_exceptions, "Exit", typer.Exit)})
+_ABORT = tuple({typer.Abort, getattr(click_exceptions, "Abort", typer.Abort)})
+
 app = typer.Typer(
     name="vaultk8s",
     help="Make Vault/OpenBao the certificate authority of a Kubernetes control plane.",
@@ -20,6 +24,20 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from vaultk8s import __version__
+
+        typer.echo(f"vaultk8s {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    """Make Vault/OpenBao the certificate authority of a Kubernetes control plane."""
 
 
 def _register() -> None:
@@ -63,9 +81,9 @@ def run() -> int:
     except click_exceptions.ClickException as err:  # usage errors: bad flag, missing argument
         err.show()
         return err.exit_code
-    except (click_exceptions.Exit, typer.Exit) as err:
+    except _EXIT as err:
         return err.exit_code
-    except (click_exceptions.Abort, typer.Abort, KeyboardInterrupt):
+    except (*_ABORT, KeyboardInterrupt):
         typer.echo("error: interrupted", err=True)
         return 130
     except Exception as err:  # a bug, not bad input: still one line unless --debug
