@@ -67,6 +67,11 @@ path "auth/token/lookup-self" {
   capabilities = ["read"]
 }
 
+# remove expired leaves from the store
+path "etcd-ca/config/auto-tidy" {
+  capabilities = ["read", "update"]
+}
+
 # issuing/CRL URLs
 path "etcd-ca/config/urls" {
   capabilities = ["read", "update"]
@@ -112,6 +117,11 @@ path "etcd-ca/sign/etcd-server-cp-1" {
   capabilities = ["create", "update"]
 }
 
+# remove expired leaves from the store
+path "front-proxy-ca/config/auto-tidy" {
+  capabilities = ["read", "update"]
+}
+
 # issuing/CRL URLs
 path "front-proxy-ca/config/urls" {
   capabilities = ["read", "update"]
@@ -155,6 +165,11 @@ path "identity/entity/name/vaultk8s-node-worker-1" {
 # worker-2: node revoke kills the node's live tokens
 path "identity/entity/name/vaultk8s-node-worker-2" {
   capabilities = ["delete", "read"]
+}
+
+# remove expired leaves from the store
+path "kubernetes-ca/config/auto-tidy" {
+  capabilities = ["read", "update"]
 }
 
 # issuing/CRL URLs

@@ -183,6 +183,8 @@ def test_second_run_is_a_no_op(bootstrapped, cluster, vault_env, openbao, mount_
     assert os.readlink(out / "cp-1" / "pki" / "..data") == data_link
     issuers = _client(openbao).list(f"{mount_prefix}kubernetes-ca/issuers")["data"]["keys"]
     assert len(issuers) == 1
+    tidy = _client(openbao).read(f"{mount_prefix}etcd-ca/config/auto-tidy")["data"]
+    assert tidy["enabled"] and tidy["tidy_cert_store"] and tidy["safety_buffer"] == 3 * 86400
 
 
 def test_force_renew_reissues_leaves_but_keeps_cas(bootstrapped, cluster, vault_env):

@@ -12,7 +12,7 @@ from cryptography.x509.oid import NameOID
 from vaultk8s import catalog, crypto
 from vaultk8s.config import parse_config
 from vaultk8s.errors import PlanRefused
-from vaultk8s.plan.cas import ObservedCA, intermediate_params, plan_ca
+from vaultk8s.plan.cas import AUTO_TIDY, ObservedCA, intermediate_params, plan_ca
 
 NOW = datetime(2026, 11, 23, tzinfo=timezone.utc)
 BASE = {
@@ -46,12 +46,12 @@ def _observed(issuer=None, chain=(), token_root=None) -> ObservedCA:
     urls = {"issuing_certificates": [f"{ADDR}/v1/kubernetes-ca/ca"],
             "crl_distribution_points": [f"{ADDR}/v1/kubernetes-ca/crl"]}
     return ObservedCA("pki", pem(issuer) if issuer else None, 10**9, urls, tuple(pem(c) for c in chain),
-                      crypto.fingerprint(token_root) if token_root else None)
+                      crypto.fingerprint(token_root) if token_root else None, dict(AUTO_TIDY))
 
 
 def test_new_ca_in_hsm_mode_is_an_hsm_intermediate():
     actions = plan_ca(CA, WITH_HSM, ObservedCA(None), ADDR)
-    assert [a.kind for a in actions] == ["enable-mount", "hsm-intermediate", "configure-urls"]
+    assert [a.kind for a in actions] == ["enable-mount", "hsm-intermediate", "configure-urls", "configure-tidy"]
     assert "new root" in actions[1].reason
     reused = plan_ca(CA, WITH_HSM, replace(_observed(), hsm_root_sha256="ab"), ADDR)
     assert [a.kind for a in reused] == ["hsm-intermediate"] and "existing root" in reused[0].reason

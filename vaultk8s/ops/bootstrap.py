@@ -30,7 +30,7 @@ from vaultk8s.ops.kubeconfigs import ensure_kubeconfigs
 from vaultk8s.ops.leaves import (CAState, IssuedLeaf, ca_bundle_changes, issue_leaf, leaf_changes, observe_leaf,
                                  read_ca_state)
 from vaultk8s.plan.actions import Action
-from vaultk8s.plan.cas import ObservedCA, intermediate_params, mount_ttl_seconds, plan_ca, root_params, url_params
+from vaultk8s.plan.cas import AUTO_TIDY, ObservedCA, intermediate_params, mount_ttl_seconds, plan_ca, root_params, url_params
 from vaultk8s.plan.leaves import reissue_reason
 from vaultk8s.plan.resolve import ResolvedCert, resolve_all
 from vaultk8s.plan.roles import ResolvedRole, resolve_roles, role_drift
@@ -101,7 +101,8 @@ def _observe_ca(mount: str, gateway: VaultGateway, hsm_root_sha256: str | None =
         return ObservedCA(mount_type=kind)
     ca_pem = gateway.read_ca_pem(mount)
     chain = tuple(gateway.read_ca_chain_pem(mount)) if ca_pem else ()
-    return ObservedCA(kind, ca_pem, gateway.mount_max_ttl(mount), gateway.read_urls(mount), chain, hsm_root_sha256)
+    return ObservedCA(kind, ca_pem, gateway.mount_max_ttl(mount), gateway.read_urls(mount), chain, hsm_root_sha256,
+                      gateway.read_auto_tidy(mount))
 
 
 def _ensure_cas(config: ClusterConfig, gateway: VaultGateway, report: BootstrapReport, dry_run: bool,
@@ -190,6 +191,8 @@ def _apply_ca_action(action: Action, ca: catalog.CASpec, config: ClusterConfig, 
         install_hsm_intermediate(ca, config, gateway, signer)
     elif action.kind == "configure-urls":
         gateway.write_urls(mount, url_params(mount, gateway.addr))
+    elif action.kind == "configure-tidy":
+        gateway.write_auto_tidy(mount, AUTO_TIDY)
 
 
 def install_hsm_intermediate(ca: catalog.CASpec, config: ClusterConfig, gateway: VaultGateway,

@@ -7,7 +7,8 @@ from dataclasses import asdict, dataclass
 
 @dataclass(frozen=True)
 class Action:
-    kind: str  # enable-mount | tune-mount | generate-root | hsm-intermediate | configure-urls | write-role
+    kind: str  # enable-mount | tune-mount | generate-root | hsm-intermediate | configure-urls | configure-tidy
+    #          | write-role
     #          | delete-role | issue | write-file | generate-key | write-kv (service-account key set)
     #          | delete-approle | delete-token-role | delete-entity (policy apply: removed nodes)
     target: str

@@ -24,6 +24,15 @@ class ObservedCA:
     urls: dict[str, Any] = field(default_factory=dict)
     chain_pem: tuple[str, ...] = ()  # the default issuer's ca_chain, issuer first
     hsm_root_sha256: str | None = None  # the token's root cert for this CA (HSM mode), hex
+    auto_tidy: dict[str, Any] = field(default_factory=dict)
+
+
+# Short-lived leaves renewed by every node pile up in the certificate store (1000 nodes: ~4500 a
+# day); tidy removes them 3 days after expiry, and the matching revocation entries.
+AUTO_TIDY: dict[str, Any] = {
+    "enabled": True, "tidy_cert_store": True, "tidy_revoked_certs": True,
+    "tidy_revoked_cert_issuer_associations": True, "safety_buffer": 259200, "interval_duration": 43200,
+}
 
 
 def mount_ttl_seconds(config: ClusterConfig) -> int:
@@ -73,6 +82,8 @@ def plan_ca(ca: CASpec, config: ClusterConfig, observed: ObservedCA, vault_addr:
     want_urls = url_params(mount, vault_addr)
     if any(sorted(observed.urls.get(k) or []) != v for k, v in want_urls.items()):
         actions.append(Action("configure-urls", mount, "issuing/CRL URLs not set"))
+    if any(observed.auto_tidy.get(k) != v for k, v in AUTO_TIDY.items()):
+        actions.append(Action("configure-tidy", mount, "auto-tidy of expired certificates not enabled"))
     return actions
 
 

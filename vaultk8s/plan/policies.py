@@ -180,6 +180,7 @@ def operator_grants(config: ClusterConfig) -> list[Grant]:
             Grant(f"{mount}/root/generate/internal", SIGN_CAPS, "generate the root once; the key stays in Vault"),
             Grant(f"{mount}/issuer/default/json", READ_CAPS, "CA certificate"),
             Grant(f"{mount}/config/urls", ("read", "update"), "issuing/CRL URLs"),
+            Grant(f"{mount}/config/auto-tidy", ("read", "update"), "remove expired leaves from the store"),
             Grant(f"{mount}/roles", ("list",), "find stale roles"),
             Grant(f"{mount}/roles/+", ("create", "delete", "read", "update"),
                   "write catalog roles, delete roles of removed nodes"),

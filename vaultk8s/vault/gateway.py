@@ -177,6 +177,15 @@ class VaultGateway:
         with self._translate("delete key", f"{mount}/key/{key_id}"):
             self.client.delete(f"{mount}/key/{key_id}")
 
+    def read_auto_tidy(self, mount: str) -> dict[str, Any]:
+        with self._translate("read the auto-tidy settings of", mount):
+            data = self.client.read(f"{mount}/config/auto-tidy")
+        return (data or {}).get("data") or {}
+
+    def write_auto_tidy(self, mount: str, params: dict[str, Any]) -> None:
+        with self._translate("configure auto-tidy of", mount):
+            self.client.write_data(f"{mount}/config/auto-tidy", data=dict(params))
+
     def read_urls(self, mount: str) -> dict[str, Any]:
         with self._translate("read the URLs of", mount):
             data = self.client.read(f"{mount}/config/urls")
