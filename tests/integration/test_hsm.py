@@ -20,9 +20,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from cryptography.x509.verification import PolicyBuilder, Store
 from typer.testing import CliRunner
 
+from vaultk8s import catalog
 from vaultk8s.errors import HsmError
 from vaultk8s.hsm import (
-    DEFAULT_CA_NAMES,
     SOFTHSM_MODULE,
     HsmRootAuthority,
     HsmSettings,
@@ -33,6 +33,8 @@ from vaultk8s.hsm import (
 )
 from vaultk8s.hsm.devtoken import _init_token
 from vaultk8s.hsm.keys import key_id
+
+DEFAULT_CA_NAMES = tuple(ca.name for ca in catalog.CAS)
 
 pytestmark = [
     pytest.mark.integration,
@@ -73,7 +75,7 @@ def test_three_distinct_non_extractable_root_keys(dev_token):
     roots = _roots(_settings())
     assert len({_spki(cert) for cert in roots.values()}) == 3
     with open_token(_settings()) as session:
-        report = HsmRootAuthority(session, "ec-p256").status()
+        report = HsmRootAuthority(session, "ec-p256").status(DEFAULT_CA_NAMES)
         for ca in DEFAULT_CA_NAMES:
             private = session.get_key(pkcs11.ObjectClass.PRIVATE_KEY, id=key_id(ca))
             with pytest.raises(pkcs11.exceptions.AttributeSensitive):
@@ -263,7 +265,7 @@ def test_certificate_without_key_refused(dev_token):
         authority = HsmRootAuthority(session, "ec-p256")
         with pytest.raises(HsmError, match="root certificate but not its private key"):
             authority.ensure_root("etcd-ca", "etcd-ca", TEN_YEARS, NOW)
-        report = {entry.ca_name: entry for entry in authority.status()}
+        report = {entry.ca_name: entry for entry in authority.status(DEFAULT_CA_NAMES)}
     assert not report["etcd-ca"].key_found and report["etcd-ca"].cert_found
 
 

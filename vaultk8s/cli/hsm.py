@@ -9,6 +9,7 @@ from pathlib import Path
 
 import typer
 
+from vaultk8s import catalog
 from vaultk8s.config import load_config
 from vaultk8s.errors import ConfigError
 
@@ -30,7 +31,8 @@ def status(
 
     cluster = _load_cluster(config)
     with open_token(cluster.hsm) as session:
-        report = HsmRootAuthority(session, cluster.hsm.key_type, scope=cluster.hsm_scope).status()
+        report = HsmRootAuthority(session, cluster.hsm.key_type, scope=cluster.hsm_scope).status(
+            tuple(ca.name for ca in catalog.CAS))
     if output is Output.json:
         typer.echo(json.dumps([entry.to_dict() for entry in report], indent=2))
         return

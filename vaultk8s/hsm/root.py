@@ -33,8 +33,6 @@ from vaultk8s.hsm.keys import (
 )
 from vaultk8s.hsm.openssl import drain_openssl_errors
 
-# The catalog will own this list; kept here so `status` works before it lands.
-DEFAULT_CA_NAMES = ("kubernetes-ca", "etcd-ca", "front-proxy-ca")
 # Backdate notBefore so verifiers with a slightly slow clock accept a fresh certificate.
 NOT_BEFORE_SKEW = timedelta(minutes=5)
 
@@ -151,7 +149,7 @@ class HsmRootAuthority:
         return self._sign(builder, root, issuer=root.cert)
 
     @_drains
-    def status(self, ca_names: tuple[str, ...] = DEFAULT_CA_NAMES) -> list[RootKeyStatus]:
+    def status(self, ca_names: tuple[str, ...]) -> list[RootKeyStatus]:
         """What the token holds for each CA; never changes the token."""
         return [self._status_of(name) for name in ca_names]
 
