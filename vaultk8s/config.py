@@ -108,7 +108,7 @@ def load_config(path: Path) -> ClusterConfig:
     try:
         text = Path(path).read_text()
     except OSError as err:
-        raise ConfigError(f"cannot read {path}: {err.strerror}", source=str(path)) from None
+        raise ConfigError(f"cannot read: {err.strerror}", source=str(path)) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:

@@ -396,3 +396,14 @@ def test_dev_up_hsm_prints_token_exports(tmp_path, monkeypatch, capsys, free_por
 
 def _spki(public_key) -> bytes:
     return public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def test_certs_check_follows_the_intermediate_chain(cluster):
+    import json
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "vaultk8s", "certs", "check", "--out", str(cluster.out),
+                           "--output", "json"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert json.loads(proc.stdout)["problems"] == 0

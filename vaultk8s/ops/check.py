@@ -62,15 +62,19 @@ def _leaf_row(node: NodeOutput, name: str, spec: catalog.CertSpec, pem: bytes, a
     problems = []
     if now >= cert.not_valid_after_utc:
         problems.append("expired")
-    issuer = intermediates[0] if intermediates else None
-    trusted = anchors and (crypto.signed_by(cert, issuer) and any(crypto.signed_by(issuer, a) for a in anchors)
-                           if issuer else any(crypto.signed_by(cert, a) for a in anchors))
-    if not trusted:
+    if not _chains_to(cert, intermediates, anchors):
         problems.append(f"not issued by {spec.ca} ({catalog.ca(spec.ca).cert_file})")
     problems.extend(_key_problems(node, spec, cert))
     due = now >= renewal_time(cert.not_valid_before_utc, cert.not_valid_after_utc)
     return CertStatus(name, spec.cert_file, cert.subject.rfc4514_string(), spec.ca, cert.not_valid_after_utc,
                       _residual(cert, now), due, tuple(problems))
+
+
+def _chains_to(cert, intermediates: list, anchors: list) -> bool:
+    """Leaf -> the intermediates in the file, in order -> one of the node's CA certificates."""
+    chain = [cert, *intermediates]
+    links_ok = all(crypto.signed_by(child, parent) for child, parent in zip(chain, chain[1:]))
+    return links_ok and any(crypto.signed_by(chain[-1], anchor) for anchor in anchors)
 
 
 def _key_problems(node: NodeOutput, spec: catalog.CertSpec, cert) -> list[str]:
