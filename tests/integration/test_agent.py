@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -178,8 +177,7 @@ def _wait_for_metrics(port: int, sample: str) -> str:
     raise AssertionError("agent metrics never came up")
 
 
-def test_json_free_of_secrets_in_credentials_dir(node_env):
+def test_credential_files_are_0600(node_env):
     _, _, creds, _, _ = node_env
     for name in ("role_id", "secret_id"):
-        assert oct((creds / name).stat().st_mode & 0o777) == "0o600"
-    assert json.dumps(sorted(p.name for p in creds.iterdir()))
+        assert (creds / name).stat().st_mode & 0o777 == 0o600
