@@ -37,10 +37,20 @@ class ConfigError(VaultK8sError):
     def __init__(self, problems: list[str] | str, source: str = "cluster file"):
         self.problems = [problems] if isinstance(problems, str) else list(problems)
         self.source = source
-        shown_problems = [one_line(p, MAX_PROBLEM_CHARS) for p in self.problems[:MAX_PROBLEMS]]
-        if len(self.problems) > MAX_PROBLEMS:
-            shown_problems.append(f"and {len(self.problems) - MAX_PROBLEMS} more problem(s)")
-        super().__init__(one_line(f"{source}: " + "; ".join(shown_problems)))
+        super().__init__(one_line(f"{source}: " + "; ".join(_within_budget(self.problems))))
+
+
+def _within_budget(problems: list[str]) -> list[str]:
+    """As many problems as fit one message, then how many more there are."""
+    shown_problems: list[str] = []
+    used = 0
+    for index, problem in enumerate(problems):
+        text = one_line(problem, MAX_PROBLEM_CHARS)
+        if index >= MAX_PROBLEMS or used + len(text) > MAX_MESSAGE_CHARS - 200:
+            return [*shown_problems, f"and {len(problems) - index} more problem(s)"]
+        shown_problems.append(text)
+        used += len(text) + 2
+    return shown_problems
 
 
 class VaultError(VaultK8sError):

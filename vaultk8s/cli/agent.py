@@ -13,7 +13,7 @@ import typer
 from vaultk8s.agent.runner import Agent, AgentSettings
 from vaultk8s.cli import common
 from vaultk8s.config import parse_duration
-from vaultk8s.errors import ConfigError
+from vaultk8s.errors import ConfigError, shown
 from vaultk8s.ops.renew import node_output
 from vaultk8s.vault.gateway import VaultGateway
 
@@ -32,7 +32,8 @@ def agent(
     once: bool = typer.Option(False, "--once", help="One round, then exit (non-zero on failure)."),
     force: bool = typer.Option(False, "--force", help="Renew every certificate now (with --once)."),
     idle: str = typer.Option("1h", "--idle", help="Longest sleep between checks of the files."),
-    metrics_port: int = typer.Option(0, "--metrics-port", help="Serve Prometheus metrics on 127.0.0.1:PORT."),
+    metrics_port: int = typer.Option(0, "--metrics-port", min=0, max=65535,
+                                     help="Serve Prometheus metrics on 127.0.0.1:PORT."),
 ) -> None:
     """Renew this node's certificates when a third of their life remains (minus jitter).
 
@@ -50,12 +51,16 @@ def agent(
         raise ConfigError(f"--idle: {err}", "command line") from None
     settings = AgentSettings(
         config=cluster, node=node, output=node_output(out, node, node_dir), credentials_dir=credentials,
-        token_file=token_file, hooks=tuple(tuple(shlex.split(cmd)) for cmd in exec_),
+        token_file=token_file, hooks=tuple(_hook(cmd) for cmd in exec_),
         idle=max(idle_delta, timedelta(seconds=10)),
     )
     runner = Agent(settings, connect=VaultGateway.from_env)
     if metrics_port:
-        runner.metrics.serve(metrics_port)
+        try:
+            runner.metrics.serve(metrics_port)
+        except OSError as err:
+            raise ConfigError(f"--metrics-port {metrics_port}: cannot listen on 127.0.0.1:{metrics_port}: "
+                              f"{err.strerror}", "command line") from None
     if once:
         result = runner.renew_once(force=force)
         typer.echo(f"{len(result.reasons)} renewed, {len(result.next_renewals) - len(result.reasons)} kept")
@@ -64,3 +69,14 @@ def agent(
     signal.signal(signal.SIGTERM, lambda *_: runner.stop())
     signal.signal(signal.SIGINT, lambda *_: runner.stop())
     runner.run()
+
+
+def _hook(command: str) -> tuple[str, ...]:
+    """--exec is split like a shell would, but run without one."""
+    try:
+        argv = tuple(shlex.split(command))
+    except ValueError as err:
+        raise ConfigError(f"--exec {shown(command)}: {err}", "command line") from None
+    if not argv:
+        raise ConfigError("--exec needs a command", "command line")
+    return argv
