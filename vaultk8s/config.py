@@ -289,7 +289,7 @@ def _endpoint(value: Any, problems: list[str]) -> tuple[str, str]:
     if port == 0:
         problems.append(f"cluster.endpoint {shown(value)}: port 0 is not a port a client can reach")
         return "", ""
-    if not _is_ip(host) and not is_dns_subdomain(host):
+    if not is_ip(host) and not is_dns_subdomain(host):
         problems.append(f"cluster.endpoint host {shown(host)} is neither an IP address nor a DNS name")
     return value.rstrip("/"), host
 
@@ -385,7 +385,7 @@ def _node(item: Any, where: str, control_plane: bool, problems: list[str]) -> No
         problems.append(f"node {name}: sans must be a list")
         sans = []
     for san in sans:
-        if not isinstance(san, str) or not (_is_ip(san) or is_dns_subdomain(san)):
+        if not isinstance(san, str) or not (is_ip(san) or is_dns_subdomain(san)):
             problems.append(f"node {name}: SAN {shown(san)} must be a DNS name or an IP address (no wildcards)")
     return NodeSpec(name=name, ips=tuple(ips), sans=tuple(str(s) for s in sans), control_plane=control_plane)
 
@@ -415,7 +415,7 @@ def _role_collisions(nodes: tuple[NodeSpec, ...]) -> list[str]:
     return role_collisions([(n.name, n.control_plane) for n in nodes])
 
 
-def _is_ip(text: str) -> bool:
+def is_ip(text: str) -> bool:
     try:
         ipaddress.ip_address(text)
     except ValueError:
