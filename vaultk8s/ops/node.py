@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vaultk8s.config import ClusterConfig
-from vaultk8s.errors import PlanRefused, StoreError
+from vaultk8s.errors import PlanRefused, StoreError, VaultError
 from vaultk8s.plan import policies as pol
 from vaultk8s.store.atomic import check_writable, read_file, secret, write_file
 from vaultk8s.vault.gateway import VaultGateway
@@ -103,6 +103,26 @@ def login_from_dir(directory: Path, gateway: VaultGateway) -> str:
     else:
         secret_id = _read(directory, SECRET_ID_FILE)
     return gateway.login_approle(mount, role_id, secret_id)
+
+
+def authenticate(gateway: VaultGateway, credentials_dir: Path | None = None, token_file: Path | None = None) -> bool:
+    """Give gateway its token: AppRole files (`node credentials`), a token file, or VAULT_TOKEN as set.
+
+    True when this logged in (the caller then owns a token to revoke).
+    """
+    if credentials_dir is not None:
+        gateway.use_token(login_from_dir(credentials_dir, gateway))
+        return True
+    if token_file is not None:
+        token = read_file(token_file)
+        if not token:
+            raise StoreError(f"token file {token_file} is missing or empty")
+        gateway.use_token(token.decode().strip())
+        try:
+            gateway.renew_self()  # keeps a renewable periodic token alive; others just expire
+        except VaultError:
+            pass
+    return False
 
 
 def _read(directory: Path, name: str) -> str:
