@@ -97,7 +97,7 @@ def review_csr(csr: CsrView, config: ClusterConfig, approve_serving: bool = Fals
         decision = Decision.FAIL if csr.approved else Decision.DENY
         return Verdict(decision, refused.reason, refused.message)
     if not csr.approved:
-        return Verdict(Decision.APPROVE, "AutoApproved", f"kubelet serving certificate of node {node.name}")
+        return Verdict(Decision.APPROVE, "VaultK8sApproved", f"kubelet serving certificate of node {node.name}")
     resolved = resolve_cert(catalog.cert(SIGNER_CERTS[csr.signer_name]), node, config)
     max_ttl = int(resolved.ttl.total_seconds())
     ttl = min(csr.expiration_seconds, max_ttl) if csr.expiration_seconds else max_ttl
