@@ -27,7 +27,7 @@ from vaultk8s import crypto
 from vaultk8s.config import ClusterConfig, load_config
 
 from tests.helpers.cluster import REPO, openssl_verify, run_cli
-from tests.helpers.csr import (CLIENT_USAGES, SignerProcess, conditions, get_csr, issued_pem, make_request,
+from tests.helpers.csr import (CLIENT_USAGES, SignerProcess, TcpProxy, conditions, get_csr, issued_pem, make_request,
                                post_csr, wait_csr)
 from tests.helpers.kube import KubeControlPlane, loopback_port, running_control_plane
 from tests.helpers.policy import call
@@ -46,8 +46,10 @@ class Kube:
     credentials: Path
     kubeconfig: Path  # the signer's ServiceAccount token
 
-    def signer(self, *extra: str) -> SignerProcess:
+    def signer(self, *extra: str, vault_addr: str | None = None) -> SignerProcess:
         env = {k: v for k, v in self.env.items() if k != "VAULT_TOKEN"}  # only the AppRole credential
+        if vault_addr:
+            env["VAULT_ADDR"] = vault_addr
         return SignerProcess(self.plane.workdir, env, "--config", str(self.plane.cluster_file),
                              "--kubeconfig", str(self.kubeconfig), "--credentials", str(self.credentials),
                              "--approve-serving", *extra)
@@ -279,3 +281,35 @@ def test_two_signers_sign_each_csr_exactly_once(kube):
         wait_csr(plane, late)
         assert f"signed CSR {late} " in standby.text()
     assert kube.issued_count() == before + len(names) + 1
+
+
+def _metric_total(port: int, line_prefix: str) -> float:
+    try:
+        text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    except requests.ConnectionError:  # the process is still starting
+        return 0.0
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(line_prefix))
+
+
+def test_vault_down_is_retried_with_backoff_never_failed(kube):
+    plane = kube.plane
+    target = int(kube.env["VAULT_ADDR"].rsplit(":", 1)[1])
+    proxy = TcpProxy(target)  # not started: connections to Vault are refused
+    port = loopback_port()
+    before = kube.issued_count()
+    with kube.signer("--metrics-addr", f"127.0.0.1:{port}", vault_addr=f"https://127.0.0.1:{proxy.port}") as signer:
+        name = post_csr(plane, make_request("system:node:worker-1")[1], kubeconfig=plane.out / "worker-1" / "kubelet.conf")
+        deadline = time.monotonic() + 90
+        while _metric_total(port, 'vaultk8s_signer_transient_errors_total{component="vault"}') < 2:
+            assert time.monotonic() < deadline, signer.text()
+            time.sleep(1)
+        csr = get_csr(plane, name)
+        assert "Failed" not in conditions(csr) and not (csr.get("status") or {}).get("certificate")
+        assert "retrying in" in signer.text() and "cannot reach Vault" in signer.text()
+        proxy.start()  # Vault is back
+        try:
+            wait_csr(plane, name, timeout=120)
+        finally:
+            proxy.stop()
+        assert "Failed" not in conditions(get_csr(plane, name))
+    assert kube.issued_count() == before + 1

@@ -13,7 +13,7 @@ import typer
 
 from vaultk8s.cli import common
 from vaultk8s.config import parse_duration
-from vaultk8s.errors import ConfigError
+from vaultk8s.errors import ConfigError, VaultK8sError
 from vaultk8s.ops import node as ops
 from vaultk8s.vault.gateway import VaultGateway
 
@@ -76,12 +76,15 @@ def signer(
     work.start()
     while not stop.is_set() and work.is_alive():
         stop.wait(1.0)
+    crashed = not stop.is_set()
     runner.stop()
     stop.set()
     elect.join(timeout=10)  # releases the lease, so a standby takes over at once
     vault.close()
     if health is not None:
         health.stop()
+    if crashed:
+        raise VaultK8sError("the signer loop stopped unexpectedly (see the log above); restarting it is safe")
 
 
 def signer_credentials(

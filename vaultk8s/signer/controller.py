@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Callable
 
 from vaultk8s.config import ClusterConfig
-from vaultk8s.errors import KubeConflict, KubeError, VaultError, VaultRequestRefused
+from vaultk8s.errors import KubeConflict, KubeError, VaultError, VaultK8sError, VaultRequestRefused
 from vaultk8s.ops.node import authenticate
 from vaultk8s.plan.csr_review import Decision, Verdict, review_csr, status_certificate
 from vaultk8s.signer.kube import KubeGateway, Obj, view_of
@@ -161,7 +161,7 @@ class Signer:
         except VaultRequestRefused as err:  # the role refused what the checks let through: final
             self._fail(csr, "VaultRefused", str(err))
             return
-        except VaultError as err:
+        except VaultK8sError as err:  # Vault down or sealed, token expired, credential files unreadable
             self.metrics.retries.labels("vault").inc()
             raise Transient(str(err)) from None
         self.kube.set_certificate(csr, bundle)
