@@ -179,8 +179,9 @@ def test_renewal_and_serving_certificates(kube):
     _, long_pem = make_request("system:node:worker-1")
     serving_key, serving_pem = make_request("system:node:worker-1", dns=["worker-1"], ips=["127.0.1.1"])
     before = kube.issued_count()
+    posted_while_down = post_csr(plane, client_pem, kubeconfig=kubelet_conf)  # found by the first list
     with kube.signer():
-        renewal = wait_csr(plane, post_csr(plane, client_pem, kubeconfig=kubelet_conf))
+        renewal = wait_csr(plane, posted_while_down)
         short = wait_csr(plane, post_csr(plane, short_pem, kubeconfig=kubelet_conf, expiration_seconds=3600))
         long = wait_csr(plane, post_csr(plane, long_pem, kubeconfig=kubelet_conf, expiration_seconds=10 * 86400))
         serving = wait_csr(plane, post_csr(plane, serving_pem, serving=True, kubeconfig=kubelet_conf))

@@ -16,6 +16,7 @@ EXAMPLE = str(Path(__file__).resolve().parents[2] / "examples" / "cluster.yaml")
     (["--metrics-addr", "9464"], 2, "HOST:PORT"),
     (["--resync", "soon"], 2, "duration"),
     (["--credentials", "/tmp", "--token-file", "/tmp/t"], 2, "at most one"),
+    (["--credentials", "/nonexistent"], 2, "signer-credentials"),
     (["--kubeconfig", "/nonexistent/signer.conf"], 8, "cannot load kubeconfig"),
     ([], 8, "in-cluster config"),  # no --kubeconfig outside a pod
 ])

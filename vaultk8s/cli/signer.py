@@ -55,6 +55,9 @@ def signer(
         raise ConfigError(str(err), "command line") from None
     if credentials is not None and token_file is not None:
         raise ConfigError("give at most one of --credentials or --token-file", "command line")
+    if credentials is not None and not (credentials / ops.ROLE_ID_FILE).is_file():
+        raise ConfigError(f"--credentials {credentials} holds no role_id: run `vaultk8s signer-credentials`",
+                          "command line")
     VaultGateway.from_env()  # VAULT_ADDR missing: fail now, not at the first CSR
     settings = SignerSettings(config=cluster, approve_serving=approve_serving, credentials_dir=credentials,
                               token_file=token_file, resync_seconds=resync_seconds)
