@@ -30,6 +30,7 @@ from tests.helpers.cluster import REPO, openssl_verify, run_cli
 from tests.helpers.csr import (CLIENT_USAGES, SignerProcess, TcpProxy, conditions, get_csr, issued_pem, make_request,
                                post_csr, wait_csr)
 from tests.helpers.kube import KubeControlPlane, loopback_port, running_control_plane
+from tests.helpers.hsm import hsm_section, init_dev_token, needs_softhsm, token_environ
 from tests.helpers.policy import call
 
 pytestmark = pytest.mark.integration
@@ -314,3 +315,26 @@ def test_vault_down_is_retried_with_backoff_never_failed(kube):
             proxy.stop()
         assert "Failed" not in conditions(get_csr(plane, name))
     assert kube.issued_count() == before + 1
+
+
+@needs_softhsm
+def test_hsm_mode_status_certificate_carries_the_intermediate(openbao, tmp_path):
+    """HSM mode: ca.crt is the root only, so the kubelet must present leaf + intermediate; it does."""
+    token = init_dev_token(tmp_path / "hsm")
+    env = openbao.as_environ()
+    prefix = f"h{secrets.token_hex(4)}/"
+    with running_control_plane(tmp_path, env, prefix, workers=1, bootstrap_env=token_environ(token),
+                               hsm=hsm_section("ec-p256")) as plane:
+        plane.start_controller_manager()
+        plane.kubectl("apply", "-f", str(DEPLOY / "kubelet-bootstrap-rbac.yaml"))
+        key, pem = make_request("system:node:worker-1")
+        signer = SignerProcess(plane.workdir, env, "--config", str(plane.cluster_file),
+                               "--kubeconfig", str(plane.super_admin_kubeconfig))  # root token: Vault side is tested above
+        with signer:
+            csr = wait_csr(plane, post_csr(plane, pem, kubeconfig=plane.out / "worker-1" / "kubelet.conf"))
+        chain = crypto.load_certs(issued_pem(csr))
+        assert len(chain) == 2 and not crypto.is_self_signed(chain[1])
+        assert len(crypto.load_certs((plane.pki / "ca.crt").read_bytes())) == 1
+        conf = _cert_kubeconfig(plane, issued_pem(csr), key, plane.workdir / "hsm-node.conf")
+        _, probe = make_request("system:node:worker-1")
+        assert get_csr(plane, post_csr(plane, probe, kubeconfig=conf))["spec"]["username"] == "system:node:worker-1"
