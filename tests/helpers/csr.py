@@ -7,8 +7,10 @@ import base64
 import ipaddress
 import json
 import os
+import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -113,8 +115,6 @@ class TcpProxy:
     Vault "down" without touching the shared OpenBao."""
 
     def __init__(self, target_port: int):
-        import socket
-
         self.target = target_port
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
@@ -123,16 +123,10 @@ class TcpProxy:
         self._conns: list = []
 
     def start(self) -> None:
-        import socket
-        import threading
-
         self._listener = socket.create_server(("127.0.0.1", self.port), reuse_port=False)
         threading.Thread(target=self._accept, args=(self._listener,), daemon=True).start()
 
     def _accept(self, listener) -> None:
-        import socket
-        import threading
-
         while True:
             try:
                 client, _ = listener.accept()
