@@ -229,13 +229,16 @@ class IdentitySpec:
     """Who may obtain which certificates: one Vault policy per identity kind (policies/<name>.hcl).
 
     `attach` says which nodes' machine credentials (AppRole role, token role) carry the policy;
-    None means no node does and a human gets it on purpose (admin kubeconfigs).
+    None means no node does and a human (admin kubeconfigs) or a service (the CSR signer) gets it.
+    `every_node`: per-node certs are granted for every node of the cluster file instead of the
+    caller's own: a signer acting for the nodes, never the certificates' holder.
     """
 
     name: str
     certs: tuple[str, ...]  # CertSpec names; per-node certs resolve to the caller's own node
     attach: Placement | None
     description: str
+    every_node: bool = False
 
 
 IDENTITIES: tuple[IdentitySpec, ...] = (
@@ -252,11 +255,15 @@ IDENTITIES: tuple[IdentitySpec, ...] = (
                  "admin.conf (kubeadm:cluster-admins, bound to cluster-admin by RBAC): for people, not nodes"),
     IdentitySpec("break-glass", ("super-admin",), None,
                  "super-admin.conf (system:masters bypasses RBAC): for emergencies only"),
+    IdentitySpec("csr-signer", ("kubelet-client", "kubelet-serving"), None,
+                 "`vaultk8s signer`: signs approved kubelet CSRs with each node's own kubelet roles, nothing else",
+                 every_node=True),
 )
 
 
 def identity_of(cert_name: str) -> IdentitySpec:
+    """The identity that holds a certificate (signers acting for every node are not holders)."""
     for spec in IDENTITIES:
-        if cert_name in spec.certs:
+        if cert_name in spec.certs and not spec.every_node:
             return spec
     raise KeyError(cert_name)

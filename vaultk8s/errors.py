@@ -63,6 +63,10 @@ class PermissionDeniedError(VaultError):
     """Vault answered 403."""
 
 
+class VaultRequestRefused(VaultError):
+    """Vault processed the request and refused its content (400): the same request cannot succeed later."""
+
+
 class StoreError(VaultK8sError):
     """The output directory cannot be read or written."""
 
@@ -85,3 +89,13 @@ class DevServerError(VaultK8sError):
     """The local dev OpenBao cannot be started, reached, unsealed or stopped."""
 
     exit_code = 7
+
+
+class KubeError(VaultK8sError):
+    """The Kubernetes API server is unreachable or refused a request."""
+
+    exit_code = 8
+
+
+class KubeConflict(KubeError):
+    """The object changed since it was read (409): re-read it and decide again."""

@@ -23,9 +23,8 @@ from vaultk8s.agent.metrics import AgentMetrics
 from vaultk8s.config import ClusterConfig
 from vaultk8s.errors import VaultK8sError
 from vaultk8s.ops.kubeconfigs import ensure_node_kubeconfigs
-from vaultk8s.ops.node import login_from_dir
+from vaultk8s.ops.node import authenticate
 from vaultk8s.ops.renew import RenewalResult, renew_node
-from vaultk8s.store.atomic import read_file
 from vaultk8s.store.layout import NodeOutput
 from vaultk8s.vault.gateway import VaultGateway
 
@@ -84,16 +83,7 @@ class Agent:
 
     def _authenticate(self, gateway: VaultGateway) -> bool:
         """True when this round logged in (and so owns a token to revoke)."""
-        if self.settings.credentials_dir is not None:
-            gateway.use_token(login_from_dir(self.settings.credentials_dir, gateway))
-            return True
-        if self.settings.token_file is not None:
-            token = read_file(self.settings.token_file)
-            if not token:
-                raise VaultK8sError(f"token file {self.settings.token_file} is missing or empty")
-            gateway.use_token(token.decode().strip())
-            _quietly(gateway.renew_self)  # keeps a renewable periodic token alive; others just expire
-        return False
+        return authenticate(gateway, self.settings.credentials_dir, self.settings.token_file)
 
     def _run_hooks(self, renewed: list[str]) -> None:
         env = dict(os.environ, VAULTK8S_NODE=self.settings.node, VAULTK8S_RENEWED=" ".join(sorted(set(renewed))))

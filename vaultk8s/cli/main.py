@@ -50,9 +50,12 @@ def _register() -> None:
     from vaultk8s.cli import node
     from vaultk8s.cli import policy
     from vaultk8s.cli import sa
+    from vaultk8s.cli import signer
 
     app.command("bootstrap")(bootstrap.bootstrap)
     app.command("agent")(agent.agent)
+    app.command("signer")(signer.signer)
+    app.command("signer-credentials")(signer.signer_credentials)
     app.add_typer(certs.app, name="certs", help="Inspect issued certificates.")
     app.add_typer(dev.app, name="dev", help="Run a local OpenBao (raft + TLS) for development and tests.")
     app.add_typer(hsm.app, name="hsm", help="Root CA keys in a PKCS#11 token (HSM mode).")

@@ -25,6 +25,8 @@ NODE_METADATA_KEY = "node"
 OPERATOR = "operator"
 AGENT = "agent"
 AUDITOR = "auditor"
+CSR_SIGNER = "csr-signer"
+CSR_SIGNER_APPROLE_ROLE = "csr-signer"  # on the cluster's AppRole mount; never `node-<name>`
 
 SIGN_CAPS = ("create", "update")
 READ_CAPS = ("read",)
@@ -164,6 +166,12 @@ def identity_grants(ident: IdentitySpec, config: ClusterConfig) -> list[Grant]:
         spec = catalog.cert(cert_name)
         mount = config.mount(spec.ca)
         mounts.append(mount)
+        if ident.every_node:  # explicit per-node paths: a glob would reach other identities' roles
+            for node in config.nodes:
+                if spec in catalog.certs_for(node.control_plane):
+                    grants.append(Grant(f"{mount}/sign/{role_name(spec, node.name)}", SIGN_CAPS,
+                                        f"{node.name}: {_subject_comment(spec)}".replace("<node>", node.name)))
+            continue
         role = role_name(spec, NODE_TEMPLATE)
         grants.append(Grant(f"{mount}/sign/{role}", SIGN_CAPS, _subject_comment(spec)))
     return grants + _ca_reads(sorted(set(mounts)))
@@ -191,6 +199,9 @@ def operator_grants(config: ClusterConfig) -> list[Grant]:
     for rc in sorted({(rc.mount, rc.role) for rc in resolve_all(config)}):
         grants.append(Grant(f"{rc[0]}/sign/{rc[1]}", SIGN_CAPS, "initial issuance by bootstrap"))
     am = approle_mount(config)
+    signer = f"auth/{am}/role/{CSR_SIGNER_APPROLE_ROLE}"
+    grants += [Grant(f"{signer}/role-id", READ_CAPS, "csr-signer: signer credentials"),
+               Grant(f"{signer}/secret-id", ("create", "list", "update"), "csr-signer: issue and list secret_ids")]
     for node in config.nodes:
         role = f"auth/{am}/role/{approle_role(node.name)}"
         grants += [
@@ -280,7 +291,8 @@ _DESCRIPTIONS = {
     OPERATOR: "the bootstrap operator: creates this cluster's CA mounts and roles and issues the first "
               "certificates. Powerful by design (it writes roles); hand it to people, never to nodes.",
     AUDITOR: "a read-only reviewer: reads policies, roles and node credential settings; cannot sign.",
-    AGENT: "the node agent's token self-management; carried by every node credential.",
+    AGENT: "token self-management (lookup, renew, revoke its own token); carried by every node credential "
+           "and by the CSR signer's.",
 }
 
 
@@ -357,6 +369,29 @@ def approle_params(config: ClusterConfig, node: NodeSpec) -> dict[str, Any]:
         "token_num_uses": settings.token_num_uses,
         "token_bound_cidrs": cidrs,
         "secret_id_bound_cidrs": cidrs,
+        "secret_id_ttl": int(settings.secret_id_ttl.total_seconds()),
+        "secret_id_num_uses": settings.secret_id_num_uses,
+        "bind_secret_id": True,
+    }
+
+
+def signer_policies(config: ClusterConfig) -> list[str]:
+    return sorted(policy_name(config, k) for k in (AGENT, CSR_SIGNER))
+
+
+def signer_approle_params(config: ClusterConfig) -> dict[str, Any]:
+    """The CSR signer's AppRole role. It runs as a pod (no fixed IP to bind) and signs for as long
+    as it runs (no use limit); its tokens are still short-lived and it logs in again."""
+    settings = policy_settings(config)
+    return {
+        "token_policies": signer_policies(config),
+        "token_no_default_policy": True,
+        "token_type": "service",
+        "token_ttl": int(settings.token_ttl.total_seconds()),
+        "token_max_ttl": int(settings.token_max_ttl.total_seconds()),
+        "token_num_uses": 0,
+        "token_bound_cidrs": [],
+        "secret_id_bound_cidrs": [],
         "secret_id_ttl": int(settings.secret_id_ttl.total_seconds()),
         "secret_id_num_uses": settings.secret_id_num_uses,
         "bind_secret_id": True,

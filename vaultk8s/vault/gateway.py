@@ -20,7 +20,7 @@ from cryptography import x509
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
-from vaultk8s.errors import PermissionDeniedError, PlanRefused, VaultError, shown
+from vaultk8s.errors import PermissionDeniedError, PlanRefused, VaultError, VaultRequestRefused, shown
 
 # 502-504 and 429 come from proxies, standbys and rate limits before a request was processed, so
 # retrying even a POST is safe; a 500 or a read error may have done the work and is not retried.
@@ -529,6 +529,8 @@ class VaultGateway:
             ) from None
         except hv.VaultDown:
             raise VaultError(f"Vault at {self.addr} is sealed or down: unseal it and retry") from None
+        except hv.InvalidRequest as err:
+            raise VaultRequestRefused(f"Vault refused to {action} {path}: {_first_error(err)}") from None
         except hv.VaultError as err:
             raise VaultError(f"Vault refused to {action} {path}: {_first_error(err)}") from None
         except requests.exceptions.SSLError:
