@@ -196,6 +196,20 @@ def role_collisions(nodes: list[tuple[str, bool]]) -> list[str]:
     return problems
 
 
+MAX_COMMON_NAME = 64  # RFC 5280 ub-common-name
+
+
+def common_name_overflows(node: str, control_plane: bool) -> list[str]:
+    """A node name that makes one of its certificates' CN longer than X.509 allows."""
+    for spec in certs_for(control_plane):
+        cn = spec.common_name.replace(NODE, node)
+        if len(cn) > MAX_COMMON_NAME:
+            limit = MAX_COMMON_NAME - (len(spec.common_name) - len(NODE))
+            return [f"node name {node[:70]!r} is {len(node)} characters; CN {spec.common_name.replace(NODE, '<node>')!r} "
+                    f"allows at most {limit} (X.509 limits a CN to {MAX_COMMON_NAME})"]
+    return []
+
+
 def certs_for(control_plane: bool) -> tuple[CertSpec, ...]:
     return tuple(c for c in CERTS if control_plane or c.placement is Placement.ALL_NODES)
 
