@@ -18,6 +18,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Callable
 
+from vaultk8s import catalog
 from vaultk8s.agent import schedule
 from vaultk8s.agent.metrics import AgentMetrics
 from vaultk8s.agent.reload import ExecHook, SignalHook
@@ -103,7 +104,8 @@ class Agent:
         return False
 
     def _run_hooks(self, renewed: list[str]) -> None:
-        env = dict(os.environ, VAULTK8S_NODE=self.settings.node, VAULTK8S_RENEWED=" ".join(renewed))
+        env = dict(os.environ, VAULTK8S_NODE=self.settings.node, VAULTK8S_RENEWED=" ".join(renewed),
+                   VAULTK8S_RESTART=" ".join(catalog.components_reading(renewed)))
         for hook in dict.fromkeys(self.settings.hooks):  # each hook once per batch
             hook.run(env)
 
