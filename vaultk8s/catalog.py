@@ -89,6 +89,7 @@ class KubeconfigSpec:
     server: Server
     embed_cert: bool  # admin configs travel; component configs reference files client-go reloads
     placement: Placement
+    component: str | None = None  # the process reading it, restarted when the file is rewritten
 
 
 @dataclass(frozen=True)
@@ -149,10 +150,10 @@ CERTS: tuple[CertSpec, ...] = (
 KUBECONFIGS: tuple[KubeconfigSpec, ...] = (
     KubeconfigSpec("admin.conf", "admin", Server.ENDPOINT, True, _CP),
     KubeconfigSpec("super-admin.conf", "super-admin", Server.ENDPOINT, True, _CP),
-    KubeconfigSpec("controller-manager.conf", "controller-manager", Server.LOCAL, False, _CP),
-    KubeconfigSpec("scheduler.conf", "scheduler", Server.LOCAL, False, _CP),
-    KubeconfigSpec("kubelet.conf", "kubelet-client", Server.ENDPOINT, False, _ALL),
-    KubeconfigSpec("kube-proxy.conf", "kube-proxy", Server.ENDPOINT, False, _ALL),
+    KubeconfigSpec("controller-manager.conf", "controller-manager", Server.LOCAL, False, _CP, "kube-controller-manager"),
+    KubeconfigSpec("scheduler.conf", "scheduler", Server.LOCAL, False, _CP, "kube-scheduler"),
+    KubeconfigSpec("kubelet.conf", "kubelet-client", Server.ENDPOINT, False, _ALL, "kubelet"),
+    KubeconfigSpec("kube-proxy.conf", "kube-proxy", Server.ENDPOINT, False, _ALL, "kube-proxy"),
 )
 
 CLUSTER_ROLE_BINDINGS: tuple[ClusterRoleBindingSpec, ...] = (
@@ -216,6 +217,11 @@ def certs_for(control_plane: bool) -> tuple[CertSpec, ...]:
 
 def kubeconfigs_for(control_plane: bool) -> tuple[KubeconfigSpec, ...]:
     return tuple(k for k in KUBECONFIGS if control_plane or k.placement is Placement.ALL_NODES)
+
+
+def components_reading(files: list[str]) -> list[str]:
+    """The processes to restart after these kubeconfigs were rewritten (they read them only at start)."""
+    return [k.component for k in KUBECONFIGS if k.component and k.file in files]
 
 
 def cas_for(control_plane: bool) -> tuple[CASpec, ...]:

@@ -25,7 +25,7 @@ DEFAULT_APISERVER_PORT = 6443
 
 # Sections other modules own; they validate their own contents, called from parse_config so that
 # every problem is found before anything is written.
-TOP_LEVEL_KEYS = {"cluster", "pki", "vault", "nodes", "hsm", "service_account", "policy"}
+TOP_LEVEL_KEYS = {"cluster", "pki", "vault", "nodes", "hsm", "service_account", "policy", "kubeconfigs"}
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _DURATION_PART = re.compile(r"(\d+)(d|h|m|s)")
@@ -58,6 +58,7 @@ class ClusterConfig:
     workers: tuple[NodeSpec, ...]
     apiserver_port: int = DEFAULT_APISERVER_PORT
     hsm: HsmSettings | None = None  # set: root keys live in a PKCS#11 token, Vault holds intermediates
+    embed_client_certs: bool = False  # kubeadm-shaped: every kubeconfig embeds its client cert and key
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -172,11 +173,13 @@ def parse_config(data: Any, source: str = "cluster file") -> ClusterConfig:
     pki = _section(data, "pki", problems)
     vault = _section(data, "vault", problems)
     nodes = _section(data, "nodes", problems, required=True)
+    kubeconfigs = _section(data, "kubeconfigs", problems)
 
     _unknown_keys(cluster, "cluster", {"name", "endpoint", "service_cidr", "domain", "apiserver_port"}, problems)
     _unknown_keys(pki, "pki", {"key_type", "leaf_ttl", "ca_ttl"}, problems)
     _unknown_keys(vault, "vault", {"mount_prefix"}, problems)
     _unknown_keys(nodes, "nodes", {"control_plane", "workers"}, problems)
+    _unknown_keys(kubeconfigs, "kubeconfigs", {"embed_client_certs"}, problems)
 
     name = _cluster_name(cluster.get("name"), problems)
     endpoint, endpoint_host = _endpoint(cluster.get("endpoint"), problems)
@@ -200,6 +203,9 @@ def parse_config(data: Any, source: str = "cluster file") -> ClusterConfig:
     _check_unique(control_plane + workers, problems)
     problems.extend(_role_collisions(control_plane + workers))
     hsm = _hsm(data.get("hsm"), problems)
+    embed = kubeconfigs.get("embed_client_certs", False)
+    if not isinstance(embed, bool):
+        problems.append(f"kubeconfigs.embed_client_certs must be true or false, not {shown(embed)}")
 
     problems.extend(_name_length_problems(control_plane + workers))
 
@@ -207,7 +213,7 @@ def parse_config(data: Any, source: str = "cluster file") -> ClusterConfig:
         name=name, endpoint=endpoint, endpoint_host=endpoint_host, service_cidr=service_cidr,
         domain=domain, key_type=key_type, leaf_ttl=leaf_ttl, ca_ttl=ca_ttl,
         mount_prefix=mount_prefix, control_plane=control_plane, workers=workers,
-        apiserver_port=apiserver_port, hsm=hsm, raw=data,
+        apiserver_port=apiserver_port, hsm=hsm, embed_client_certs=embed is True, raw=data,
     )
     problems.extend(_owned_section_problems(config))
     if problems:

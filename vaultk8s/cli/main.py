@@ -74,7 +74,15 @@ def _usage_message(err: Exception) -> str:
     return f"{message} (see `{ctx.command_path} --help`)" if ctx is not None else message
 
 
-def run() -> int:
+PLUGIN_NAME = "kubectl vaultk8s"  # installed as kubectl-vaultk8s: kubectl's (and krew's) plugin naming
+
+
+def run_plugin() -> int:
+    """`kubectl vaultk8s ...`: kubectl execs kubectl-vaultk8s with the rest of the arguments."""
+    return run(prog_name=PLUGIN_NAME)
+
+
+def run(prog_name: str | None = None) -> int:
     """Console entry point; returns the exit code (console scripts pass it to sys.exit)."""
     debug = "--debug" in sys.argv
     if debug:
@@ -82,7 +90,7 @@ def run() -> int:
     try:
         # standalone_mode=False: our errors reach us instead of click's generic handler; click then
         # returns the command's value, or the code of a typer.Exit / ctx.exit (also after --help).
-        result = app(standalone_mode=False)
+        result = app(standalone_mode=False, prog_name=prog_name)
     except VaultK8sError as err:
         if debug:
             raise
