@@ -168,7 +168,7 @@ def _cases() -> list[Case]:
     for cmd_id, args in CONFIG_COMMANDS.items():
         cases += [Case(f"{cmd_id}-{cid}", list(args), expect, doc)
                   for cid, doc, expect in CONFIG_CASES if cid in SAMPLED]
-    return cases + _env_cases() + _flag_cases() + _tree_cases() + _hsm_cases() + _agent_cases() + _dev_cases()
+    return cases + _env_cases() + _flag_cases() + _tree_cases() + _hsm_cases() + _agent_cases() + _signer_cases() + _dev_cases()
 
 
 def _env_cases() -> list[Case]:
@@ -292,6 +292,30 @@ def _agent_cases() -> list[Case]:
         Case("agent-unknown-node", ["agent", "--node", "worker-7", "--out", "{out}", "--once"], "worker-7"),
         Case("agent-credentials-missing", [*base, "--credentials", "{tmp}/nocreds"], "nocreds"),
         Case("agent-token-file-missing", [*base, "--token-file", "{tmp}/notoken"], "notoken"),
+        Case("agent-metrics-addr-host", [*base, "--metrics-addr", "nohost"], "--metrics-addr"),
+        Case("agent-metrics-addr-and-port", [*base, "--metrics-addr", "127.0.0.1:1", "--metrics-port", "2"],
+             "--metrics"),
+        Case("agent-reload-signal-kill", [*base, "--pid-file", "{tmp}/pid", "--reload-signal", "KILL"], "KILL"),
+        Case("agent-reload-signal-bogus", [*base, "--pid-file", "{tmp}/pid", "--reload-signal", "WAKE"], "WAKE"),
+    ]
+
+
+def _signer_cases() -> list[Case]:
+    return [
+        Case("signer-kubeconfig-missing", ["signer", "--kubeconfig", "{tmp}/nokube.conf"], "nokube.conf"),
+        Case("signer-kubeconfig-garbage", ["signer", "--kubeconfig", "{tmp}/garbage.conf"], "garbage.conf",
+             setup=lambda t: (t / "garbage.conf").write_text("::: not yaml {{\n")),
+        Case("signer-metrics-addr", ["signer", "--kubeconfig", "{tmp}/nokube.conf", "--metrics-addr", "x:y"],
+             "--metrics-addr"),
+        Case("signer-credentials-missing", ["signer", "--kubeconfig", "{tmp}/nokube.conf", "--credentials",
+                                            "{tmp}/nocreds"], "nocreds"),
+        Case("signer-credentials-not-applied", ["signer-credentials", "--out", "{out}"], "policy apply"),
+        Case("signer-credentials-addr-unset", ["signer-credentials", "--out", "{out}"], "VAULT_ADDR",
+             env={"VAULT_ADDR": None}),
+        Case("signer-bad-config", ["signer", "--kubeconfig", "{tmp}/nokube.conf"], "duplicate key",
+             _text("cluster: {name: a}\ncluster: {name: b}\n")),
+        Case("kubeconfigs-embed-not-bool", ["bootstrap", "--out", "{out}"], "kubeconfigs.embed_client_certs",
+             _edit(kubeconfigs={"embed_client_certs": "yes please"})),
     ]
 
 
@@ -403,8 +427,11 @@ CASES = _cases()
 
 
 @pytest.fixture(scope="module")
-def outcomes(openbao, tmp_path_factory) -> dict[str, Outcome]:
-    """Every case, four at a time (each is its own process); Vault must be the same afterwards."""
+def outcomes(openbao, tmp_path_factory, request) -> dict[str, Outcome]:
+    """Every selected case, four at a time (each is its own process); Vault must be the same afterwards."""
+    selected = {item.callspec.params["case_id"] for item in request.session.items
+                if getattr(item, "callspec", None) and "case_id" in item.callspec.params}
+    cases = [c for c in CASES if c.id in selected]
     root = tmp_path_factory.mktemp("corpus")
     vault = openbao.as_environ()
     hsm_env = token_environ(init_dev_token(root / "hsm")) if HAVE_SOFTHSM else {}
@@ -414,7 +441,7 @@ def outcomes(openbao, tmp_path_factory) -> dict[str, Outcome]:
     try:
         before = _vault_snapshot(vault)
         with ThreadPoolExecutor(max_workers=4) as pool:
-            results = list(pool.map(lambda c: _run(c, root, vault, hsm_env, busy.getsockname()[1]), CASES))
+            results = list(pool.map(lambda c: _run(c, root, vault, hsm_env, busy.getsockname()[1]), cases))
         after = _vault_snapshot(vault)
     finally:
         busy.close()
@@ -427,7 +454,8 @@ def test_corpus_is_large_and_covers_every_command():
     commands = {c.args[0] if c.args[0] not in ("policy", "sa", "node", "certs", "hsm", "dev")
                 else " ".join(c.args[:2]) for c in CASES}
     assert {"bootstrap", "agent", "certs check", "hsm status", "sa rotate", "sa status", "policy diff",
-            "policy apply", "policy review", "node credentials", "node revoke", "dev up"} <= commands
+            "policy apply", "policy review", "node credentials", "node revoke", "dev up", "signer",
+            "signer-credentials"} <= commands
     assert len({c.id for c in CASES}) == len(CASES)
 
 

@@ -44,15 +44,15 @@ def signer(
     from vaultk8s.signer import kube
     from vaultk8s.signer.controller import Signer, SignerSettings, VaultSigner, run_elector
     from vaultk8s.signer.leader import LeaseElector
-    from vaultk8s.signer.metrics import HealthServer, parse_addr
+    from vaultk8s.serve import HealthServer, parse_listen_addr
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s vaultk8s-signer %(levelname)s %(message)s")
     cluster = common.load(config)
     try:
         resync_seconds = max(30, int(parse_duration(resync).total_seconds()))
-        addr = parse_addr(metrics_addr) if metrics_addr else None
     except ValueError as err:
-        raise ConfigError(str(err), "command line") from None
+        raise ConfigError(f"--resync: {err}", "command line") from None
+    addr = parse_listen_addr(metrics_addr) if metrics_addr else None
     if credentials is not None and token_file is not None:
         raise ConfigError("give at most one of --credentials or --token-file", "command line")
     if credentials is not None and not (credentials / ops.ROLE_ID_FILE).is_file():
@@ -68,8 +68,10 @@ def signer(
     runner = Signer(settings, gateway, vault, elector)
     health = None
     if addr is not None:
-        health = HealthServer(addr[0], addr[1], runner.metrics.registry, runner.heartbeat.alive)
-        health.start()
+        def alive() -> str | None:
+            return None if runner.heartbeat.alive() else "the signer loop has not run for too long"
+
+        health = HealthServer(addr[0], addr[1], runner.metrics.registry, liveness=alive, readiness=alive).start()
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
