@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Callable
 
 from vaultk8s import catalog
-from vaultk8s.agent import schedule
+from vaultk8s.plan import schedule
 from vaultk8s.agent.metrics import AgentMetrics
 from vaultk8s.agent.reload import ExecHook, SignalHook
 from vaultk8s.config import ClusterConfig
