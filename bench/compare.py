@@ -234,7 +234,7 @@ def run_bootstrap(env, cluster_file: Path, out: Path, concurrency: int | None, p
         text, errors = stdout.read().decode(), stderr.read().decode()
     if proc.returncode != 0:
         raise SystemExit(f"bootstrap exited {proc.returncode}: {errors[-2000:]}")
-    report = json.loads(text[text.index("{"):])  # py-spy (--profile) may print before the report
+    report, _ = json.JSONDecoder().raw_decode(text[text.index("{"):])  # py-spy (--profile) prints around it
     return {"seconds": round(seconds, 2), "report": report, "peak_rss_mb": round(usage.ru_maxrss / 1024, 1)}
 
 
