@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -26,7 +26,7 @@ from vaultk8s import catalog, crypto
 from vaultk8s.config import ClusterConfig
 from vaultk8s.errors import HsmError, VaultError, VaultK8sError
 from vaultk8s.ops import sa as sa_ops
-from vaultk8s.ops.kubeconfigs import ensure_kubeconfigs
+from vaultk8s.ops.kubeconfigs import ensure_node_kubeconfigs
 from vaultk8s.ops.leaves import (CAState, IssuedLeaf, ca_bundle_changes, issue_leaf, leaf_changes, observe_leaf,
                                  read_ca_state)
 from vaultk8s.plan.actions import Action
@@ -78,14 +78,19 @@ def bootstrap(config: ClusterConfig, out: Path, gateway: VaultGateway, *, now: d
     report.actions.extend(sa_actions)
     certs = resolve_all(config)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        _ensure_roles(resolve_roles(certs), config, gateway, report, dry_run, pool, progress)
-        plan = _plan_leaves(certs, out, cas, now, force_renew, report)
+        # Roles are read in the pool while this thread checks the files on disk; the report keeps
+        # the order roles-then-leaves.
+        roles = resolve_roles(certs)
+        role_actions = _start_role_plan(roles, gateway, report, pool, progress)
+        leaf_actions, todo = _plan_leaves(certs, out, cas, now, force_renew, report)
+        report.actions.extend(role_actions())
+        report.actions.extend(leaf_actions)
         if not dry_run:
-            issued = _issue_all(plan, gateway, pool, progress)
+            issued = _apply_roles_and_leaves(roles, todo, report, gateway, pool, progress)
         report.actions.extend(sa_ops.plan_key_files(config, out, sa_keys))
         if not dry_run:
-            _write_nodes(config, out, cas, issued, sa_ops.key_files(sa_keys))
-    report.actions.extend(ensure_kubeconfigs(config, out, dry_run=dry_run))
+            _write_nodes(config, out, cas, issued, sa_ops.key_files(sa_keys), pool)
+        report.actions.extend(_ensure_kubeconfigs(config, out, dry_run, pool))
     if not dry_run:
         _write_rbac(Path(out))
     report.ca_fingerprints = {n: crypto.fingerprint(s.issuer) for n, s in cas.items() if s.issuer}
@@ -227,8 +232,11 @@ def _remove_partial(gateway: VaultGateway, mount: str, imported: dict[str, str],
 
 # --- roles --------------------------------------------------------------------------------------
 
-def _ensure_roles(roles: tuple[ResolvedRole, ...], config: ClusterConfig, gateway: VaultGateway,
-                  report: BootstrapReport, dry_run: bool, pool: ThreadPoolExecutor, progress: Progress) -> None:
+def _start_role_plan(roles: tuple[ResolvedRole, ...], gateway: VaultGateway, report: BootstrapReport,
+                     pool: ThreadPoolExecutor, progress: Progress) -> Callable[[], list[Action]]:
+    """delete-role for roles nothing wants, write-role for each missing or drifted one: every role
+    is read and compared. The reads are queued now; the returned call collects the actions."""
+    actions = []
     wanted = {(r.mount, r.name) for r in roles}
     for mount in {r.mount for r in roles}:
         if gateway.mount_type(mount) != "pki":
@@ -236,7 +244,7 @@ def _ensure_roles(roles: tuple[ResolvedRole, ...], config: ClusterConfig, gatewa
         for name in gateway.list_roles(mount):
             if (mount, name) not in wanted:
                 # A removed node's role would still let its old credential obtain certificates.
-                report.actions.append(Action("delete-role", f"{mount}/roles/{name}", "not in the catalog/cluster file"))
+                actions.append(Action("delete-role", f"{mount}/roles/{name}", "not in the catalog/cluster file"))
     advance = progress("roles", len(roles))
 
     def observe(role: ResolvedRole) -> Action | None:
@@ -248,15 +256,8 @@ def _ensure_roles(roles: tuple[ResolvedRole, ...], config: ClusterConfig, gatewa
         reason = "new role" if existing is None else "differs in " + ", ".join(drift)
         return Action("write-role", f"{role.mount}/roles/{role.name}", reason)
 
-    planned = [a for a in pool.map(observe, roles) if a]
-    report.actions.extend(planned)
-    if dry_run:
-        return
-    by_target = {f"{r.mount}/roles/{r.name}": r for r in roles}
-    for action in [a for a in report.actions if a.kind == "delete-role"]:
-        mount, _, name = action.target.partition("/roles/")
-        gateway.delete_role(mount, name)
-    list(pool.map(lambda a: _write_role(gateway, by_target[a.target]), planned))
+    observed = pool.map(observe, roles)  # submits every read at once
+    return lambda: actions + [a for a in observed if a]
 
 
 def _mount_exists(mount: str, report: BootstrapReport) -> bool:
@@ -270,8 +271,8 @@ def _write_role(gateway: VaultGateway, role: ResolvedRole) -> None:
 # --- leaves -------------------------------------------------------------------------------------
 
 def _plan_leaves(certs: tuple[ResolvedCert, ...], out: Path, cas: dict[str, CAState], now: datetime,
-                 force: bool, report: BootstrapReport) -> list[ResolvedCert]:
-    todo = []
+                 force: bool, report: BootstrapReport) -> tuple[list[Action], list[ResolvedCert]]:
+    actions, todo = [], []
     for rc in certs:
         state = cas[rc.spec.ca]
         issuers = [state.issuer] if state.issuer else []
@@ -279,21 +280,46 @@ def _plan_leaves(certs: tuple[ResolvedCert, ...], out: Path, cas: dict[str, CASt
         if reason is None:
             report.kept += 1
             continue
-        report.actions.append(Action("issue", f"{rc.node}/pki/{rc.cert_file}", reason))
+        actions.append(Action("issue", f"{rc.node}/pki/{rc.cert_file}", reason))
         todo.append(rc)
-    return todo
+    return actions, todo
 
 
-def _issue_all(todo: list[ResolvedCert], gateway: VaultGateway, pool: ThreadPoolExecutor,
-               progress: Progress) -> list[IssuedLeaf]:
+def _apply_roles_and_leaves(roles: tuple[ResolvedRole, ...], todo: list[ResolvedCert], report: BootstrapReport,
+                            gateway: VaultGateway, pool: ThreadPoolExecutor, progress: Progress) -> list[IssuedLeaf]:
+    """Deletes, then role writes and signs in one queue: a leaf's sign starts as soon as its own role
+    is written, not after all roles. Each role write is queued ahead of the signs that wait for it,
+    so a waiting sign never holds up the write it waits for."""
+    for action in [a for a in report.actions if a.kind == "delete-role"]:
+        mount, _, name = action.target.partition("/roles/")
+        gateway.delete_role(mount, name)
+    to_write = {a.target for a in report.actions if a.kind == "write-role"}
+    pending = {(r.mount, r.name): r for r in roles if f"{r.mount}/roles/{r.name}" in to_write}
+    writes: dict[tuple[str, str], Future] = {}
     advance = progress("certificates", len(todo))
 
-    def task(rc: ResolvedCert) -> IssuedLeaf:
+    def sign(rc: ResolvedCert, role_written: Future | None) -> IssuedLeaf:
+        if role_written is not None:
+            role_written.result()  # re-raises the role write's error
         leaf = issue_leaf(gateway, rc)
         advance()
         return leaf
 
-    futures = [pool.submit(task, rc) for rc in todo]
+    signs = []
+    for rc in todo:
+        key = (rc.mount, rc.role)
+        if key in pending and key not in writes:
+            writes[key] = pool.submit(_write_role, gateway, pending[key])
+        signs.append(pool.submit(sign, rc, writes.get(key)))
+    for key, role in pending.items():  # roles whose leaves are all kept
+        if key not in writes:
+            writes[key] = pool.submit(_write_role, gateway, role)
+    _wait_all(list(writes.values()) + signs)
+    return [f.result() for f in signs]
+
+
+def _wait_all(futures: list[Future]) -> None:
+    """Wait for every task; on the first failure cancel what has not started and raise it."""
     done, pending = wait(futures, return_when=FIRST_EXCEPTION)
     for future in pending:
         future.cancel()
@@ -304,23 +330,32 @@ def _issue_all(todo: list[ResolvedCert], gateway: VaultGateway, pool: ThreadPool
         if isinstance(err, VaultK8sError):
             raise type(err)(f"{err} (stopped after the first failure; nothing was written)")
         raise err
-    return [f.result() for f in futures]
 
 
 # --- output -------------------------------------------------------------------------------------
 
 def _write_nodes(config: ClusterConfig, out: Path, cas: dict[str, CAState], issued: list[IssuedLeaf],
-                 control_plane_files: dict[str, FileContent]) -> None:
+                 control_plane_files: dict[str, FileContent], pool: ThreadPoolExecutor) -> None:
+    """Nodes are independent directories, written in the pool (mostly fsync waits)."""
     by_node: dict[str, list[IssuedLeaf]] = {}
     for leaf in issued:
         by_node.setdefault(leaf.cert.node, []).append(leaf)
-    for node in config.nodes:
+
+    def write(node) -> None:
         changes: dict[str, FileContent | None] = dict(ca_bundle_changes(node.control_plane, cas, config.mount))
         for leaf in by_node.get(node.name, []):
             changes.update(leaf_changes(leaf))
         if node.control_plane:
             changes.update(control_plane_files)
         NodeOutput(out, node.name).update_pki(changes)
+
+    list(pool.map(write, config.nodes))
+
+
+def _ensure_kubeconfigs(config: ClusterConfig, out: Path, dry_run: bool, pool: ThreadPoolExecutor) -> list[Action]:
+    """Per node in the pool; actions in node order, as ensure_kubeconfigs reports them."""
+    per_node = pool.map(lambda node: ensure_node_kubeconfigs(node, config, out, dry_run=dry_run), config.nodes)
+    return [a for actions in per_node for a in actions]
 
 
 def render_rbac() -> bytes:

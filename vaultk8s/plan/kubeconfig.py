@@ -20,6 +20,8 @@ from vaultk8s.config import ClusterConfig, NodeSpec
 from vaultk8s.store.layout import PKI_DIR
 
 CA_FILE = catalog.ca("kubernetes-ca").cert_file
+# libyaml's safe loader when PyYAML has it: the same documents, ~10x faster (re-runs parse every file).
+_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 @dataclass(frozen=True)
@@ -94,7 +96,7 @@ def kubeconfig_drift(desired: dict[str, Any], observed_yaml: bytes | None) -> st
     if observed_yaml is None:
         return "missing"
     try:
-        observed = yaml.safe_load(observed_yaml)
+        observed = yaml.load(observed_yaml, Loader=_SAFE_LOADER)
         have = _essentials(observed)
     except (yaml.YAMLError, AttributeError, KeyError, IndexError, TypeError):
         return "unreadable"
