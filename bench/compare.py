@@ -59,6 +59,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, help="pass --workers C to bootstrap (default: its own)")
     parser.add_argument("--profile", type=Path, help="sample the first bootstrap with py-spy into this file")
     parser.add_argument("--no-cfssl", action="store_true")
+    parser.add_argument("--floor-threads", default="4,8,16", help="thread counts the floors try (best counts)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="vaultk8s-bench-") as tmp:
         server = DevServer(Path(tmp) / "bao", port=find_free_port())
@@ -74,13 +75,14 @@ def run(env, tmp: Path, args) -> dict:
     cluster_file = tmp / "cluster.yaml"
     cluster_file.write_text(yaml.safe_dump(doc, sort_keys=False))
     certs = resolve_all(parse_config(doc))
-    floor = run_floor(env, doc, args.key_type)
+    threads = tuple(int(t) for t in args.floor_threads.split(","))
+    floor = run_floor(env, doc, args.key_type, threads)
     out = tmp / "out"
     first = run_bootstrap(env, cluster_file, out, args.concurrency, args.profile)
     noop = run_bootstrap(env, cluster_file, out, args.concurrency, None)
     if noop["report"]["changed"]:
         raise SystemExit("the no-op re-run changed something: " + json.dumps(noop["report"]["actions"][:3]))
-    noop_floor = run_noop_floor(env, certs, out)
+    noop_floor = run_noop_floor(env, certs, out, threads)
     cfssl = {"cfssl_s": None, "cfssl_skipped": "--no-cfssl"} if args.no_cfssl else run_cfssl(certs, tmp / "cfssl")
     actions = first["report"]["actions"]
     result = {
@@ -139,7 +141,7 @@ def _timed_map(threads: int, fn, items) -> float:
     return time.monotonic() - started
 
 
-def run_floor(env, doc: dict, key_type: str) -> dict:
+def run_floor(env, doc: dict, key_type: str, thread_counts=FLOOR_THREADS) -> dict:
     """Own mounts (floor/...), same role parameters, same CSR contents; untimed setup, timed calls."""
     floor_doc = {**doc, "vault": {"mount_prefix": "floor/"}}
     config = parse_config(floor_doc)
@@ -153,7 +155,7 @@ def run_floor(env, doc: dict, key_type: str) -> dict:
     csrs = [(rc, crypto.build_csr(crypto.generate_key(key_type), rc.common_name, rc.organization, rc.dns_sans,
                                   rc.ip_sans)) for rc in certs]
     detail: dict = {"roles_s": {}, "sign_s": {}}
-    for threads in FLOOR_THREADS:
+    for threads in thread_counts:
         suffix = f"-t{threads}"  # fresh roles per pass: every pass creates, none overwrites
 
         def write(role, suffix=suffix):
@@ -172,12 +174,12 @@ def run_floor(env, doc: dict, key_type: str) -> dict:
     return {"floor_s": round(best_roles + best_sign, 2), "detail": detail, "roles": roles}
 
 
-def run_noop_floor(env, certs, out: Path) -> dict:
+def run_noop_floor(env, certs, out: Path, thread_counts=FLOOR_THREADS) -> dict:
     """Read the bench/ roles back at the best of 4/8/16 threads, then read and parse every file once."""
     bare = _Bare(env)
     roles = resolve_roles(certs)
     detail: dict = {"role_reads_s": {}}
-    for threads in FLOOR_THREADS:
+    for threads in thread_counts:
         detail["role_reads_s"][threads] = round(_timed_map(
             threads, lambda r: bare.call("GET", f"{r.mount}/roles/{r.name}"), roles), 2)
     started = time.monotonic()

@@ -12,8 +12,10 @@ an intermediate the token's root signed (docs/hsm.md).
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
+import os
 import time
-from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_EXCEPTION, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -27,8 +29,8 @@ from vaultk8s.config import ClusterConfig
 from vaultk8s.errors import HsmError, VaultError, VaultK8sError
 from vaultk8s.ops import sa as sa_ops
 from vaultk8s.ops.kubeconfigs import ensure_node_kubeconfigs
-from vaultk8s.ops.leaves import (CAState, IssuedLeaf, ca_bundle_changes, issue_leaf, leaf_changes, observe_leaf,
-                                 read_ca_state)
+from vaultk8s.ops.leaves import (CAState, IssuedLeaf, ca_bundle_changes, issue_leaf, key_and_csr_args, leaf_changes,
+                                 observe_leaf, read_ca_state)
 from vaultk8s.plan.actions import Action
 from vaultk8s.plan.cas import AUTO_TIDY, ObservedCA, intermediate_params, mount_ttl_seconds, plan_ca, root_params, url_params
 from vaultk8s.plan.leaves import reissue_reason
@@ -39,6 +41,10 @@ from vaultk8s.store.layout import RBAC_FILE, NodeOutput
 from vaultk8s.vault.gateway import VaultGateway
 
 Progress = Callable[[str, int], Callable[[], None]]  # (phase, total) -> advance()
+
+# Concurrent Vault requests. Measured knee (bench/README.md): a bare client against a local
+# OpenBao signs fastest at 32 in flight (16: -12%, 64: -20%); role writes and reads flatten there.
+DEFAULT_WORKERS = 32
 
 
 @dataclass
@@ -66,7 +72,7 @@ def _no_progress(phase: str, total: int) -> Callable[[], None]:
 
 
 def bootstrap(config: ClusterConfig, out: Path, gateway: VaultGateway, *, now: datetime,
-              dry_run: bool = False, force_renew: bool = False, workers: int = 8,
+              dry_run: bool = False, force_renew: bool = False, workers: int = DEFAULT_WORKERS,
               progress: Progress = _no_progress) -> BootstrapReport:
     started = time.monotonic()
     report = BootstrapReport(dry_run=dry_run)
@@ -86,7 +92,7 @@ def bootstrap(config: ClusterConfig, out: Path, gateway: VaultGateway, *, now: d
         report.actions.extend(role_actions())
         report.actions.extend(leaf_actions)
         if not dry_run:
-            issued = _apply_roles_and_leaves(roles, todo, report, gateway, pool, progress)
+            issued = _apply_roles_and_leaves(roles, todo, report, gateway, pool, workers, progress)
         report.actions.extend(sa_ops.plan_key_files(config, out, sa_keys))
         if not dry_run:
             _write_nodes(config, out, cas, issued, sa_ops.key_files(sa_keys), pool)
@@ -286,10 +292,11 @@ def _plan_leaves(certs: tuple[ResolvedCert, ...], out: Path, cas: dict[str, CASt
 
 
 def _apply_roles_and_leaves(roles: tuple[ResolvedRole, ...], todo: list[ResolvedCert], report: BootstrapReport,
-                            gateway: VaultGateway, pool: ThreadPoolExecutor, progress: Progress) -> list[IssuedLeaf]:
+                            gateway: VaultGateway, pool: ThreadPoolExecutor, workers: int,
+                            progress: Progress) -> list[IssuedLeaf]:
     """Deletes, then role writes and signs in one queue: a leaf's sign starts as soon as its own role
-    is written, not after all roles. Each role write is queued ahead of the signs that wait for it,
-    so a waiting sign never holds up the write it waits for."""
+    is written, not after all roles. Each role write is queued a few pool rounds ahead of the first
+    sign that needs it, so that sign rarely waits, and never for a write still behind it."""
     for action in [a for a in report.actions if a.kind == "delete-role"]:
         mount, _, name = action.target.partition("/roles/")
         gateway.delete_role(mount, name)
@@ -298,30 +305,63 @@ def _apply_roles_and_leaves(roles: tuple[ResolvedRole, ...], todo: list[Resolved
     writes: dict[tuple[str, str], Future] = {}
     advance = progress("certificates", len(todo))
 
-    def sign(rc: ResolvedCert, role_written: Future | None) -> IssuedLeaf:
+    def sign(rc: ResolvedCert, role_written: Future | None, made: Future | None) -> IssuedLeaf:
         if role_written is not None:
             role_written.result()  # re-raises the role write's error
-        leaf = issue_leaf(gateway, rc)
+        leaf = issue_leaf(gateway, rc, made.result() if made else None)
         advance()
         return leaf
 
-    signs = []
-    for rc in todo:
-        key = (rc.mount, rc.role)
-        if key in pending and key not in writes:
-            writes[key] = pool.submit(_write_role, gateway, pending[key])
-        signs.append(pool.submit(sign, rc, writes.get(key)))
-    for key, role in pending.items():  # roles whose leaves are all kept
-        if key not in writes:
-            writes[key] = pool.submit(_write_role, gateway, role)
-    _wait_all(list(writes.values()) + signs)
+    # Role writes in the order the leaves first need them, then those whose leaves are all kept.
+    order = list(dict.fromkeys([(rc.mount, rc.role) for rc in todo if (rc.mount, rc.role) in pending]
+                               + list(pending)))
+    lead = 2 * workers
+    with _key_processes(todo) as keygen:
+        made = [keygen.submit(crypto.new_key_and_csr, *key_and_csr_args(rc)) if keygen else None for rc in todo]
+
+        def write_up_to(n: int) -> None:
+            while len(writes) < min(n, len(order)):
+                key = order[len(writes)]
+                writes[key] = pool.submit(_write_role, gateway, pending[key])
+
+        position = {key: i for i, key in enumerate(order)}
+        needed, signs = 0, []
+        for rc, key_future in zip(todo, made):
+            key = (rc.mount, rc.role)
+            needed = max(needed, position.get(key, -1) + 1)
+            write_up_to(needed + lead)
+            signs.append(pool.submit(sign, rc, writes.get(key), key_future))
+        write_up_to(len(order))
+        _wait_all(list(writes.values()) + signs, [f for f in made if f])
     return [f.result() for f in signs]
 
 
-def _wait_all(futures: list[Future]) -> None:
-    """Wait for every task; on the first failure cancel what has not started and raise it."""
+@contextlib.contextmanager
+def _key_processes(todo: list[ResolvedCert]) -> Iterator[ProcessPoolExecutor | None]:
+    """RSA keys are made in one process per core: cryptography holds the GIL while generating one
+    (~70 ms for 2048 bits), so threads would use a single core. EC keys take ~0.1 ms: made inline."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    rsa = sum(rc.key_type.startswith("rsa-") for rc in todo)
+    if cores < 2 or rsa < _MIN_RSA_FOR_PROCESSES:
+        yield None
+        return
+    # spawn, not fork: this process already runs threads (pool, progress bars).
+    with ProcessPoolExecutor(max_workers=cores, mp_context=multiprocessing.get_context("spawn")) as keygen:
+        try:
+            yield keygen
+        except BaseException:
+            keygen.shutdown(wait=True, cancel_futures=True)
+            raise
+
+
+_MIN_RSA_FOR_PROCESSES = 8  # below this, starting the processes costs more than it saves
+
+
+def _wait_all(futures: list[Future], feeding: list[Future] = ()) -> None:
+    """Wait for every task; on the first failure cancel what has not started and raise it. A failed
+    feeding task (a key) fails the task that waits for it."""
     done, pending = wait(futures, return_when=FIRST_EXCEPTION)
-    for future in pending:
+    for future in [*pending, *feeding]:
         future.cancel()
     wait(pending)
     failed = [f for f in futures if f.done() and not f.cancelled() and f.exception()]
