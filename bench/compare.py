@@ -98,6 +98,7 @@ def run(env, tmp: Path, args) -> dict:
         "vaultk8s_over_floor": _ratio(first["seconds"], floor["floor_s"]),
         "noop_over_floor": _ratio(noop["seconds"], noop_floor["noop_floor_s"]),
         "cfssl_over_vaultk8s": _ratio(cfssl["cfssl_s"], first["seconds"]),
+        "phases_first_s": first["report"].get("phase_seconds"), "phases_noop_s": noop["report"].get("phase_seconds"),
         "floor": floor["detail"], "noop_floor": noop_floor["detail"],
         "cpus": os.cpu_count(), "load_before": os.getloadavg()[0],
     }

@@ -54,6 +54,15 @@ class BootstrapReport:
     kept: int = 0
     seconds: float = 0.0
     ca_fingerprints: dict[str, str] = field(default_factory=dict)
+    phase_seconds: dict[str, float] = field(default_factory=dict)  # wall time per phase, for bench/
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            self.phase_seconds[name] = round(time.monotonic() - started, 3)
 
     @property
     def changed(self) -> bool:
@@ -63,6 +72,7 @@ class BootstrapReport:
         return {
             "dry_run": self.dry_run, "changed": self.changed, "kept": self.kept,
             "seconds": round(self.seconds, 3), "ca_fingerprints": self.ca_fingerprints,
+            "phase_seconds": self.phase_seconds,
             "actions": [a.to_dict() for a in self.actions],
         }
 
@@ -79,24 +89,29 @@ def bootstrap(config: ClusterConfig, out: Path, gateway: VaultGateway, *, now: d
     if not dry_run:
         check_writable(Path(out))
     gateway.check_ready()
-    cas = _ensure_cas(config, gateway, report, dry_run, now)
-    sa_keys, sa_actions = sa_ops.ensure_key_set(config, gateway, now=now, dry_run=dry_run)
-    report.actions.extend(sa_actions)
+    with report.phase("cas"):
+        cas = _ensure_cas(config, gateway, report, dry_run, now)
+        sa_keys, sa_actions = sa_ops.ensure_key_set(config, gateway, now=now, dry_run=dry_run)
+        report.actions.extend(sa_actions)
     certs = resolve_all(config)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         # Roles are read in the pool while this thread checks the files on disk; the report keeps
         # the order roles-then-leaves.
-        roles = resolve_roles(certs)
-        role_actions = _start_role_plan(roles, gateway, report, pool, progress)
-        leaf_actions, todo = _plan_leaves(certs, out, cas, now, force_renew, report)
-        report.actions.extend(role_actions())
-        report.actions.extend(leaf_actions)
+        with report.phase("plan"):
+            roles = resolve_roles(certs)
+            role_actions = _start_role_plan(roles, gateway, report, pool, progress)
+            leaf_actions, todo = _plan_leaves(certs, out, cas, now, force_renew, report)
+            report.actions.extend(role_actions())
+            report.actions.extend(leaf_actions)
         if not dry_run:
-            issued = _apply_roles_and_leaves(roles, todo, report, gateway, pool, workers, progress)
+            with report.phase("roles+signs"):
+                issued = _apply_roles_and_leaves(roles, todo, report, gateway, pool, workers, progress)
         report.actions.extend(sa_ops.plan_key_files(config, out, sa_keys))
         if not dry_run:
-            _write_nodes(config, out, cas, issued, sa_ops.key_files(sa_keys), pool)
-        report.actions.extend(_ensure_kubeconfigs(config, out, dry_run, pool))
+            with report.phase("node files"):
+                _write_nodes(config, out, cas, issued, sa_ops.key_files(sa_keys), pool)
+        with report.phase("kubeconfigs"):
+            report.actions.extend(_ensure_kubeconfigs(config, out, dry_run, pool))
     if not dry_run:
         _write_rbac(Path(out))
     report.ca_fingerprints = {n: crypto.fingerprint(s.issuer) for n, s in cas.items() if s.issuer}
