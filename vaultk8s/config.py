@@ -110,7 +110,8 @@ def load_config(path: Path) -> ClusterConfig:
     except OSError as err:
         raise ConfigError(f"cannot read: {err.strerror}", source=str(path)) from None
     try:
-        data = yaml.safe_load(text)
+        # libyaml when PyYAML has it: a 1000-node file loads in ~0.1 s instead of ~1 s.
+        data = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""

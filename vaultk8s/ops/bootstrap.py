@@ -1,8 +1,9 @@
 """`vaultk8s bootstrap`: plan CA mounts, roles and leaves against what exists, then apply.
 
-Order: validate and probe (no writes) -> CAs -> service-account key (KV) -> roles -> leaves issued
-concurrently in memory -> each node's pki/ swapped atomically (sa.key/sa.pub included) ->
-kubeconfigs. Re-running converges and changes nothing.
+Order: validate and probe (no writes) -> CAs -> service-account key (KV) -> plan roles (every role
+read and compared, concurrently with checking every file on disk) -> role writes and signs in one
+queue, each leaf signed as soon as its own role is written, in memory -> each node's pki/ swapped
+atomically (sa.key/sa.pub included) -> kubeconfigs. Re-running converges and changes nothing.
 
 HSM mode (config.hsm set): the token is opened once for the CA phase, before any Vault write, so a
 wrong PIN or a missing token fails with Vault untouched; roots stay in the token, each mount gets
