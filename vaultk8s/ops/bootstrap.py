@@ -17,6 +17,7 @@ import multiprocessing
 import os
 import time
 from concurrent.futures import FIRST_EXCEPTION, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -324,7 +325,11 @@ def _apply_roles_and_leaves(roles: tuple[ResolvedRole, ...], todo: list[Resolved
     def sign(rc: ResolvedCert, role_written: Future | None, made: Future | None) -> IssuedLeaf:
         if role_written is not None:
             role_written.result()  # re-raises the role write's error
-        leaf = issue_leaf(gateway, rc, made.result() if made else None)
+        try:
+            key_and_csr = made.result() if made else None
+        except BrokenProcessPool:  # e.g. embedded in a script whose __main__ spawn cannot re-import
+            key_and_csr = None  # made inline instead
+        leaf = issue_leaf(gateway, rc, key_and_csr)
         advance()
         return leaf
 
