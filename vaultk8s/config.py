@@ -109,14 +109,11 @@ def is_dns_subdomain(name: str) -> bool:
 MAX_CONFIG_BYTES = 32 * 1024 * 1024  # a 10,000-node cluster file is about 1 MB
 
 
-class _StrictLoader(yaml.SafeLoader):
-    """safe_load, minus what hides mistakes or attacks: duplicate keys and aliases (*name)."""
+MAX_DEPTH = 64  # a cluster file is 5 levels deep
 
-    def compose_node(self, parent, index):  # type: ignore[override]
-        if self.check_event(yaml.AliasEvent):
-            mark = self.peek_event().start_mark
-            raise ConfigError(f"YAML aliases (*name) are not allowed, at line {mark.line + 1}")
-        return super().compose_node(parent, index)
+
+class _StrictLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # libyaml: 10x faster on big files
+    """safe_load, minus what hides mistakes: a duplicate key would silently keep the last value."""
 
     def construct_mapping(self, node, deep=False):  # type: ignore[override]
         seen: set[Any] = set()
@@ -127,6 +124,25 @@ class _StrictLoader(yaml.SafeLoader):
                     raise ConfigError(f"duplicate key {shown(key)} at line {key_node.start_mark.line + 1}")
                 seen.add(key)
         return super().construct_mapping(node, deep=deep)
+
+
+def _refuse_aliases_and_depth(root: yaml.Node) -> None:
+    """An alias (*name) makes the composer reuse a node: refuse any node met twice (no alias bombs),
+    and nesting deeper than any cluster file needs. Iterative, so no input can exhaust the stack."""
+    seen: set[int] = set()
+    stack = [(root, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if id(node) in seen:
+            raise ConfigError(f"YAML aliases (*name) are not allowed (anchor at line {node.start_mark.line + 1})")
+        seen.add(id(node))
+        if depth > MAX_DEPTH:
+            raise ConfigError(f"nested deeper than {MAX_DEPTH} levels at line {node.start_mark.line + 1}: "
+                              "nested too deeply to be a cluster file")
+        if isinstance(node, yaml.MappingNode):
+            stack.extend((child, depth + 1) for pair in node.value for child in pair)
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend((child, depth + 1) for child in node.value)
 
 
 def load_config(path: Path) -> ClusterConfig:
@@ -150,8 +166,13 @@ def load_config(path: Path) -> ClusterConfig:
 
 
 def parse_yaml(text: str, source: str) -> Any:
+    loader = _StrictLoader(text)
     try:
-        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+        root = loader.get_single_node()
+        if root is None:
+            return None
+        _refuse_aliases_and_depth(root)
+        return loader.construct_document(root)
     except ConfigError as err:
         raise ConfigError(err.problems, source) from None
     except yaml.YAMLError as err:
@@ -161,6 +182,8 @@ def parse_yaml(text: str, source: str) -> Any:
         raise ConfigError(f"not valid YAML{where}: {problem}", source=source) from None
     except RecursionError:
         raise ConfigError("nested too deeply to be a cluster file", source=source) from None
+    finally:
+        loader.dispose()
 
 
 def parse_config(data: Any, source: str = "cluster file") -> ClusterConfig:

@@ -21,6 +21,10 @@ from vaultk8s.config import ClusterConfig, NodeSpec
 from vaultk8s.store.layout import PKI_DIR
 
 CA_FILE = catalog.ca("kubernetes-ca").cert_file
+# libyaml's safe loader and dumper when PyYAML has them: the same documents and bytes, 10-30x
+# faster (a 1000-node bootstrap renders and re-parses ~2,000 kubeconfigs).
+_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_SAFE_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 
 
 @dataclass(frozen=True)
@@ -84,7 +88,7 @@ def render_document(rk: ResolvedKubeconfig, ca_pem: bytes, cert_pem: bytes | Non
 
 def render_kubeconfig(rk: ResolvedKubeconfig, ca_pem: bytes, cert_pem: bytes | None = None,
                       key_pem: bytes | None = None) -> bytes:
-    return yaml.safe_dump(render_document(rk, ca_pem, cert_pem, key_pem), sort_keys=False).encode()
+    return yaml.dump(render_document(rk, ca_pem, cert_pem, key_pem), Dumper=_SAFE_DUMPER, sort_keys=False).encode()
 
 
 def kubeconfig_drift(desired: dict[str, Any], observed_yaml: bytes | None) -> str | None:
@@ -92,7 +96,7 @@ def kubeconfig_drift(desired: dict[str, Any], observed_yaml: bytes | None) -> st
     if observed_yaml is None:
         return "missing"
     try:
-        observed = yaml.safe_load(observed_yaml)
+        observed = yaml.load(observed_yaml, Loader=_SAFE_LOADER)
         have = _essentials(observed)
     except (yaml.YAMLError, AttributeError, KeyError, IndexError, TypeError):
         return "unreadable"

@@ -115,6 +115,8 @@ class PayloadDir:
         """Apply changes (None removes a file) as one new version. False when nothing changed."""
         ensure_dir(self.path)
         with self._locked():
+            if self._current_version() is not None and all(self._holds(rel, c) for rel, c in changes.items()):
+                return False  # the common re-run: compare only the changed files, not every file
             old = self.snapshot()
             new = dict(old)
             for rel, content in changes.items():
@@ -127,6 +129,14 @@ class PayloadDir:
                 return False
             self._publish(new)
         return True
+
+    def _holds(self, rel: str, content: FileContent | None) -> bool:
+        """The current version already has rel as content (None: has no rel)."""
+        _check_rel(rel)
+        path = self._current_version() / rel
+        if content is None:
+            return not path.exists()
+        return read_file(path) == content.data and (_mode(path) or PUBLIC_MODE) == content.mode
 
     def _publish(self, files: dict[str, FileContent]) -> None:
         previous = self._current_version()
