@@ -1,5 +1,27 @@
 """The error hierarchy. Every message is one line a user can act on; the CLI prints it and exits."""
 
+import reprlib
+
+MAX_PROBLEMS = 20  # a file with thousands of mistakes still gets a readable line
+MAX_PROBLEM_CHARS = 240
+MAX_MESSAGE_CHARS = 1000
+
+_SHOW = reprlib.Repr()
+_SHOW.maxstring = _SHOW.maxother = 60
+_SHOW.maxlist = _SHOW.maxtuple = _SHOW.maxdict = _SHOW.maxset = 4
+_SHOW.maxlevel = 2
+
+
+def shown(value: object) -> str:
+    """A user's value as it goes into a message: repr'd, bounded however large or deep it is."""
+    return _SHOW.repr(value)
+
+
+def one_line(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """Collapse to one line of at most `limit` characters, so no input can flood a terminal or log."""
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[: limit - 15] + " ... (truncated)"
+
 
 class VaultK8sError(Exception):
     """Base class: an expected failure with a one-line, actionable message."""
@@ -15,7 +37,10 @@ class ConfigError(VaultK8sError):
     def __init__(self, problems: list[str] | str, source: str = "cluster file"):
         self.problems = [problems] if isinstance(problems, str) else list(problems)
         self.source = source
-        super().__init__(f"{source}: " + "; ".join(self.problems))
+        shown_problems = [one_line(p, MAX_PROBLEM_CHARS) for p in self.problems[:MAX_PROBLEMS]]
+        if len(self.problems) > MAX_PROBLEMS:
+            shown_problems.append(f"and {len(self.problems) - MAX_PROBLEMS} more problem(s)")
+        super().__init__(one_line(f"{source}: " + "; ".join(shown_problems)))
 
 
 class VaultError(VaultK8sError):

@@ -70,9 +70,9 @@ def bootstrap(config: ClusterConfig, out: Path, gateway: VaultGateway, *, now: d
               progress: Progress = _no_progress) -> BootstrapReport:
     started = time.monotonic()
     report = BootstrapReport(dry_run=dry_run)
+    gateway.check_ready()
     if not dry_run:
         check_writable(Path(out))
-    gateway.check_ready()
     cas = _ensure_cas(config, gateway, report, dry_run, now)
     sa_keys, sa_actions = sa_ops.ensure_key_set(config, gateway, now=now, dry_run=dry_run)
     report.actions.extend(sa_actions)

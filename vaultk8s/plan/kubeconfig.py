@@ -2,7 +2,8 @@
 
 Configs of components the agent renews reference `pki/<file>` paths, which client-go resolves
 against the kubeconfig's own directory and re-reads when the files change; admin configs embed
-the cert and key so they can be copied off the node.
+the cert and key so they can be copied off the node. `kubeconfigs.embed_client_certs: true` (the
+kubeadm-shaped tree kubeadm's own tools accept) embeds them in every config.
 """
 
 from __future__ import annotations
@@ -32,14 +33,11 @@ class ResolvedKubeconfig:
     organization: str | None
     cert_file: str  # relative to pki/
     key_file: str
+    embed: bool  # the catalog says so (admin configs), or the cluster is kubeadm-shaped
 
     @property
     def file(self) -> str:
         return self.spec.file
-
-    @property
-    def embed(self) -> bool:
-        return self.spec.embed_cert
 
 
 def local_server(node: NodeSpec, config: ClusterConfig) -> str:
@@ -54,7 +52,7 @@ def resolve_kubeconfig(spec: KubeconfigSpec, node: NodeSpec, config: ClusterConf
     return ResolvedKubeconfig(
         spec=spec, node=node.name, cluster=config.name, server=server,
         user=cert.common_name.replace(NODE, node.name), organization=cert.organization,
-        cert_file=cert.cert_file, key_file=cert.key_file,
+        cert_file=cert.cert_file, key_file=cert.key_file, embed=spec.embed_cert or config.embed_client_certs,
     )
 
 

@@ -52,14 +52,22 @@ def ensure_dir(path: Path) -> None:
 
 
 def check_writable(path: Path) -> None:
-    """Fail before any Vault call when the output directory cannot be written."""
-    ensure_dir(path)
-    probe = path / f".probe-{secrets.token_hex(4)}"
-    try:
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as err:
-        raise StoreError(f"cannot write to {path}: {err.strerror}") from None
+    """Fail before any Vault call when the output directory cannot be written; writes nothing.
+
+    The directory is created, and its mode set, only when the first file is written.
+    """
+    target = Path(path)
+    existing = target
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing.is_symlink() and not existing.exists():
+        raise StoreError(f"cannot write to {target}: {existing} is a dangling symlink")
+    if not existing.is_dir():
+        raise StoreError(f"cannot write to {target}: {existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise StoreError(f"cannot write to {target}: {existing} is not writable")
+    if os.statvfs(existing).f_flag & os.ST_RDONLY:
+        raise StoreError(f"cannot write to {target}: {existing} is on a read-only file system")
 
 
 def write_file(path: Path, content: FileContent) -> bool:
