@@ -172,6 +172,17 @@ def test_compose_sighup_renews_and_etcd_keeps_answering(demo):
     assert demo.inspect("agent")["State"]["Running"]
 
 
+def test_compose_agent_healthz_and_readyz(demo):
+    fetch = ("import sys, urllib.request\n"
+             "r = urllib.request.urlopen('http://127.0.0.1:9469' + sys.argv[1], timeout=5)\n"
+             "print(r.status, r.read().decode())")
+    for path in ("/healthz", "/readyz"):
+        assert demo.exec("agent", "python3", "-c", fetch, path).stdout.startswith("200"), path
+    assert "vaultk8s_certificate_expiry_timestamp_seconds" in demo.exec("agent", "python3", "-c", fetch,
+                                                                        "/metrics").stdout
+    assert demo.inspect("agent")["State"]["Health"]["Status"] == "healthy"
+
+
 def test_compose_agent_holds_no_operator_token(demo):
     init = json.loads(demo.engine.docker(
         "run", "--rm", "--network", "none", "--entrypoint", "cat",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 from pathlib import Path
 
 from vaultk8s.dev.server import DevServer, _write_file, _server_environ, find_bao
@@ -18,6 +19,7 @@ from vaultk8s.dev.tls import render_tls_material
 from vaultk8s.errors import DevServerError
 
 PORT = 8200
+_DNS_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*")
 
 
 def render_container_config(state_dir: Path, hostname: str, port: int = PORT) -> str:
@@ -45,7 +47,7 @@ ui           = false
 
 def prepare_container_server(state_dir: Path, hostname: str) -> list[str]:
     """Write TLS (once) and the config; return the argv that runs the server."""
-    if not hostname or not all(c.isalnum() or c in "-." for c in hostname):
+    if len(hostname) > 253 or not _DNS_NAME.fullmatch(hostname):
         raise DevServerError(f"--hostname {hostname[:64]!r} is not a DNS name")
     state_dir = state_dir.absolute()
     try:
