@@ -98,10 +98,21 @@ def engine(tmp: Path, start_timeout: float = 60, stop_timeout: float = 30) -> It
             eng = Engine(proc.pid, sock, log)
             _wait(lambda: proc.poll() is None and eng.docker("version", timeout=10, check=False).returncode == 0,
                   start_timeout, f"dockerd did not answer (see {log})", proc)
+            _remove_leftovers(eng)
             yield eng
         finally:
             _stop(proc, stop_timeout)
             shutil.rmtree(short, ignore_errors=True)
+
+
+def _remove_leftovers(eng: Engine) -> None:
+    """Compose projects an interrupted run left in the cached data root (dockerd restarts them)."""
+    label = "label=com.docker.compose.project"
+    ids = eng.docker("ps", "-aq", "--filter", label, timeout=60).stdout.split()
+    if ids:
+        eng.docker("rm", "-f", "-v", *ids, timeout=120, check=False)
+    for kind in ("volume", "network"):
+        eng.docker(kind, "prune", "-f", "--filter", label, timeout=60, check=False)
 
 
 @contextlib.contextmanager
@@ -181,6 +192,11 @@ def base_rootfs(timeout: float = 600) -> Path:
     return tarball
 
 
+def rootfs_image() -> str:
+    """The tag `local_base_image` imports the current rootfs tarball as."""
+    return f"rootfs:{base_rootfs().stem}"
+
+
 def pip_settings() -> str:
     """This machine's pip index settings that make sense inside a container (no local paths)."""
     result = run(["python3", "-m", "pip", "config", "list"], timeout=60, check=False)
@@ -221,10 +237,10 @@ def local_base_image(eng: Engine, tmp: Path) -> str:
     digest = _digest([rootfs.name.encode(), *(_file_bytes(p) for p in sorted(ctx.rglob("*")))])
     tag = f"vaultk8s-test-base:{digest}"
     if not _has_image(eng, tag):
-        if not _has_image(eng, f"rootfs:{rootfs.stem}"):
-            eng.docker("import", str(rootfs), f"rootfs:{rootfs.stem}", timeout=300)
+        if not _has_image(eng, rootfs_image()):
+            eng.docker("import", str(rootfs), rootfs_image(), timeout=300)
         (ctx / "Dockerfile").write_text((ctx / "Dockerfile").read_text().replace(
-            "FROM rootfs\n", f"FROM rootfs:{rootfs.stem}\n"))
+            "FROM rootfs\n", f"FROM {rootfs_image()}\n"))
         eng.docker("build", "--network", "host", "-t", tag, str(ctx), timeout=600)
     return tag
 
@@ -247,8 +263,7 @@ def prune_images(eng: Engine, keep: Iterable[str]) -> None:
     """Drop this suite's images of earlier inputs, so the cached data root does not grow without bound."""
     keep = set(keep)
     listed = eng.docker("images", "--format", "{{.Repository}}:{{.Tag}}", timeout=60).stdout.split()
-    old = [t for t in listed if t.startswith(("vaultk8s-test-", "rootfs:")) and t not in keep and
-           not t.startswith("rootfs:")]
+    old = [t for t in listed if t.startswith(("vaultk8s-test-", "rootfs:")) and t not in keep]
     if old:
         eng.docker("rmi", *old, timeout=120, check=False)
     eng.docker("image", "prune", "-f", timeout=120, check=False)

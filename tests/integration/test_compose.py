@@ -21,6 +21,7 @@ import pytest
 from cryptography import x509
 
 from tests.helpers import docker
+from vaultk8s import crypto
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
 
@@ -59,7 +60,7 @@ def images(engine, tmp_path_factory) -> dict[str, str]:
              *sorted((REPO / "vaultk8s").rglob("*.py"))]
     tags = {target: docker.build_image(engine, REPO, files, f"vaultk8s-test-{target}", target=target,
                                        build_args={"BASE": base}) for target in ("vaultk8s", "etcd")}
-    docker.prune_images(engine, keep=[base, *tags.values()])
+    docker.prune_images(engine, keep=[base, docker.rootfs_image(), *tags.values()])
     return tags
 
 
@@ -153,6 +154,20 @@ def test_compose_etcd_answers_over_mtls_with_agent_written_certs(demo):
     assert demo.served_serial(2379) == demo.serial(f"{PKI}/etcd/server.crt")
     assert demo.served_serial(2380) == demo.serial(f"{PKI}/etcd/peer.crt")
     assert demo.exec("agent", "readlink", f"{PKI}/etcd").stdout.strip().startswith("..data")
+
+
+def test_compose_chains_match_the_ca_mode(demo):
+    """HSM mode: etcd trusts the token's root alone, and every leaf comes with Vault's intermediate."""
+    hsm = any(f.name == "docker-compose.hsm.yml" for f in demo.files)
+    (root,) = crypto.load_certs(demo.exec("agent", "cat", f"{PKI}/etcd/ca.crt").stdout.encode())
+    assert crypto.is_self_signed(root)
+    for name in ("server", "peer", "healthcheck-client"):
+        chain = crypto.load_certs(demo.exec("agent", "cat", f"{PKI}/etcd/{name}.crt").stdout.encode())
+        assert len(chain) == (2 if hsm else 1), name
+        assert crypto.signed_by(chain[-1], root) and crypto.signed_by(chain[0], chain[-1] if hsm else root), name
+    if hsm:  # the token is in the bootstrap-only volume
+        mounts = [m.get("Name", "") for m in demo.inspect("bootstrap")["Mounts"]]
+        assert f"{demo.project}_softhsm" in mounts
 
 
 def test_compose_sighup_renews_and_etcd_keeps_answering(demo):
