@@ -224,6 +224,23 @@ def test_compose_agent_holds_no_operator_token(demo):
     assert seen > 100
 
 
+def test_compose_openbao_restart_then_bootstrap_again_unseals_and_renewal_goes_on(demo):
+    """OpenBao comes back sealed; re-running the one-shot bootstrap unseals it and changes nothing else."""
+    demo.compose("restart", "openbao", timeout=120)
+    _wait(lambda: demo.inspect("openbao")["State"].get("Health", {}).get("Status") == "healthy", 90,
+          "openbao to answer after its restart")
+    again = demo.compose("run", "--rm", "-T", "bootstrap", timeout=300)
+    said = again.stdout + again.stderr
+    assert "unsealed OpenBao" in said and "initialised" not in said
+    assert "bootstrap done: credentials for cp-1" in said
+    before = demo.serial(f"{PKI}/etcd/server.crt")
+    demo.engine.docker("kill", "--signal", "HUP", demo.container("agent"))
+    _wait(lambda: demo.serial(f"{PKI}/etcd/server.crt") != before, 90, "a renewal with the new secret_id",
+          lambda: demo.engine.docker("logs", "--tail=30", demo.container("agent")).stderr)
+    result = demo.etcd_health(*ETCDCTL_TLS)
+    assert "is healthy" in result.stdout + result.stderr
+
+
 def test_compose_down_leaves_nothing(demo):
     demo.compose("down", "-v", "--remove-orphans", "--timeout", "10", timeout=180)
     assert demo.leftovers() == {"containers": [], "volumes": [], "networks": []}
