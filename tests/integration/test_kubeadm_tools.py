@@ -81,6 +81,14 @@ def test_kubeadm_accepts_the_kubeadm_shaped_tree_and_the_agents_renewal(vault_en
     assert again.returncode == 0, again.stderr
     assert "write-file" not in again.stdout  # the agent's rewrite is what bootstrap wants too
 
+    # bootstrap's own renewal rewrites the embedded copies the same way.
+    forced = cli(vault_env, "bootstrap", "-c", str(path), "-o", str(tmp_path / "out"), "--force-renew")
+    assert forced.returncode == 0, forced.stderr
+    assert "cp-1/scheduler.conf  (client certificate re-issued)" in forced.stdout
+    assert _embedded_cert(node_dir / "scheduler.conf") == crypto.load_certs(
+        (node_dir / "pki" / "scheduler.crt").read_bytes())[0]
+    _check_expiration(node_dir, tmp_path)
+
 
 def test_embedded_kubeconfigs_authenticate_against_a_real_apiserver(vault_env, tmp_path, mount_prefix):
     with running_control_plane(tmp_path, vault_env, mount_prefix, workers=1, **EMBED) as plane:
