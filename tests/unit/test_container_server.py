@@ -43,3 +43,13 @@ def test_prepare_writes_tls_once_and_no_ca_key(tmp_path):
     assert (tmp_path / "s" / "server.pem").read_bytes() == first
     assert not (tmp_path / "s" / "ca.key").exists()
     assert oct((tmp_path / "s" / "server.key").stat().st_mode & 0o777) == "0o600"
+
+
+def test_a_renamed_service_gets_a_new_listener_cert(tmp_path):
+    prepare_container_server(tmp_path / "s", "openbao")
+    first = (tmp_path / "s" / "server.pem").read_bytes()
+    prepare_container_server(tmp_path / "s", "vault")
+    cert = x509.load_pem_x509_certificate((tmp_path / "s" / "server.pem").read_bytes())
+    assert (tmp_path / "s" / "server.pem").read_bytes() != first
+    assert "vault" in cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+        x509.DNSName)

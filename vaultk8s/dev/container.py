@@ -14,6 +14,8 @@ import os
 import re
 from pathlib import Path
 
+from cryptography import x509
+
 from vaultk8s.dev.server import DevServer, _write_file, _server_environ, find_bao
 from vaultk8s.dev.tls import render_tls_material
 from vaultk8s.errors import DevServerError
@@ -53,7 +55,7 @@ def prepare_container_server(state_dir: Path, hostname: str) -> list[str]:
     try:
         state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         (state_dir / "raft").mkdir(mode=0o700, exist_ok=True)
-        if not all((state_dir / n).is_file() for n in ("ca.pem", "server.pem", "server.key")):
+        if not _has_tls_for(state_dir, hostname):
             tls = render_tls_material(dt.datetime.now(dt.timezone.utc), (hostname,))
             # The CA key is not kept: nothing else is ever signed with it.
             _write_file(state_dir / "server.key", tls.server_key, 0o600)
@@ -65,9 +67,24 @@ def prepare_container_server(state_dir: Path, hostname: str) -> list[str]:
     return [find_bao(), "server", f"-config={state_dir / 'bao.hcl'}"]
 
 
+def _has_tls_for(state_dir: Path, hostname: str) -> bool:
+    """The listener TLS exists and names hostname (a renamed service gets a new certificate)."""
+    if not all((state_dir / n).is_file() for n in ("ca.pem", "server.key")):
+        return False
+    try:
+        cert = x509.load_pem_x509_certificate((state_dir / "server.pem").read_bytes())
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except (OSError, ValueError, x509.ExtensionNotFound):
+        return False
+    return hostname in sans.get_values_for_type(x509.DNSName)
+
+
 def exec_server(argv: list[str]) -> None:
     """Replace this process with the server (it gets the signals; no token variables reach it)."""
-    os.execve(argv[0], argv, _server_environ())
+    try:
+        os.execve(argv[0], argv, _server_environ())
+    except OSError as err:
+        raise DevServerError(f"cannot run {argv[0]}: {err.strerror}") from None
 
 
 class RemoteServer(DevServer):
@@ -92,7 +109,7 @@ class RemoteServer(DevServer):
 
     @property
     def log_file(self) -> Path:
-        return Path(f"the server's own log ({self._addr})")
+        return Path("its own log (docker compose logs openbao)")  # only named in error messages
 
     def _running_pid(self) -> int | None:
         return -1  # never started here: waits are bounded by start_timeout alone
