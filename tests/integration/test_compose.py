@@ -119,7 +119,8 @@ def demo(request, engine, images, tmp_path_factory):
     d = Demo(engine, f"vk8s{uuid.uuid4().hex[:8]}", [*files, override], images)
     try:
         # up waits for openbao healthy, bootstrap done and the agent healthy before starting etcd.
-        d.compose("up", "-d", "--no-build", timeout=600)
+        up = d.compose("up", "-d", "--no-build", timeout=600, check=False)
+        assert up.returncode == 0, f"{up.stderr[-3000:]}\n{d.compose('logs', '--tail=40').stdout[-6000:]}"
         _wait(lambda: d.inspect("etcd")["State"].get("Health", {}).get("Status") == "healthy", 180,
               "etcd's healthcheck (etcdctl over mTLS) to pass", lambda: d.compose("logs", "--tail=40").stdout)
         yield d
@@ -145,7 +146,8 @@ def test_compose_bootstrap_finished(demo):
 
 
 def test_compose_etcd_answers_over_mtls_with_agent_written_certs(demo):
-    assert "is healthy" in demo.etcd_health(*ETCDCTL_TLS).stdout + demo.etcd_health(*ETCDCTL_TLS).stderr
+    health = demo.etcd_health(*ETCDCTL_TLS)
+    assert "is healthy" in health.stdout + health.stderr
     # Client-cert auth is on: the CA alone is not let in.
     refused = demo.etcd_health(f"--cacert={PKI}/etcd/ca.crt", "--dial-timeout=3s", "--command-timeout=3s",
                                check=False)
