@@ -102,6 +102,7 @@ def engine(tmp: Path, start_timeout: float = 60, stop_timeout: float = 30) -> It
             yield eng
         finally:
             _stop(proc, stop_timeout)
+            _unmount_under(short)
             shutil.rmtree(short, ignore_errors=True)
 
 
@@ -128,6 +129,13 @@ def _data_root(tmp: Path) -> Iterator[Path]:
         yield root
     finally:
         os.close(lock_fd)
+
+
+def _unmount_under(root: Path) -> None:
+    """dockerd leaves its default netns bind-mounted in the exec root (x/netns/default)."""
+    mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
+    for target in sorted((m for m in mounts if m.startswith(f"{root}/")), key=len, reverse=True):
+        subprocess.run(["umount", target], capture_output=True, timeout=30)
 
 
 def _stop(proc: subprocess.Popen, timeout: float) -> None:
