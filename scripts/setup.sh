@@ -10,7 +10,9 @@ SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
 need_apt=()
-for pkg in softhsm2 etcd-server etcd-client opensc openssl systemd golang-cfssl; do
+# systemd for systemd-analyze (deploy/); docker.io, docker-compose and debootstrap: the compose tests
+# run a private dockerd and build their own base image.
+for pkg in softhsm2 etcd-server etcd-client opensc openssl systemd docker.io docker-compose debootstrap golang-cfssl; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then

@@ -78,7 +78,7 @@ class Agent:
                 _quietly(gateway.revoke_self)  # a round's token is not left alive for nobody
         node = self.settings.config.node(self.settings.node)
         written = ensure_node_kubeconfigs(node, self.settings.config, self.settings.output.root.parent,
-                                          output=self.settings.output)
+                                          output=self.settings.output, skip_missing=True)
         renewed = result.renewed + [a.target.split("/", 1)[1] for a in written]
         for name, reason in result.reasons.items():
             log.info("renewed pki/%s (%s)", name, reason)

@@ -71,3 +71,32 @@ def down(state_dir: StateDir = DEFAULT_STATE_DIR) -> None:
 
 def _yes_no(value: bool | None) -> str:
     return "unknown" if value is None else ("yes" if value else "no")
+
+
+# -- the compose demo: a server in one container, initialised from another (docs/compose.md) --
+
+
+@app.command()
+def serve(
+    state_dir: StateDir = Path("/var/lib/vaultk8s/openbao"),
+    hostname: str = typer.Option("openbao", "--hostname", help="The name clients use; goes in the TLS SANs."),
+) -> None:
+    """Run OpenBao in the foreground on 0.0.0.0:8200 (raft + TLS), for a container."""
+    from vaultk8s.dev.container import exec_server, prepare_container_server
+
+    exec_server(prepare_container_server(state_dir, hostname))
+
+
+@app.command("init")
+def init(
+    addr: str = typer.Option(..., "--addr", help="The server started by `vaultk8s dev serve`, e.g. https://openbao:8200."),
+    cacert: Path = typer.Option(..., "--cacert", exists=True, dir_okay=False, help="Its listener CA (ca.pem)."),
+    state_dir: StateDir = Path("/var/lib/vaultk8s/operator"),
+    timeout: int = typer.Option(60, "--timeout", min=1, help="Seconds to wait for the server to answer."),
+) -> None:
+    """Initialise (once) and unseal that server; keep its keys in STATE_DIR; print the export lines."""
+    from vaultk8s.dev.container import RemoteServer
+
+    server = RemoteServer(state_dir, addr, cacert, progress=lambda msg: typer.echo(msg, err=True),
+                          start_timeout=timeout)
+    typer.echo(server.up().export_lines(), nl=False)

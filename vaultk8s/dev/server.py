@@ -111,6 +111,8 @@ def find_bao() -> str:
 class DevServer:
     """One local OpenBao whose whole state (TLS, config, raft data, init material) lives in state_dir."""
 
+    http_timeout = 5  # seconds per request to the server
+
     def __init__(
         self,
         state_dir: Path,
@@ -318,7 +320,8 @@ class DevServer:
         session.trust_env = False  # no proxies or CA bundles from the environment for 127.0.0.1
         session.verify = str(self.cacert)  # hvac ignores its verify= when given a session
         # token="" rather than None: hvac would otherwise read VAULT_TOKEN / ~/.vault-token.
-        return hvac.Client(url=self.addr, token=token, verify=str(self.cacert), timeout=5, session=session)
+        return hvac.Client(url=self.addr, token=token, verify=str(self.cacert), timeout=self.http_timeout,
+                           session=session)
 
     def _health(self, client: hvac.Client) -> dict | None:
         """Health as a dict whatever the state (every status code mapped to 200); None if no answer."""

@@ -1,4 +1,5 @@
-"""The dev server's listener TLS: a small self-signed CA and a server cert for 127.0.0.1/localhost."""
+"""The dev server's listener TLS: a small self-signed CA and a server cert for 127.0.0.1/localhost
+(plus extra host names, e.g. the compose service name `openbao`)."""
 
 from __future__ import annotations
 
@@ -25,11 +26,11 @@ class TlsMaterial:
     server_key: bytes
 
 
-def render_tls_material(now: dt.datetime) -> TlsMaterial:
+def render_tls_material(now: dt.datetime, hostnames: tuple[str, ...] = ()) -> TlsMaterial:
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_cert = _ca_cert(ca_key, now)
     server_key = ec.generate_private_key(ec.SECP256R1())
-    server_cert = _server_cert(server_key, ca_cert, ca_key, now)
+    server_cert = _server_cert(server_key, ca_cert, ca_key, now, hostnames)
     return TlsMaterial(
         ca_cert=ca_cert.public_bytes(serialization.Encoding.PEM),
         ca_key=_key_pem(ca_key),
@@ -52,10 +53,12 @@ def _ca_cert(key: ec.EllipticCurvePrivateKey, now: dt.datetime) -> x509.Certific
 
 
 def _server_cert(
-    key: ec.EllipticCurvePrivateKey, ca_cert: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey, now: dt.datetime
+    key: ec.EllipticCurvePrivateKey, ca_cert: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey, now: dt.datetime,
+    hostnames: tuple[str, ...] = (),
 ) -> x509.Certificate:
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    sans = x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
+    dns = [x509.DNSName(h) for h in dict.fromkeys(("localhost", *hostnames))]
+    sans = x509.SubjectAlternativeName([*dns, x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
     ca_ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
     return (
         _builder(name, ca_cert.subject, key.public_key(), now, SERVER_LIFETIME)

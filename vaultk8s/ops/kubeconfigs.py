@@ -22,13 +22,17 @@ def ensure_kubeconfigs(config: ClusterConfig, out: Path, *, dry_run: bool = Fals
 
 
 def ensure_node_kubeconfigs(node: NodeSpec, config: ClusterConfig, out: Path, *, dry_run: bool = False,
-                            output: NodeOutput | None = None) -> list[Action]:
+                            output: NodeOutput | None = None, skip_missing: bool = False) -> list[Action]:
+    """skip_missing (the agent): a kubeconfig whose embedded credential is not on the node, such
+    as admin.conf on a control-plane node the agent set up alone, is the operator's to write."""
     output = output or NodeOutput(out, node.name)
     ca_pem = output.read_pki(CA_FILE)
     actions = []
     for rk in resolve_node_kubeconfigs(node, config):
         target = f"{node.name}/{rk.file}"
         creds = _credentials(output, rk)
+        if ca_pem is not None and creds is None and skip_missing:
+            continue
         if ca_pem is None or creds is None:
             if dry_run:  # the pki/ files appear when the plan is applied
                 actions.append(Action("write-file", target, "missing"))
