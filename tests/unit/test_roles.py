@@ -2,6 +2,8 @@
 
 from pathlib import Path
 
+import pytest
+
 from vaultk8s.config import load_config
 from vaultk8s.plan.resolve import resolve_all
 from vaultk8s.plan.roles import resolve_roles, role_drift
@@ -53,3 +55,22 @@ def test_role_drift():
     observed = dict(params, allowed_domains=list(reversed(params["allowed_domains"])), extra=1)
     assert role_drift(params, observed) == []
     assert role_drift(params, dict(params, allow_any_name=True)) == ["allow_any_name"]
+
+
+@pytest.mark.parametrize(("desired", "observed"), [
+    (["10.20.1.1/32"], ["10.20.1.1"]),
+    (["fd00:10::106/128"], ["fd00:10::106"]),
+    (["fd00:10:0:0:0:0:0:0106/128"], ["fd00:10::106"]),
+    (["10.0.0.0/24", "10.0.1.1/32"], ["10.0.1.1", "10.0.0.0/24"]),
+])
+def test_cidrs_compare_by_meaning(desired, observed):
+    assert role_drift({"token_bound_cidrs": desired}, {"token_bound_cidrs": observed}) == []
+
+
+@pytest.mark.parametrize(("desired", "observed"), [
+    (["10.20.1.1/32"], ["10.20.1.2"]),
+    (["10.0.0.0/24"], ["10.0.0.0"]),
+    (["fd00::1/128"], []),
+])
+def test_other_cidrs_are_drift(desired, observed):
+    assert role_drift({"token_bound_cidrs": desired}, {"token_bound_cidrs": observed}) == ["token_bound_cidrs"]

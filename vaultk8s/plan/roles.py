@@ -91,5 +91,27 @@ def role_drift(desired: dict[str, Any], observed: dict[str, Any] | None) -> list
 
 def _normal(value: Any) -> Any:
     if isinstance(value, list):
-        return sorted(str(v) for v in value)
+        return sorted(_normal_item(str(v)) for v in value)
     return value
+
+
+def _normal_item(text: str) -> str:
+    """Vault stores a single-address CIDR as the bare address (10.0.0.1/32 reads back as 10.0.0.1,
+    fd00::1/128 as fd00::1) and IPv6 in its compressed form: compare what the CIDR means."""
+    if "/" not in text and not _looks_like_ip(text):
+        return text
+    try:
+        network = ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        return text
+    if network.prefixlen == network.max_prefixlen:
+        return str(network.network_address)
+    return str(network)
+
+
+def _looks_like_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
