@@ -52,6 +52,8 @@ def rotate(
     verb = "would" if dry_run else "did"
     for action in report.actions:
         typer.echo(f"{verb}: {action}")
+    for note in report.notes:
+        typer.echo(f"NOTE: {note}", err=True)
     for target in report.stranded:
         typer.echo(f"WARNING: {target} still chains to the retired root and is no longer trusted", err=True)
     if not report.changed:

@@ -27,6 +27,9 @@ from vaultk8s.store.atomic import check_writable, public
 from vaultk8s.store.layout import PKI_DIR, NodeOutput
 from vaultk8s.vault.gateway import VaultGateway
 
+# The keys kube-apiserver publishes each CA's bundle under, and only ever adds to.
+CONFIGMAP_KEYS = {"kubernetes-ca": "client-ca-file", "front-proxy-ca": "requestheader-client-ca-file"}
+
 
 @dataclass
 class RotationReport:
@@ -37,6 +40,7 @@ class RotationReport:
     state_after: str = ""
     actions: list[Action] = field(default_factory=list)
     stranded: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def changed(self) -> bool:
@@ -45,7 +49,7 @@ class RotationReport:
     def to_dict(self) -> dict[str, Any]:
         return {"ca": self.ca, "phase": self.phase, "dry_run": self.dry_run, "changed": self.changed,
                 "state_before": self.state_before, "state_after": self.state_after,
-                "stranded": self.stranded, "actions": [a.to_dict() for a in self.actions]}
+                "stranded": self.stranded, "notes": self.notes, "actions": [a.to_dict() for a in self.actions]}
 
 
 def rotate(config: ClusterConfig, out: Path, gateway: VaultGateway, ca_name: str, phase: plan.Phase, *,
@@ -72,6 +76,10 @@ def rotate(config: ClusterConfig, out: Path, gateway: VaultGateway, ca_name: str
     else:
         report.actions += write_bundles(config, out, gateway, ca)
     report.state_after = plan.classify(mount, observe_issuers(gateway, mount)).state.value
+    if any(a.kind == "retire-issuer" for a in result.actions) and ca.name in CONFIGMAP_KEYS:
+        report.notes.append(f"kube-apiserver never drops the old root from ConfigMap kube-system/"
+                            f"extension-apiserver-authentication ({CONFIGMAP_KEYS[ca.name]}): replace it with "
+                            f"{ca.cert_file} as docs/ca-rotation.md shows (vaultk8s does not call the Kubernetes API)")
     return report
 
 
