@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import json
-import subprocess
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from vaultk8s import catalog, crypto
 from vaultk8s.config import load_config
 from vaultk8s.errors import VaultError
 from vaultk8s.ops import ca_rotation as ops
+from vaultk8s.ops.renew import renew_node
 from vaultk8s.plan.ca_rotation import Phase
 from vaultk8s.plan.resolve import resolve_all
 from vaultk8s.store.atomic import public, secret
@@ -115,6 +115,9 @@ def test_rotation_phases(cluster, vault_env, tmp_path, ca):
     if ca == "kubernetes-ca":
         assert _kubeconfig_cas(out) == {tuple(both)}
     assert {name: p.read_bytes() for name, p in leaves} == leaf_bytes
+    # A node's agent reads the same default chain: it keeps old + new and renews nothing.
+    agent = renew_node(config, "cp-1", NodeOutput(out, "cp-1"), gateway, now=datetime.now(timezone.utc))
+    assert agent.renewed == []
     staged = tree_state(out)
     assert not _rotate_json(cluster, vault_env, ca, "stage")["changed"] and tree_state(out) == staged
     refused = _rotate(cluster, vault_env, ca, "retire", check=False)
