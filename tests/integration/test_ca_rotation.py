@@ -12,10 +12,12 @@ import pytest
 import yaml
 
 from tests.helpers.cluster import openssl_verify
+from tests.helpers.hsm import hsm_section, init_dev_token, needs_softhsm, token_environ
 from tests.helpers.nodes import run_cli, tree_state, write_cluster
 from vaultk8s import catalog, crypto
 from vaultk8s.config import load_config
 from vaultk8s.errors import VaultError
+from vaultk8s.hsm import HsmRootAuthority, open_token
 from vaultk8s.ops import ca_rotation as ops
 from vaultk8s.ops.renew import renew_node
 from vaultk8s.plan.ca_rotation import Phase
@@ -217,3 +219,49 @@ def test_bad_input_is_one_line(cluster, vault_env, tmp_path):
     assert missing.returncode == 6 and "run `vaultk8s bootstrap` first" in missing.stderr
     assert _status(cluster, vault_env, "etcd-ca")["state"] == "idle"
     assert list(empty.iterdir()) == []
+
+
+@needs_softhsm
+def test_hsm_mode_rotation(tmp_path, vault_env, mount_prefix, monkeypatch):
+    """Roots in the token: stage makes a new token root (non-extractable) and a new Vault
+    intermediate; the old token root cross-signs the new one; leaves chain to either root."""
+    ca = "front-proxy-ca"
+    token = init_dev_token(tmp_path / "state")
+    env = {**vault_env, **token_environ(token)}
+    path = write_cluster(tmp_path, mount_prefix, CONTROL_PLANE, WORKERS, hsm=hsm_section("ec-p384"))
+    out = tmp_path / "out"
+    run_cli(["bootstrap", "-c", str(path), "-o", str(out)], env)
+    cluster = (path, out)
+    bundle, (_, leaf) = out / "cp-1/pki/front-proxy-ca.crt", _leaf_files(out, ca)[0]
+    (old_root,) = crypto.load_certs(bundle.read_bytes())
+    old_pem = _write_pem(tmp_path / "old-root.pem", [old_root])
+
+    assert _rotate_json(cluster, env, ca, "stage")["state_after"] == "staged"
+    assert not _rotate_json(cluster, env, ca, "stage")["changed"]
+    roots = crypto.load_certs(bundle.read_bytes())
+    assert len(roots) == 2 and all(crypto.is_self_signed(r) for r in roots)
+    new_root = next(r for r in roots if crypto.fingerprint(r) != crypto.fingerprint(old_root))
+    new_pem = _write_pem(tmp_path / "new-root.pem", [new_root])
+    config = load_config(path)
+    for name, value in token_environ(token).items():
+        monkeypatch.setenv(name, value)  # open_token reads the PIN from the environment
+    with open_token(config.hsm) as session:
+        (status,) = HsmRootAuthority(session, "ec-p384", scope=config.hsm_scope).status((f"{ca}-g2",))
+    assert status.key_found and status.sensitive and not status.extractable and status.never_extractable
+    assert status.sha256_fingerprint.replace(":", "") == crypto.fingerprint(new_root)
+
+    _rotate(cluster, env, ca, "switch")
+    chain = crypto.load_certs(leaf.read_bytes())
+    # leaf, the new intermediate, and the new root cross-signed by the old one
+    assert len(chain) == 3 and crypto.signed_by(chain[1], new_root) and crypto.signed_by(chain[2], old_root)
+    for anchor in (old_pem, new_pem):
+        result = openssl_verify(anchor, leaf)
+        assert result.returncode == 0, (anchor.name, result.stdout + result.stderr)
+    assert not _rotate_json(cluster, env, ca, "switch")["changed"]
+    assert "no changes" in run_cli(["bootstrap", "-c", str(path), "-o", str(out)], env).stdout
+
+    assert _rotate_json(cluster, env, ca, "retire")["state_after"] == "idle"
+    assert _roots(bundle) == [crypto.fingerprint(new_root)]
+    assert openssl_verify(bundle, leaf).returncode == 0
+    assert not _rotate_json(cluster, env, ca, "retire")["changed"]
+    assert "no changes" in run_cli(["bootstrap", "-c", str(path), "-o", str(out)], env).stdout

@@ -9,10 +9,13 @@ every node's agent write the same bundles as this command, in every phase.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+
+from cryptography import x509
 
 from vaultk8s import catalog, crypto
 from vaultk8s.config import ClusterConfig
@@ -21,7 +24,7 @@ from vaultk8s.ops.kubeconfigs import ensure_kubeconfigs
 from vaultk8s.ops.leaves import observe_leaf, read_ca_state
 from vaultk8s.plan import ca_rotation as plan
 from vaultk8s.plan.actions import Action
-from vaultk8s.plan.cas import root_params
+from vaultk8s.plan.cas import intermediate_params, root_params
 from vaultk8s.plan.resolve import resolve_all
 from vaultk8s.store.atomic import check_writable, public
 from vaultk8s.store.layout import PKI_DIR, NodeOutput
@@ -59,7 +62,7 @@ def rotate(config: ClusterConfig, out: Path, gateway: VaultGateway, ca_name: str
     mount = _check_inputs(config, out, gateway, ca, dry_run)
     issuers = observe_issuers(gateway, mount)
     result = plan.plan_rotation(mount, ca.name, phase, issuers, observe_leaves(config, out, ca.name), now,
-                                config.leaf_ttl, force)
+                                config.leaf_ttl, force, hsm=config.hsm is not None)
     report = RotationReport(ca.name, phase.value, dry_run, result.rotation.state.value,
                             actions=list(result.actions), stranded=list(result.stranded))
     if dry_run:
@@ -67,8 +70,11 @@ def rotate(config: ClusterConfig, out: Path, gateway: VaultGateway, ca_name: str
             report.actions += [a for a in _bootstrap(config, out, gateway, now, dry_run=True) if a.kind == "issue"]
         report.state_after = report.state_before
         return report
-    for action in result.actions:
-        _apply(action, ca, config, gateway, mount, result)
+    token_needed = config.hsm is not None and any(a.kind in ("hsm-generation", "cross-sign") for a in result.actions)
+    # The token is opened (PIN, module) before the first Vault write, so a bad PIN changes nothing.
+    with (root_authority(config) if token_needed else contextlib.nullcontext()) as authority:
+        for action in result.actions:
+            _apply(action, ca, config, gateway, mount, result, authority, now)
     if result.converge_leaves:
         # bootstrap re-issues every leaf not signed by the default issuer, rewrites bundles and
         # kubeconfigs: the same code a re-run of bootstrap (or an agent) takes after switch.
@@ -86,9 +92,6 @@ def rotate(config: ClusterConfig, out: Path, gateway: VaultGateway, ca_name: str
 def _check_inputs(config: ClusterConfig, out: Path, gateway: VaultGateway, ca: catalog.CASpec,
                   dry_run: bool) -> str:
     """Everything that can be refused is refused here, before any write."""
-    if config.hsm is not None:
-        raise PlanRefused("ca rotate supports roots in Vault only so far; HSM mode is not implemented yet "
-                          "(docs/ca-rotation.md)")
     missing = [n.name for n in config.nodes if not (out / n.name / PKI_DIR).is_dir()]
     if missing:
         raise PlanRefused(f"{out} has no pki/ for node(s) {', '.join(missing)}: run `vaultk8s bootstrap` first")
@@ -99,6 +102,12 @@ def _check_inputs(config: ClusterConfig, out: Path, gateway: VaultGateway, ca: c
     if gateway.mount_type(mount) != "pki":
         raise PlanRefused(f"{mount} is not a PKI mount: run `vaultk8s bootstrap` first")
     return mount
+
+
+def root_authority(config: ClusterConfig):
+    from vaultk8s.ops.bootstrap import _root_authority  # one way to open the token, bootstrap's
+
+    return _root_authority(config)
 
 
 def _bootstrap(config: ClusterConfig, out: Path, gateway: VaultGateway, now: datetime, dry_run: bool) -> list[Action]:
@@ -138,18 +147,25 @@ def observe_leaves(config: ClusterConfig, out: Path, ca_name: str) -> list[plan.
 # --- applying -------------------------------------------------------------------------------------
 
 def _apply(action: Action, ca: catalog.CASpec, config: ClusterConfig, gateway: VaultGateway, mount: str,
-           result: plan.RotationPlan) -> None:
+           result: plan.RotationPlan, authority: Any, now: datetime) -> None:
     """One step; ids are looked up afresh, since an earlier step (generate-root) makes them."""
-    rotation = plan.classify(mount, observe_issuers(gateway, mount))
+    issuers = observe_issuers(gateway, mount)
+    rotation = plan.classify(mount, issuers)
     name = action.target.rpartition("/")[2]
     if action.kind == "generate-root":
         gateway.generate_root_issuer(mount, {**root_params(ca, config), "issuer_name": name, "key_name": name})
+    elif action.kind == "hsm-generation":
+        _hsm_generation(authority, config, gateway, mount, ca, name, now)
+    elif action.kind == "cross-sign" and authority is not None:
+        new_root = plan.anchor_of(rotation.new, issuers)
+        cross = authority.cross_sign(plan.token_root_name(ca.name, rotation.old.generation), new_root.cert, now)
+        _import_named(gateway, mount, crypto.cert_pem(cross).decode(), name)
     elif action.kind == "cross-sign":
         _cross_sign(gateway, mount, ca, rotation, name)
     elif action.kind == "chain-issuer" and rotation.state is plan.State.STAGED:
-        gateway.patch_issuer(mount, rotation.old.id, {"manual_chain": [rotation.old.id, rotation.new.id]})
+        gateway.patch_issuer(mount, rotation.old.id, {"manual_chain": list(plan.staged_chain(rotation, issuers))})
     elif action.kind == "chain-issuer":
-        gateway.patch_issuer(mount, rotation.new.id, {"manual_chain": [rotation.new.id]})
+        gateway.patch_issuer(mount, rotation.new.id, {"manual_chain": list(plan.retired_chain(rotation, issuers))})
     elif action.kind == "set-default":
         gateway.set_default_issuer(mount, rotation.new.id)
     elif action.kind == "retire-issuer":
@@ -170,10 +186,28 @@ def _cross_sign(gateway: VaultGateway, mount: str, ca: catalog.CASpec, rotation:
     not_after = old.cert.not_valid_after_utc.strftime("%Y-%m-%dT%H:%M:%SZ")  # never beyond the signer
     pem = gateway.sign_intermediate(mount, old.id, {"csr": csr, "use_csr_values": True, "not_after": not_after,
                                                      "format": "pem"})
+    _import_named(gateway, mount, pem, name)
+
+
+def _import_named(gateway: VaultGateway, mount: str, pem: str, name: str) -> None:
     imported = gateway.import_issuer_cert(mount, pem)
     if len(imported) != 1:
         raise PlanRefused(f"{mount}: importing the cross-signed certificate made {len(imported)} issuers, not one")
     gateway.patch_issuer(mount, imported[0], {"issuer_name": name})
+
+
+def _hsm_generation(authority: Any, config: ClusterConfig, gateway: VaultGateway, mount: str, ca: catalog.CASpec,
+                    name: str, now: datetime) -> None:
+    """HSM mode's stage: a new root in the token (generated there, never extractable), a new key
+    and CSR in the mount, the intermediate the new root signs, installed beside the old one."""
+    generation = plan.generation_of(name)
+    token_name = plan.token_root_name(ca.name, generation)
+    new_root = authority.ensure_root(token_name, ca.common_name, config.ca_ttl, now)
+    csr_pem, key_id = gateway.generate_intermediate_csr(mount, {**intermediate_params(ca, config), "key_name": name})
+    intermediate = authority.sign_intermediate(token_name, x509.load_pem_x509_csr(csr_pem.encode()), config.ca_ttl, now)
+    mapping = gateway.set_signed_intermediate(mount, (crypto.cert_pem(intermediate) + crypto.cert_pem(new_root)).decode())
+    for issuer_id, key in mapping.items():
+        gateway.patch_issuer(mount, issuer_id, {"issuer_name": name if key == key_id else plan.hsm_root_name(generation)})
 
 
 def write_bundles(config: ClusterConfig, out: Path, gateway: VaultGateway, ca: catalog.CASpec) -> list[Action]:

@@ -56,8 +56,7 @@ class IssuerView:
 
     @property
     def generation(self) -> int:
-        match = _GEN.search(self.name)
-        return int(match.group(1)) if match else 1
+        return generation_of(self.name)
 
     @property
     def is_cross(self) -> bool:
@@ -95,6 +94,50 @@ class Rotation:
     @property
     def next_generation(self) -> int:
         return max((self.new or self.current).generation, self.current.generation) + 1
+
+
+def generation_of(issuer_name: str) -> int:
+    match = _GEN.search(issuer_name or "")
+    return int(match.group(1)) if match else 1
+
+
+def token_root_name(ca_name: str, generation: int) -> str:
+    """HSM mode: the token object name of a generation's root (the first one is bootstrap's)."""
+    return ca_name if generation == 1 else f"{ca_name}-g{generation}"
+
+
+def intermediate_name(generation: int) -> str:
+    return f"intermediate-g{generation}"
+
+
+def hsm_root_name(generation: int) -> str:
+    return f"hsm-root-g{generation}"
+
+
+def anchor_of(issuer: IssuerView, issuers: list[IssuerView]) -> IssuerView | None:
+    """The self-signed root above a signing issuer: itself (Vault mode), or the keyless HSM root
+    that signed its intermediate."""
+    if crypto.is_self_signed(issuer.cert):
+        return issuer
+    return next((i for i in issuers if not i.is_cross and i is not issuer and crypto.is_self_signed(i.cert)
+                 and crypto.signed_by(issuer.cert, i.cert)), None)
+
+
+def _chain(first: IssuerView, issuers: list[IssuerView], extra: tuple[str, ...] = ()) -> tuple[str, ...]:
+    anchor = anchor_of(first, issuers)
+    ids = (first.id,) if anchor is None or anchor is first else (first.id, anchor.id)
+    return ids + tuple(i for i in extra if i not in ids)
+
+
+def staged_chain(rotation: Rotation, issuers: list[IssuerView]) -> tuple[str, ...]:
+    """The old issuer's chain while staged: its own, then the new root (so bundles hold both)."""
+    new_anchor = anchor_of(rotation.new, issuers)
+    return _chain(rotation.old, issuers, (new_anchor.id,) if new_anchor else ())
+
+
+def retired_chain(rotation: Rotation, issuers: list[IssuerView]) -> tuple[str, ...]:
+    """The new issuer's chain after retire: up to its own root only, no cross-signed certificate."""
+    return _chain(rotation.new, issuers)
 
 
 def root_name(generation: int) -> str:
@@ -161,23 +204,28 @@ class RotationPlan:
 
 
 def plan_rotation(mount: str, ca_label: str, phase: Phase, issuers: list[IssuerView], leaves: list[LeafView],
-                  now: datetime, leaf_ttl: timedelta, force: bool = False) -> RotationPlan:
+                  now: datetime, leaf_ttl: timedelta, force: bool = False, hsm: bool = False) -> RotationPlan:
+    """hsm: roots in the token, so stage makes a new token root and a new Vault intermediate."""
     rotation = classify(mount, issuers)
     if phase is Phase.STAGE:
-        return RotationPlan(rotation, _plan_stage(mount, ca_label, rotation))
+        return RotationPlan(rotation, _plan_stage(mount, ca_label, rotation, issuers, hsm))
     if phase is Phase.SWITCH:
-        return RotationPlan(rotation, _plan_switch(mount, ca_label, rotation), converge_leaves=True)
+        return RotationPlan(rotation, _plan_switch(mount, ca_label, rotation, issuers), converge_leaves=True)
     return _plan_retire(mount, ca_label, rotation, issuers, leaves, now, leaf_ttl, force)
 
 
-def _plan_stage(mount: str, ca_label: str, rotation: Rotation) -> list[Action]:
+def _plan_stage(mount: str, ca_label: str, rotation: Rotation, issuers: list[IssuerView], hsm: bool) -> list[Action]:
     if rotation.state is State.SWITCHED:
         raise PlanRefused(f"{ca_label}: already switched to {rotation.new.name}; finish this rotation with "
                           "--phase retire before staging another")
     if rotation.state is State.IDLE:
         gen = rotation.next_generation
+        first = (Action("hsm-generation", f"{mount}/issuer/{intermediate_name(gen)}",
+                        "new root in the token (non-extractable key) and a new intermediate it signs")
+                 if hsm else
+                 Action("generate-root", f"{mount}/issuer/{root_name(gen)}", "new root in the same mount, key in Vault"))
         return [
-            Action("generate-root", f"{mount}/issuer/{root_name(gen)}", "new root in the same mount, key in Vault"),
+            first,
             Action("cross-sign", f"{mount}/issuer/{cross_name(gen)}",
                    f"{rotation.current.name} signs the new key: clients trusting only the old root accept it"),
             Action("chain-issuer", f"{mount}/issuer/{rotation.current.name}",
@@ -188,20 +236,20 @@ def _plan_stage(mount: str, ca_label: str, rotation: Rotation) -> list[Action]:
     if rotation.cross is None:
         actions.append(Action("cross-sign", f"{mount}/issuer/{cross_name(new.generation)}",
                               f"{old.name} signs the new key (missing from an interrupted stage)"))
-    if old.manual_chain != (old.id, new.id):
+    if old.manual_chain != staged_chain(rotation, issuers):
         actions.append(Action("chain-issuer", f"{mount}/issuer/{old.name}",
                               "default chain lists the new root: every trust bundle becomes old + new"))
     return actions
 
 
-def _plan_switch(mount: str, ca_label: str, rotation: Rotation) -> list[Action]:
+def _plan_switch(mount: str, ca_label: str, rotation: Rotation, issuers: list[IssuerView]) -> list[Action]:
     if rotation.state is State.IDLE:
         if rotation.current.generation > 1:
             return []  # a finished rotation: only leaves left behind are re-issued
         raise PlanRefused(f"{ca_label}: nothing staged; run --phase stage first")
     if rotation.state is State.SWITCHED:
         return []
-    if rotation.cross is None or rotation.old.manual_chain != (rotation.old.id, rotation.new.id):
+    if rotation.cross is None or rotation.old.manual_chain != staged_chain(rotation, issuers):
         raise PlanRefused(f"{ca_label}: stage did not finish; re-run --phase stage first")
     return [Action("set-default", f"{mount}/config/issuers",
                    f"{rotation.new.name} signs from now on; every leaf is re-issued with the cross-signed chain")]
