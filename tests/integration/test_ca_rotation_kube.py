@@ -189,3 +189,43 @@ def test_kubernetes_and_front_proxy_ca_rotation_without_restart(openbao, tmp_pat
         in_cm = _configmap_roots(plane)
         for key in CM_KEYS:
             assert in_cm[key] == {crypto.fingerprint(c) for c in crypto.load_certs(current[key])}, key
+
+
+def _restart_etcd(plane) -> None:
+    plane.etcd.terminate()
+    plane.etcd.wait(timeout=30)
+    plane.start_etcd()
+
+
+def _write_succeeds(plane, name: str, timeout: float = 60) -> None:
+    """A write through kube-apiserver to etcd, retried while etcd comes back (one member: it was down)."""
+    deadline, last = time.monotonic() + timeout, ""
+    while time.monotonic() < deadline:
+        result = plane.kubectl("create", "configmap", name, "-n", "default", check=False)
+        if result.returncode == 0:
+            return
+        last = result.stderr.strip()[-300:]
+        time.sleep(1)
+    raise AssertionError(f"kube-apiserver could not write to etcd within {timeout}s: {last}; "
+                         f"etcd log: {plane.log('etcd').read_text()[-1500:]}")
+
+
+def test_etcd_ca_rotation_keeps_kube_apiserver_without_restart(openbao, tmp_path, mount_prefix):
+    """kube-apiserver reads --etcd-cafile once at start, yet needs no restart: etcd serves the new
+    leaf + cross-signed chain, which the old root accepts, and the API server's etcd client loads
+    its client certificate from the files on each new connection (measured here: after retire and
+    etcd's restart, etcd trusts only the new root, and the same kube-apiserver process still writes)."""
+    env = openbao.as_environ()
+    with running_control_plane(tmp_path, env, mount_prefix, workers=0) as plane:
+        apiserver_pid = plane.apiserver.pid
+        _rotate(plane, env, "etcd-ca", "stage")
+        _restart_etcd(plane)  # etcd reads --trusted-ca-file only at start
+        _write_succeeds(plane, "after-stage")
+        _rotate(plane, env, "etcd-ca", "switch")
+        _restart_etcd(plane)  # new connections: the API server meets the new serving chain
+        _write_succeeds(plane, "after-switch")
+        _rotate(plane, env, "etcd-ca", "retire")
+        _restart_etcd(plane)
+        _write_succeeds(plane, "after-retire")
+        assert plane.apiserver.pid == apiserver_pid and plane.apiserver.poll() is None
+        assert len(crypto.load_certs((plane.pki / "etcd/ca.crt").read_bytes())) == 1
