@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.helpers import policy as policy_helpers
 from tests.helpers.cluster import openssl_verify
 from tests.helpers.hsm import hsm_section, init_dev_token, needs_softhsm, token_environ
 from tests.helpers.nodes import run_cli, tree_state, write_cluster
@@ -265,3 +266,18 @@ def test_hsm_mode_rotation(tmp_path, vault_env, mount_prefix, monkeypatch):
     assert openssl_verify(bundle, leaf).returncode == 0
     assert not _rotate_json(cluster, env, ca, "retire")["changed"]
     assert "no changes" in run_cli(["bootstrap", "-c", str(path), "-o", str(out)], env).stdout
+
+
+def test_operator_policy_is_enough_for_every_phase(tmp_path, vault_env, mount_prefix):
+    """The reviewed operator policy grants what `ca rotate` and `ca status` call (no root token)."""
+    path, _, operator = policy_helpers.applied_cluster(vault_env, tmp_path, mount_prefix)
+    out = tmp_path / "out"
+    for phase in ("stage", "switch", "retire"):
+        result = policy_helpers.cli(vault_env, "ca", "rotate", "-c", str(path), "-o", str(out), "--ca", "etcd-ca",
+                                    "--phase", phase, token=operator)
+        assert result.returncode == 0, (phase, result.stderr)
+    status = policy_helpers.cli(vault_env, "ca", "status", "-c", str(path), "-o", str(out), "--output", "json",
+                                token=operator)
+    assert status.returncode == 0, status.stderr
+    etcd = next(c for c in json.loads(status.stdout) if c["ca"] == "etcd-ca")
+    assert etcd["state"] == "idle" and sorted(i["role"] for i in etcd["issuers"]) == ["current", "retired"]
