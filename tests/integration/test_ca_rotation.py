@@ -173,6 +173,8 @@ def test_rotation_phases(cluster, vault_env, tmp_path, ca):
         assert _kubeconfig_cas(out) == {(crypto.fingerprint(new_root),)}
     for name, leaf in leaves:
         assert openssl_verify(_bundle_files(out, ca)[0], leaf).returncode == 0, name
+    check = run_cli(["certs", "check", "--out", str(out)], vault_env, check=False)
+    assert check.returncode == 0, check.stdout + check.stderr  # leaf + cross-signed cert: still fine
     old_leaf = _write_pem(tmp_path / "old-leaf.pem", crypto.load_certs(kept[0]))
     assert openssl_verify(_bundle_files(out, ca)[0], old_leaf).returncode != 0
     rows = _status(cluster, vault_env, ca)["issuers"]
