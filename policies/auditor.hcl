@@ -108,6 +108,11 @@ path "sys/policies/acl/vaultk8s-control-plane-etcd" {
 }
 
 # compare with policies/
+path "sys/policies/acl/vaultk8s-csr-signer" {
+  capabilities = ["read"]
+}
+
+# compare with policies/
 path "sys/policies/acl/vaultk8s-node" {
   capabilities = ["read"]
 }

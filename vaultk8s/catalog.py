@@ -89,6 +89,7 @@ class KubeconfigSpec:
     server: Server
     embed_cert: bool  # admin configs travel; component configs reference files client-go reloads
     placement: Placement
+    component: str | None = None  # the process reading it, restarted when the file is rewritten
 
 
 @dataclass(frozen=True)
@@ -149,10 +150,10 @@ CERTS: tuple[CertSpec, ...] = (
 KUBECONFIGS: tuple[KubeconfigSpec, ...] = (
     KubeconfigSpec("admin.conf", "admin", Server.ENDPOINT, True, _CP),
     KubeconfigSpec("super-admin.conf", "super-admin", Server.ENDPOINT, True, _CP),
-    KubeconfigSpec("controller-manager.conf", "controller-manager", Server.LOCAL, False, _CP),
-    KubeconfigSpec("scheduler.conf", "scheduler", Server.LOCAL, False, _CP),
-    KubeconfigSpec("kubelet.conf", "kubelet-client", Server.ENDPOINT, False, _ALL),
-    KubeconfigSpec("kube-proxy.conf", "kube-proxy", Server.ENDPOINT, False, _ALL),
+    KubeconfigSpec("controller-manager.conf", "controller-manager", Server.LOCAL, False, _CP, "kube-controller-manager"),
+    KubeconfigSpec("scheduler.conf", "scheduler", Server.LOCAL, False, _CP, "kube-scheduler"),
+    KubeconfigSpec("kubelet.conf", "kubelet-client", Server.ENDPOINT, False, _ALL, "kubelet"),
+    KubeconfigSpec("kube-proxy.conf", "kube-proxy", Server.ENDPOINT, False, _ALL, "kube-proxy"),
 )
 
 CLUSTER_ROLE_BINDINGS: tuple[ClusterRoleBindingSpec, ...] = (
@@ -196,12 +197,31 @@ def role_collisions(nodes: list[tuple[str, bool]]) -> list[str]:
     return problems
 
 
+MAX_COMMON_NAME = 64  # RFC 5280 ub-common-name
+
+
+def common_name_overflows(node: str, control_plane: bool) -> list[str]:
+    """A node name that makes one of its certificates' CN longer than X.509 allows."""
+    for spec in certs_for(control_plane):
+        cn = spec.common_name.replace(NODE, node)
+        if len(cn) > MAX_COMMON_NAME:
+            limit = MAX_COMMON_NAME - (len(spec.common_name) - len(NODE))
+            return [f"node name {node[:70]!r} is {len(node)} characters; CN {spec.common_name.replace(NODE, '<node>')!r} "
+                    f"allows at most {limit} (X.509 limits a CN to {MAX_COMMON_NAME})"]
+    return []
+
+
 def certs_for(control_plane: bool) -> tuple[CertSpec, ...]:
     return tuple(c for c in CERTS if control_plane or c.placement is Placement.ALL_NODES)
 
 
 def kubeconfigs_for(control_plane: bool) -> tuple[KubeconfigSpec, ...]:
     return tuple(k for k in KUBECONFIGS if control_plane or k.placement is Placement.ALL_NODES)
+
+
+def components_reading(files: list[str]) -> list[str]:
+    """The processes to restart after these kubeconfigs were rewritten (they read them only at start)."""
+    return [k.component for k in KUBECONFIGS if k.component and k.file in files]
 
 
 def cas_for(control_plane: bool) -> tuple[CASpec, ...]:
@@ -215,13 +235,16 @@ class IdentitySpec:
     """Who may obtain which certificates: one Vault policy per identity kind (policies/<name>.hcl).
 
     `attach` says which nodes' machine credentials (AppRole role, token role) carry the policy;
-    None means no node does and a human gets it on purpose (admin kubeconfigs).
+    None means no node does and a human (admin kubeconfigs) or a service (the CSR signer) gets it.
+    `every_node`: per-node certs are granted for every node of the cluster file instead of the
+    caller's own: a signer acting for the nodes, never the certificates' holder.
     """
 
     name: str
     certs: tuple[str, ...]  # CertSpec names; per-node certs resolve to the caller's own node
     attach: Placement | None
     description: str
+    every_node: bool = False
 
 
 IDENTITIES: tuple[IdentitySpec, ...] = (
@@ -238,11 +261,15 @@ IDENTITIES: tuple[IdentitySpec, ...] = (
                  "admin.conf (kubeadm:cluster-admins, bound to cluster-admin by RBAC): for people, not nodes"),
     IdentitySpec("break-glass", ("super-admin",), None,
                  "super-admin.conf (system:masters bypasses RBAC): for emergencies only"),
+    IdentitySpec("csr-signer", ("kubelet-client", "kubelet-serving"), None,
+                 "`vaultk8s signer`: signs approved kubelet CSRs with each node's own kubelet roles, nothing else",
+                 every_node=True),
 )
 
 
 def identity_of(cert_name: str) -> IdentitySpec:
+    """The identity that holds a certificate (signers acting for every node are not holders)."""
     for spec in IDENTITIES:
-        if cert_name in spec.certs:
+        if cert_name in spec.certs and not spec.every_node:
             return spec
     raise KeyError(cert_name)

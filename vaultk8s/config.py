@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from vaultk8s.errors import ConfigError
+from vaultk8s.errors import ConfigError, shown
 
 if TYPE_CHECKING:
     from vaultk8s.hsm.settings import HsmSettings
@@ -23,8 +23,9 @@ if TYPE_CHECKING:
 KEY_TYPES = ("ec-p256", "ec-p384", "rsa-2048", "rsa-3072")
 DEFAULT_APISERVER_PORT = 6443
 
-# Sections other modules own; they validate their own contents.
-TOP_LEVEL_KEYS = {"cluster", "pki", "vault", "nodes", "hsm", "service_account", "agent", "policy"}
+# Sections other modules own; they validate their own contents, called from parse_config so that
+# every problem is found before anything is written.
+TOP_LEVEL_KEYS = {"cluster", "pki", "vault", "nodes", "hsm", "service_account", "policy", "kubeconfigs"}
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _DURATION_PART = re.compile(r"(\d+)(d|h|m|s)")
@@ -57,6 +58,7 @@ class ClusterConfig:
     workers: tuple[NodeSpec, ...]
     apiserver_port: int = DEFAULT_APISERVER_PORT
     hsm: HsmSettings | None = None  # set: root keys live in a PKCS#11 token, Vault holds intermediates
+    embed_client_certs: bool = False  # kubeadm-shaped: every kubeconfig embeds its client cert and key
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -71,7 +73,7 @@ class ClusterConfig:
         for node in self.nodes:
             if node.name == name:
                 return node
-        raise ConfigError(f"no node named {name!r} in the cluster file")
+        raise ConfigError(f"no node named {shown(name)} in the cluster file")
 
     @property
     def hsm_scope(self) -> str:
@@ -88,10 +90,10 @@ def parse_duration(text: Any) -> timedelta:
     if isinstance(text, int) and not isinstance(text, bool):
         return timedelta(seconds=text)
     if not isinstance(text, str) or not text:
-        raise ValueError(f"{text!r} is not a duration such as 24h or 90m")
+        raise ValueError(f"{shown(text)} is not a duration such as 24h or 90m")
     parts = _DURATION_PART.findall(text)
     if "".join(n + u for n, u in parts) != text:
-        raise ValueError(f"{text!r} is not a duration such as 24h or 90m")
+        raise ValueError(f"{shown(text)} is not a duration such as 24h or 90m")
     return timedelta(seconds=sum(int(n) * _DURATION_UNITS[u] for n, u in parts))
 
 
@@ -104,35 +106,103 @@ def is_dns_subdomain(name: str) -> bool:
     return 0 < len(name) <= 253 and all(_DNS_LABEL.match(p) for p in name.split("."))
 
 
+MAX_CONFIG_BYTES = 32 * 1024 * 1024  # a 10,000-node cluster file is about 1 MB
+
+
+MAX_DEPTH = 64  # a cluster file is 5 levels deep
+
+
+class _StrictLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # libyaml: 10x faster on big files
+    """safe_load, minus what hides mistakes: a duplicate key would silently keep the last value."""
+
+    def construct_mapping(self, node, deep=False):  # type: ignore[override]
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, (str, int, float, bool)) or key is None:
+                if key in seen:
+                    raise ConfigError(f"duplicate key {shown(key)} at line {key_node.start_mark.line + 1}")
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _refuse_aliases_and_depth(root: yaml.Node) -> None:
+    """An alias (*name) makes the composer reuse a node: refuse any node met twice (no alias bombs),
+    and nesting deeper than any cluster file needs. Iterative, so no input can exhaust the stack."""
+    seen: set[int] = set()
+    stack = [(root, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if id(node) in seen:
+            raise ConfigError(f"YAML aliases (*name) are not allowed (anchor at line {node.start_mark.line + 1})")
+        seen.add(id(node))
+        if depth > MAX_DEPTH:
+            raise ConfigError(f"nested deeper than {MAX_DEPTH} levels at line {node.start_mark.line + 1}: "
+                              "nested too deeply to be a cluster file")
+        if isinstance(node, yaml.MappingNode):
+            stack.extend((child, depth + 1) for pair in node.value for child in pair)
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend((child, depth + 1) for child in node.value)
+
+
 def load_config(path: Path) -> ClusterConfig:
+    source = str(path)
     try:
-        text = Path(path).read_text()
+        with Path(path).open("rb") as handle:
+            raw = handle.read(MAX_CONFIG_BYTES + 1)
+    except IsADirectoryError:
+        raise ConfigError("is a directory, not a cluster file", source=source) from None
     except OSError as err:
-        raise ConfigError(f"cannot read: {err.strerror}", source=str(path)) from None
+        raise ConfigError(f"cannot read: {err.strerror}", source=source) from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"larger than {MAX_CONFIG_BYTES // (1024 * 1024)} MiB; is it a cluster file?", source)
     try:
-        data = yaml.safe_load(text)
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"not a UTF-8 text file (byte {err.start}); is it a cluster file?", source) from None
+    if "\x00" in text:
+        raise ConfigError("holds NUL bytes: not a YAML text file", source)
+    return parse_config(parse_yaml(text, source), source=source)
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    loader = _StrictLoader(text)
+    try:
+        root = loader.get_single_node()
+        if root is None:
+            return None
+        _refuse_aliases_and_depth(root)
+        return loader.construct_document(root)
+    except ConfigError as err:
+        raise ConfigError(err.problems, source) from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"not valid YAML{where}", source=str(path)) from None
-    return parse_config(data, source=str(path))
+        problem = getattr(err, "problem", None) or "syntax error"
+        raise ConfigError(f"not valid YAML{where}: {problem}", source=source) from None
+    except RecursionError:
+        raise ConfigError("nested too deeply to be a cluster file", source=source) from None
+    finally:
+        loader.dispose()
 
 
 def parse_config(data: Any, source: str = "cluster file") -> ClusterConfig:
     problems: list[str] = []
     if not isinstance(data, dict):
         raise ConfigError("must be a YAML mapping with cluster, pki, vault and nodes", source)
-    for key in sorted(set(data) - TOP_LEVEL_KEYS):
-        problems.append(f"unknown top-level key {key!r} (known: {', '.join(sorted(TOP_LEVEL_KEYS))})")
+    for key in sorted(set(data) - TOP_LEVEL_KEYS, key=str):
+        problems.append(f"unknown top-level key {shown(key)} (known: {', '.join(sorted(TOP_LEVEL_KEYS))})")
     cluster = _section(data, "cluster", problems, required=True)
     pki = _section(data, "pki", problems)
     vault = _section(data, "vault", problems)
     nodes = _section(data, "nodes", problems, required=True)
+    kubeconfigs = _section(data, "kubeconfigs", problems)
 
     _unknown_keys(cluster, "cluster", {"name", "endpoint", "service_cidr", "domain", "apiserver_port"}, problems)
     _unknown_keys(pki, "pki", {"key_type", "leaf_ttl", "ca_ttl"}, problems)
     _unknown_keys(vault, "vault", {"mount_prefix"}, problems)
     _unknown_keys(nodes, "nodes", {"control_plane", "workers"}, problems)
+    _unknown_keys(kubeconfigs, "kubeconfigs", {"embed_client_certs"}, problems)
 
     name = _cluster_name(cluster.get("name"), problems)
     endpoint, endpoint_host = _endpoint(cluster.get("endpoint"), problems)
@@ -141,7 +211,7 @@ def parse_config(data: Any, source: str = "cluster file") -> ClusterConfig:
     apiserver_port = _port(cluster.get("apiserver_port", DEFAULT_APISERVER_PORT), problems)
     key_type = pki.get("key_type", "ec-p256")
     if key_type not in KEY_TYPES:
-        problems.append(f"pki.key_type {key_type!r} is not one of {', '.join(KEY_TYPES)}")
+        problems.append(f"pki.key_type {shown(key_type)} is not one of {', '.join(KEY_TYPES)}")
     leaf_ttl = _ttl(pki.get("leaf_ttl", "24h"), "pki.leaf_ttl", problems)
     ca_ttl = _ttl(pki.get("ca_ttl", "87600h"), "pki.ca_ttl", problems)
     if leaf_ttl and ca_ttl and leaf_ttl >= ca_ttl:
@@ -156,15 +226,37 @@ def parse_config(data: Any, source: str = "cluster file") -> ClusterConfig:
     _check_unique(control_plane + workers, problems)
     problems.extend(_role_collisions(control_plane + workers))
     hsm = _hsm(data.get("hsm"), problems)
+    embed = kubeconfigs.get("embed_client_certs", False)
+    if not isinstance(embed, bool):
+        problems.append(f"kubeconfigs.embed_client_certs must be true or false, not {shown(embed)}")
 
-    if problems:
-        raise ConfigError(problems, source)
-    return ClusterConfig(
+    problems.extend(_name_length_problems(control_plane + workers))
+
+    config = ClusterConfig(
         name=name, endpoint=endpoint, endpoint_host=endpoint_host, service_cidr=service_cidr,
         domain=domain, key_type=key_type, leaf_ttl=leaf_ttl, ca_ttl=ca_ttl,
         mount_prefix=mount_prefix, control_plane=control_plane, workers=workers,
-        apiserver_port=apiserver_port, hsm=hsm, raw=data,
+        apiserver_port=apiserver_port, hsm=hsm, embed_client_certs=embed is True, raw=data,
     )
+    problems.extend(_owned_section_problems(config))
+    if problems:
+        raise ConfigError(problems, source)
+    return config
+
+
+def _owned_section_problems(config: ClusterConfig) -> list[str]:
+    """The `service_account:` and `policy:` sections, checked now rather than when first used."""
+    # Imported here: these plan modules import this one.
+    from vaultk8s.plan.policies import policy_settings
+    from vaultk8s.plan.sa import resolve_settings
+
+    problems: list[str] = []
+    for validate in (resolve_settings, policy_settings):
+        try:
+            validate(config)
+        except ConfigError as err:
+            problems.extend(err.problems)
+    return problems
 
 
 def _hsm(value: Any, problems: list[str]) -> HsmSettings | None:
@@ -184,7 +276,7 @@ def _section(data: dict, key: str, problems: list[str], required: bool = False) 
     value = data.get(key)
     if value is None:
         if required:
-            problems.append(f"missing section {key!r}")
+            problems.append(f"missing section {shown(key)}")
         return {}
     if not isinstance(value, dict):
         problems.append(f"{key} must be a mapping")
@@ -199,7 +291,7 @@ def _unknown_keys(section: dict, where: str, known: set[str], problems: list[str
 
 def _cluster_name(value: Any, problems: list[str]) -> str:
     if not isinstance(value, str) or not _DNS_LABEL.match(value):
-        problems.append(f"cluster.name {value!r} must be a DNS-1123 label (lower-case letters, digits, '-')")
+        problems.append(f"cluster.name {shown(value)} must be a DNS-1123 label (lower-case letters, digits, '-')")
         return ""
     return value
 
@@ -215,10 +307,19 @@ def _endpoint(value: Any, problems: list[str]) -> tuple[str, str]:
         port = -1
     host = parts.hostname or ""
     if parts.scheme != "https" or not host or port == -1 or parts.path not in ("", "/"):
-        problems.append(f"cluster.endpoint {value!r} must look like https://HOST:PORT")
+        problems.append(f"cluster.endpoint {shown(value)} must look like https://HOST:PORT")
         return "", ""
-    if not _is_ip(host) and not is_dns_subdomain(host):
-        problems.append(f"cluster.endpoint host {host!r} is neither an IP address nor a DNS name")
+    if parts.username is not None or parts.password is not None or "@" in parts.netloc:
+        problems.append("cluster.endpoint must not hold a user name or password (it is copied into every kubeconfig)")
+        return "", ""
+    if parts.query or parts.fragment or value.rstrip("/").endswith(("?", "#")):
+        problems.append(f"cluster.endpoint {shown(value)} must not have a query or fragment: https://HOST:PORT")
+        return "", ""
+    if port == 0:
+        problems.append(f"cluster.endpoint {shown(value)}: port 0 is not a port a client can reach")
+        return "", ""
+    if not is_ip(host) and not is_dns_subdomain(host):
+        problems.append(f"cluster.endpoint host {shown(host)} is neither an IP address nor a DNS name")
     return value.rstrip("/"), host
 
 
@@ -226,23 +327,23 @@ def _service_cidr(value: Any, problems: list[str]):
     try:
         network = ipaddress.ip_network(str(value), strict=True)
     except ValueError:
-        problems.append(f"cluster.service_cidr {value!r} is not a valid CIDR such as 10.96.0.0/12")
+        problems.append(f"cluster.service_cidr {shown(value)} is not a valid CIDR such as 10.96.0.0/12")
         return None
     if network.num_addresses < 4:
-        problems.append(f"cluster.service_cidr {value!r} is too small")
+        problems.append(f"cluster.service_cidr {shown(value)} is too small")
     return network
 
 
 def _domain(value: Any, problems: list[str]) -> str:
     if not isinstance(value, str) or not is_dns_subdomain(value):
-        problems.append(f"cluster.domain {value!r} must be a DNS name such as cluster.local")
+        problems.append(f"cluster.domain {shown(value)} must be a DNS name such as cluster.local")
         return ""
     return value
 
 
 def _port(value: Any, problems: list[str]) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or not 0 < value < 65536:
-        problems.append(f"cluster.apiserver_port {value!r} must be a port number")
+        problems.append(f"cluster.apiserver_port {shown(value)} must be a port number")
         return DEFAULT_APISERVER_PORT
     return value
 
@@ -263,14 +364,14 @@ def _mount_prefix(value: Any, problems: list[str]) -> str:
     if value in (None, ""):
         return ""
     if not isinstance(value, str) or not value.endswith("/"):
-        problems.append(f"vault.mount_prefix {value!r} must be empty or end with '/', e.g. clusters/demo/")
+        problems.append(f"vault.mount_prefix {shown(value)} must be empty or end with '/', e.g. clusters/demo/")
         return ""
     segments = value[:-1].split("/")
     if not all(_MOUNT_SEGMENT.match(s) for s in segments) or any(s in (".", "..") for s in segments):
-        problems.append(f"vault.mount_prefix {value!r} may only hold path segments of letters, digits, '-', '_', '.'")
+        problems.append(f"vault.mount_prefix {shown(value)} may only hold path segments of letters, digits, '-', '_', '.'")
         return ""
     if segments[0] in ("sys", "auth", "identity", "cubbyhole"):
-        problems.append(f"vault.mount_prefix {value!r} collides with Vault's reserved path {segments[0]}/")
+        problems.append(f"vault.mount_prefix {shown(value)} collides with Vault's reserved path {segments[0]}/")
     return value
 
 
@@ -296,7 +397,7 @@ def _node(item: Any, where: str, control_plane: bool, problems: list[str]) -> No
     _unknown_keys(item, where, {"name", "ips", "sans"}, problems)
     name = item.get("name")
     if not isinstance(name, str) or not is_dns_subdomain(name):
-        problems.append(f"{where}.name {name!r} must be a DNS-1123 name (lower-case letters, digits, '-', '.')")
+        problems.append(f"{where}.name {shown(name)} must be a DNS-1123 name (lower-case letters, digits, '-', '.')")
         return None
     ips = []
     raw_ips = item.get("ips") or []
@@ -307,14 +408,14 @@ def _node(item: Any, where: str, control_plane: bool, problems: list[str]) -> No
         try:
             ips.append(ipaddress.ip_address(str(raw)))
         except ValueError:
-            problems.append(f"node {name}: {raw!r} is not an IP address")
+            problems.append(f"node {name}: {shown(raw)} is not an IP address")
     sans = item.get("sans") or []
     if not isinstance(sans, list):
         problems.append(f"node {name}: sans must be a list")
         sans = []
     for san in sans:
-        if not isinstance(san, str) or not (_is_ip(san) or is_dns_subdomain(san)):
-            problems.append(f"node {name}: SAN {san!r} must be a DNS name or an IP address (no wildcards)")
+        if not isinstance(san, str) or not (is_ip(san) or is_dns_subdomain(san)):
+            problems.append(f"node {name}: SAN {shown(san)} must be a DNS name or an IP address (no wildcards)")
     return NodeSpec(name=name, ips=tuple(ips), sans=tuple(str(s) for s in sans), control_plane=control_plane)
 
 
@@ -323,12 +424,18 @@ def _check_unique(nodes: tuple[NodeSpec, ...], problems: list[str]) -> None:
     seen_ips: dict[IPAddress, str] = {}
     for node in nodes:
         if node.name in seen_names:
-            problems.append(f"node name {node.name!r} appears more than once")
+            problems.append(f"node name {shown(node.name)} appears more than once")
         seen_names.add(node.name)
         for ip in node.ips:
             if ip in seen_ips and seen_ips[ip] != node.name:
                 problems.append(f"IP {ip} is given to both {seen_ips[ip]} and {node.name}")
             seen_ips[ip] = node.name
+
+
+def _name_length_problems(nodes: tuple[NodeSpec, ...]) -> list[str]:
+    from vaultk8s.catalog import common_name_overflows  # the catalog decides common names
+
+    return [problem for n in nodes for problem in common_name_overflows(n.name, n.control_plane)]
 
 
 def _role_collisions(nodes: tuple[NodeSpec, ...]) -> list[str]:
@@ -337,7 +444,7 @@ def _role_collisions(nodes: tuple[NodeSpec, ...]) -> list[str]:
     return role_collisions([(n.name, n.control_plane) for n in nodes])
 
 
-def _is_ip(text: str) -> bool:
+def is_ip(text: str) -> bool:
     try:
         ipaddress.ip_address(text)
     except ValueError:

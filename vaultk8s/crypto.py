@@ -56,6 +56,13 @@ def build_csr(key: PrivateKey, common_name: str, organization: str | None,
     return csr.public_bytes(serialization.Encoding.PEM).decode()
 
 
+def new_key_and_csr(key_type: str, common_name: str, organization: str | None, dns_sans: tuple[str, ...],
+                    ip_sans: tuple) -> tuple[bytes, str]:
+    """(private key PEM, CSR PEM): plain values, so a process pool can make them (RSA holds the GIL)."""
+    key = generate_key(key_type)
+    return key_pem(key), build_csr(key, common_name, organization, dns_sans, ip_sans)
+
+
 def load_cert(pem: bytes | str) -> x509.Certificate:
     return x509.load_pem_x509_certificate(pem.encode() if isinstance(pem, str) else pem)
 

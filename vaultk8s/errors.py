@@ -1,5 +1,27 @@
 """The error hierarchy. Every message is one line a user can act on; the CLI prints it and exits."""
 
+import reprlib
+
+MAX_PROBLEMS = 20  # a file with thousands of mistakes still gets a readable line
+MAX_PROBLEM_CHARS = 240
+MAX_MESSAGE_CHARS = 1000
+
+_SHOW = reprlib.Repr()
+_SHOW.maxstring = _SHOW.maxother = 60
+_SHOW.maxlist = _SHOW.maxtuple = _SHOW.maxdict = _SHOW.maxset = 4
+_SHOW.maxlevel = 2
+
+
+def shown(value: object) -> str:
+    """A user's value as it goes into a message: repr'd, bounded however large or deep it is."""
+    return _SHOW.repr(value)
+
+
+def one_line(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """Collapse to one line of at most `limit` characters, so no input can flood a terminal or log."""
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[: limit - 15] + " ... (truncated)"
+
 
 class VaultK8sError(Exception):
     """Base class: an expected failure with a one-line, actionable message."""
@@ -15,7 +37,20 @@ class ConfigError(VaultK8sError):
     def __init__(self, problems: list[str] | str, source: str = "cluster file"):
         self.problems = [problems] if isinstance(problems, str) else list(problems)
         self.source = source
-        super().__init__(f"{source}: " + "; ".join(self.problems))
+        super().__init__(one_line(f"{source}: " + "; ".join(_within_budget(self.problems))))
+
+
+def _within_budget(problems: list[str]) -> list[str]:
+    """As many problems as fit one message, then how many more there are."""
+    shown_problems: list[str] = []
+    used = 0
+    for index, problem in enumerate(problems):
+        text = one_line(problem, MAX_PROBLEM_CHARS)
+        if index >= MAX_PROBLEMS or used + len(text) > MAX_MESSAGE_CHARS - 200:
+            return [*shown_problems, f"and {len(problems) - index} more problem(s)"]
+        shown_problems.append(text)
+        used += len(text) + 2
+    return shown_problems
 
 
 class VaultError(VaultK8sError):
@@ -26,6 +61,10 @@ class VaultError(VaultK8sError):
 
 class PermissionDeniedError(VaultError):
     """Vault answered 403."""
+
+
+class VaultRequestRefused(VaultError):
+    """Vault processed the request and refused its content (400): the same request cannot succeed later."""
 
 
 class StoreError(VaultK8sError):
@@ -50,3 +89,13 @@ class DevServerError(VaultK8sError):
     """The local dev OpenBao cannot be started, reached, unsealed or stopped."""
 
     exit_code = 7
+
+
+class KubeError(VaultK8sError):
+    """The Kubernetes API server is unreachable or refused a request."""
+
+    exit_code = 8
+
+
+class KubeConflict(KubeError):
+    """The object changed since it was read (409): re-read it and decide again."""

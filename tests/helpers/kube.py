@@ -251,3 +251,45 @@ def running_control_plane(tmp_path: Path, vault_env: dict[str, str], mount_prefi
 
 def load_kubeconfig(path: Path) -> dict[str, Any]:
     return yaml.safe_load(path.read_text())
+
+
+# kubeadm on a vaultk8s tree ----------------------------------------------------------------------
+# kubeadm reads /etc/kubernetes only. In a private mount namespace, /etc gets a throw-away overlay
+# (upper layer on a tmpfs) and the node directory is bound onto /etc/kubernetes: the host's /etc is
+# never written, and the namespace ends with the command.
+_KUBEADM_NS = """set -eu
+tree=$1; scratch=$2; shift 2
+mount --make-rprivate /
+mount -t tmpfs tmpfs "$scratch"
+mkdir "$scratch/upper" "$scratch/work"
+mount -t overlay overlay -o "lowerdir=/etc,upperdir=$scratch/upper,workdir=$scratch/work" /etc
+mkdir -p /etc/kubernetes
+mount --bind "$tree" /etc/kubernetes
+exec "$@"
+"""
+
+
+def kubeadm_config(cluster: dict[str, Any], node: str = "cp-1") -> str:
+    """kubeadm's InitConfiguration + ClusterConfiguration for a cluster file's document."""
+    cp = next(n for n in cluster["nodes"]["control_plane"] if n["name"] == node)
+    port = cluster["cluster"].get("apiserver_port", 6443)
+    endpoint = cluster["cluster"]["endpoint"].removeprefix("https://")
+    docs = [
+        {"apiVersion": "kubeadm.k8s.io/v1beta3", "kind": "InitConfiguration",
+         "localAPIEndpoint": {"advertiseAddress": cp["ips"][0], "bindPort": port},
+         "nodeRegistration": {"name": node}},
+        {"apiVersion": "kubeadm.k8s.io/v1beta3", "kind": "ClusterConfiguration",
+         "clusterName": cluster["cluster"]["name"], "kubernetesVersion": "v1.24.0",
+         "controlPlaneEndpoint": endpoint, "certificatesDir": "/etc/kubernetes/pki"},
+    ]
+    return yaml.safe_dump_all(docs, sort_keys=False)
+
+
+def kubeadm(node_dir: Path, scratch: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """The real kubeadm with node_dir as its /etc/kubernetes (needs root for `unshare -m`)."""
+    binary = kube_bin_dir() / "kubeadm"
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        pytest.skip("kubeadm reads /etc/kubernetes only: a private mount namespace needs root and unshare")
+    scratch.mkdir(parents=True, exist_ok=True)
+    return subprocess.run(["unshare", "-m", "sh", "-c", _KUBEADM_NS, "kubeadm-ns", str(node_dir), str(scratch),
+                           str(binary), *args], capture_output=True, text=True, timeout=timeout)

@@ -12,25 +12,15 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.agent import node_env  # noqa: F401 (fixture)
 from tests.helpers.cluster import openssl_verify
-from tests.helpers.policy import applied_cluster, cli
+from tests.helpers.policy import cli
 from vaultk8s import crypto
 from vaultk8s.agent.runner import Agent, AgentSettings
 from vaultk8s.ops.renew import node_output
 from vaultk8s.vault.gateway import VaultGateway
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def node_env(vault_env, tmp_path, mount_prefix):
-    """A bootstrapped cluster, policies applied, and worker-1's credential files."""
-    path, config, _ = applied_cluster(vault_env, tmp_path, mount_prefix)
-    creds = tmp_path / "creds-worker-1"
-    made = cli(vault_env, "node", "credentials", "-c", str(path), "--node", "worker-1", "--out", str(creds))
-    assert made.returncode == 0, made.stderr
-    no_token = {k: v for k, v in vault_env.items() if k != "VAULT_TOKEN"}
-    return path, config, creds, no_token, tmp_path / "out"
 
 
 def _serial(path: Path) -> int:

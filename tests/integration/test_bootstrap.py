@@ -302,3 +302,25 @@ def test_certs_check_reports_and_flags_problems(bootstrapped):
     assert [(r["node"], r["file"], r["problems"]) for r in problems] == [
         ("worker-1", "kubelet.crt", ["key does not match certificate"])]
     assert (pki / "kubelet.key").read_bytes() == other
+
+
+def test_rsa_leaves_made_in_key_processes_match_their_certs(openbao, mount_prefix, tmp_path):
+    """RSA keys and CSRs come from bootstrap's key processes (17 RSA leaves): each key still pairs
+    with its certificate, each certificate verifies against its own CA, and a re-run is a no-op."""
+    from vaultk8s.ops.bootstrap import bootstrap
+    from vaultk8s.vault.gateway import VaultGateway
+
+    config = parse_config(cluster_doc(mount_prefix, workers=1, key_type="rsa-2048"))
+    gateway = VaultGateway.from_env(openbao.as_environ())
+    out = tmp_path / "out"
+    first = bootstrap(config, out, gateway, now=datetime.now(timezone.utc))
+    assert sum(a.kind == "issue" for a in first.actions) == 14 + 3
+    for rc in resolve_all(config):
+        pki = out / rc.node / "pki"
+        cert, _ = _leaf_and_chain(pki / rc.cert_file)
+        key = crypto.load_key((pki / rc.key_file).read_bytes())
+        assert crypto.key_type_of(cert.public_key()) == "rsa-2048" and crypto.key_matches(cert, key)
+        proc = openssl_verify(pki / catalog.ca(rc.spec.ca).cert_file, pki / rc.cert_file)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    second = bootstrap(config, out, gateway, now=datetime.now(timezone.utc))
+    assert second.actions == [] and second.kept == 14 + 3

@@ -92,8 +92,21 @@ def test_unwritable_out_dir_fails_before_vault(cluster, tmp_path, vault_env, ope
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
     line = _one_line_error(run_cli("bootstrap", "--config", str(cluster), "--out", str(blocker / "out"), env=vault_env))
-    assert "cannot create directory" in line
+    assert "cannot write to" in line and "is not a directory" in line
     assert _mounts(openbao, mount_prefix) == []
+
+
+def test_unreachable_vault_creates_no_out_dir(cluster, tmp_path, free_port):
+    """Vault is probed before the output directory is made (or an existing one's mode changed)."""
+    out, existing = tmp_path / "new-out", tmp_path / "existing"
+    existing.mkdir(mode=0o755)
+    existing.chmod(0o755)
+    env = {"VAULT_ADDR": f"https://127.0.0.1:{free_port()}", "VAULT_TOKEN": "x"}
+    for target in (out, existing):
+        line = _one_line_error(run_cli("bootstrap", "--config", str(cluster), "--out", str(target), env=env))
+        assert "cannot reach Vault" in line
+    assert not out.exists()
+    assert existing.stat().st_mode & 0o777 == 0o755 and not list(existing.iterdir())
 
 
 def test_bad_flag_is_a_usage_error(cluster):

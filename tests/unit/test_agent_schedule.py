@@ -6,7 +6,7 @@ from datetime import datetime, timedelta, timezone
 from hypothesis import given
 from hypothesis import strategies as st
 
-from vaultk8s.agent.schedule import MAX_BACKOFF, MIN_BACKOFF, MIN_SLEEP, backoff, next_wake, renew_at
+from vaultk8s.plan.schedule import MAX_BACKOFF, MIN_BACKOFF, MIN_SLEEP, backoff, next_wake, renew_at
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 

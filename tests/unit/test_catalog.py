@@ -56,6 +56,12 @@ def test_workers_get_only_node_identities():
 
 def test_every_cert_belongs_to_exactly_one_identity():
     for spec in catalog.CERTS:
-        owners = [i.name for i in catalog.IDENTITIES if spec.name in i.certs]
+        owners = [i.name for i in catalog.IDENTITIES if spec.name in i.certs and not i.every_node]
         assert len(owners) == 1, (spec.name, owners)
     assert {c for i in catalog.IDENTITIES for c in i.certs} == {c.name for c in catalog.CERTS}
+
+
+def test_the_csr_signer_acts_only_for_kubelet_certificates():
+    signers = [i for i in catalog.IDENTITIES if i.every_node]
+    assert [(i.name, i.certs, i.attach) for i in signers] == [("csr-signer", ("kubelet-client", "kubelet-serving"), None)]
+    assert catalog.identity_of("kubelet-client").name == "node"

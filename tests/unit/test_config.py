@@ -106,3 +106,12 @@ def test_node_names_that_would_share_a_role_are_rejected():
     doc = _doc()
     doc["nodes"]["workers"] = [{"name": "kubelet-client", "ips": ["10.0.1.1"]}]  # workers have no apiserver role
     parse_config(doc)
+
+
+def test_kubeconfigs_embed_client_certs():
+    assert parse_config(_doc()).embed_client_certs is False  # the default: component configs reference files
+    assert parse_config({**_doc(), "kubeconfigs": {"embed_client_certs": True}}).embed_client_certs is True
+    assert _problems({**_doc(), "kubeconfigs": {"embed_client_certs": "yes"}}) == [
+        "kubeconfigs.embed_client_certs must be true or false, not 'yes'"]
+    assert _problems({**_doc(), "kubeconfigs": {"embed": True}}) == [
+        "unknown key kubeconfigs.embed (known: embed_client_certs)"]

@@ -91,3 +91,17 @@ def test_drift_reasons(config):
     assert kubeconfig_drift(render_document(cp["scheduler.conf"], CA), moved) == "server changed"
     assert kubeconfig_drift(render_document(cp["kubelet.conf"], CA),
                             render_kubeconfig(cp["kube-proxy.conf"], CA)) == "identity changed"
+
+
+def test_kubeadm_shaped_clusters_embed_every_client_cert(config):
+    kubeadm_shaped = dataclasses.replace(config, embed_client_certs=True)
+    for rk in resolve_node_kubeconfigs(kubeadm_shaped.node("cp-1"), kubeadm_shaped):
+        user = render_document(rk, CA, CERT, KEY)["users"][0]["user"]
+        assert base64.b64decode(user["client-certificate-data"]) == CERT, rk.file
+        assert "client-certificate" not in user
+    assert not _by_file(config, "cp-1")["controller-manager.conf"].embed  # the default references files
+
+
+def test_restart_after_rewrite_names_the_reading_component():
+    assert catalog.components_reading(["pki/kubelet.crt", "admin.conf", "controller-manager.conf"]) == [
+        "kube-controller-manager"]

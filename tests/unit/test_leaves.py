@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from vaultk8s import crypto
 from vaultk8s.config import load_config
-from vaultk8s.plan.leaves import ObservedLeaf, reissue_reason, renewal_time
+from vaultk8s.plan.leaves import ObservedLeaf, leaf_health, reissue_reason, renewal_time
 from vaultk8s.plan.resolve import resolve_all
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "cluster.yaml"
@@ -83,3 +83,19 @@ def test_renewal_time_is_inside_the_last_third(lifetime, position):
     renew = renewal_time(start, end)
     assert start < renew < end
     assert abs((end - renew).total_seconds() - lifetime / 3) <= 1
+
+
+def test_health_fails_in_the_last_tenth_and_when_unusable():
+    rc = _apiserver()
+    ca, ca_key = _ca()
+    cert, key = _leaf(rc, ca, ca_key)  # 24h from T0: the last tenth starts at 21h36m
+    observed = ObservedLeaf(cert, key)
+    assert leaf_health(observed, T0) is None
+    assert leaf_health(observed, T0 + timedelta(hours=21, minutes=35)) is None
+    assert leaf_health(observed, T0 + timedelta(hours=21, minutes=37)) == \
+        "in the last tenth of its life (expires 2026-01-02T00:00:00Z)"
+    assert leaf_health(observed, T0 + timedelta(hours=24)) == "expired at 2026-01-02T00:00:00Z"
+    assert leaf_health(observed, T0 - timedelta(seconds=1)) == "not valid before 2026-01-01T00:00:00Z"
+    assert leaf_health(ObservedLeaf(None, None), T0) == "missing"
+    assert leaf_health(ObservedLeaf(cert, None), T0) == "key missing"
+    assert leaf_health(ObservedLeaf(cert, crypto.generate_key("ec-p256")), T0) == "key does not match certificate"

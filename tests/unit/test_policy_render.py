@@ -49,7 +49,7 @@ def test_render_is_deterministic_and_sorted(config):
 
 def test_every_cert_has_exactly_one_identity():
     for spec in catalog.CERTS:
-        assert sum(spec.name in i.certs for i in catalog.IDENTITIES) == 1, spec.name
+        assert sum(spec.name in i.certs and not i.every_node for i in catalog.IDENTITIES) == 1, spec.name
 
 
 def test_committed_policies_review_clean(config):
@@ -183,3 +183,26 @@ def test_operator_service_account_grants_are_exactly_the_key_sets_paths(config):
         ("vaultk8s/metadata/demo/service-account", ("create", "read", "update")),
         ("vaultk8s/destroy/demo/service-account", ("update",)),
     }
+
+
+def test_csr_signer_signs_exactly_every_nodes_kubelet_roles(config):
+    signs = {g.path for g in pol.grants_for(pol.CSR_SIGNER, config) if "/sign/" in g.path}
+    assert signs == {f"kubernetes-ca/sign/{c}-{n.name}" for c in ("kubelet-client", "kubelet-serving")
+                     for n in config.nodes}
+    assert pol.CSR_SIGNER not in {k for n in config.nodes for k in pol.node_policy_kinds(n)}
+    params = pol.signer_approle_params(config)
+    assert params["token_policies"] == ["vaultk8s-agent", "vaultk8s-csr-signer"] and params["token_no_default_policy"]
+
+
+@pytest.mark.parametrize("extra", [
+    'path "kubernetes-ca/sign/apiserver-cp-1" { capabilities = ["create", "update"] }',
+    'path "kubernetes-ca/sign/kube-proxy" { capabilities = ["create", "update"] }',
+    'path "kubernetes-ca/sign/kubelet-*" { capabilities = ["update"] }',
+    'path "kubernetes-ca/sign-verbatim" { capabilities = ["update"] }',
+])
+def test_csr_signer_beyond_kubelet_roles_is_high(config, extra):
+    clean = review(config, _texts(config), _roles(config))
+    assert not clean.high
+    assert any(f.identity == pol.CSR_SIGNER and f.severity == "info" for f in clean.findings)
+    weakened = pol.render_policy(pol.CSR_SIGNER, config) + "\n" + extra + "\n"
+    assert review(config, _texts(config, **{pol.CSR_SIGNER: weakened}), _roles(config)).high

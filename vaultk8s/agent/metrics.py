@@ -1,10 +1,10 @@
-"""Prometheus metrics of the agent, in a registry of its own (no global state between agents)."""
+"""Prometheus metrics of the agent, in a registry of its own (served by vaultk8s.serve.HealthServer)."""
 
 from __future__ import annotations
 
 from datetime import datetime
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from vaultk8s.ops.renew import RenewalResult
 
@@ -39,6 +39,3 @@ class AgentMetrics:
 
     def expiries(self, node: str) -> list[datetime]:
         return list(self._expiries.get(node, {}).values())
-
-    def serve(self, port: int, addr: str = "127.0.0.1") -> None:
-        start_http_server(port, addr=addr, registry=self.registry)

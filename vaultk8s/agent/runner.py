@@ -3,7 +3,8 @@
 One round: authenticate (AppRole files from `vaultk8s node credentials`, or a token file), renew
 what is due on this node, refresh its kubeconfigs, run the reload hooks once for the batch, drop
 the round's AppRole token. Then sleep until the earliest next renewal, or back off after a failure.
-A wake-up (SIGHUP) renews everything now; stop ends the loop between rounds.
+A wake-up (SIGHUP) renews everything now; stop ends the loop between rounds. `health()` and
+`readiness()` back /healthz and /readyz; `on_ready` runs once, after the first good round.
 """
 
 from __future__ import annotations
@@ -11,26 +12,26 @@ from __future__ import annotations
 import logging
 import os
 import random
-import subprocess
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Callable
 
-from vaultk8s.agent import schedule
+from vaultk8s import catalog
+from vaultk8s.plan import schedule
 from vaultk8s.agent.metrics import AgentMetrics
+from vaultk8s.agent.reload import ExecHook, SignalHook
 from vaultk8s.config import ClusterConfig
 from vaultk8s.errors import VaultK8sError
+from vaultk8s.ops.health import node_health
 from vaultk8s.ops.kubeconfigs import ensure_node_kubeconfigs
-from vaultk8s.ops.node import login_from_dir
+from vaultk8s.ops.node import authenticate
 from vaultk8s.ops.renew import RenewalResult, renew_node
-from vaultk8s.store.atomic import read_file
 from vaultk8s.store.layout import NodeOutput
 from vaultk8s.vault.gateway import VaultGateway
 
 log = logging.getLogger("vaultk8s.agent")
-HOOK_TIMEOUT_SECONDS = 120
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,7 @@ class AgentSettings:
     output: NodeOutput
     credentials_dir: Path | None = None  # role_id / secret_id from `vaultk8s node credentials`
     token_file: Path | None = None
-    hooks: tuple[tuple[str, ...], ...] = ()  # argv lists, run without a shell
+    hooks: tuple[ExecHook | SignalHook, ...] = ()
     idle: timedelta = timedelta(hours=1)
 
 
@@ -52,11 +53,15 @@ class Agent:
     rng: random.Random = field(default_factory=random.Random)
     metrics: AgentMetrics = field(default_factory=AgentMetrics)
     failures: int = 0
+    on_ready: Callable[[], None] | None = None
 
     def __post_init__(self) -> None:
         self._wake = threading.Event()
         self._stop = threading.Event()
+        self._ready = threading.Event()
         self._force_next = False
+        self._pending: set[str] = set()  # written files whose reload has not succeeded yet
+        self._last_error = ""
         self._seed = self.rng.getrandbits(32)  # this agent's jitter, stable across its rounds
 
     # --- one round ------------------------------------------------------------------------------
@@ -77,34 +82,34 @@ class Agent:
         renewed = result.renewed + [a.target.split("/", 1)[1] for a in written]
         for name, reason in result.reasons.items():
             log.info("renewed pki/%s (%s)", name, reason)
-        if renewed:
-            self._run_hooks(renewed)
+        self._pending.update(renewed)
+        if self._pending:
+            self._run_hooks(sorted(self._pending))
+            self._pending.clear()
         self.metrics.observe(self.settings.node, result, self.clock())
         return result
 
     def _authenticate(self, gateway: VaultGateway) -> bool:
         """True when this round logged in (and so owns a token to revoke)."""
-        if self.settings.credentials_dir is not None:
-            gateway.use_token(login_from_dir(self.settings.credentials_dir, gateway))
-            return True
-        if self.settings.token_file is not None:
-            token = read_file(self.settings.token_file)
-            if not token:
-                raise VaultK8sError(f"token file {self.settings.token_file} is missing or empty")
-            gateway.use_token(token.decode().strip())
-            _quietly(gateway.renew_self)  # keeps a renewable periodic token alive; others just expire
-        return False
+        return authenticate(gateway, self.settings.credentials_dir, self.settings.token_file)
 
     def _run_hooks(self, renewed: list[str]) -> None:
-        env = dict(os.environ, VAULTK8S_NODE=self.settings.node, VAULTK8S_RENEWED=" ".join(sorted(set(renewed))))
-        for argv in dict.fromkeys(self.settings.hooks):  # each hook once per batch
-            try:
-                proc = subprocess.run(list(argv), env=env, timeout=HOOK_TIMEOUT_SECONDS,
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-            except (OSError, subprocess.TimeoutExpired) as err:
-                raise VaultK8sError(f"reload hook {argv[0]} failed: {type(err).__name__}") from None
-            if proc.returncode != 0:
-                raise VaultK8sError(f"reload hook {argv[0]} exited {proc.returncode}")
+        env = dict(os.environ, VAULTK8S_NODE=self.settings.node, VAULTK8S_RENEWED=" ".join(renewed),
+                   VAULTK8S_RESTART=" ".join(catalog.components_reading(renewed)))
+        for hook in dict.fromkeys(self.settings.hooks):  # each hook once per batch
+            hook.run(env)
+
+    # --- health ---------------------------------------------------------------------------------
+
+    def health(self) -> str | None:
+        """/healthz: None while every owned certificate is valid and outside its last tenth of life."""
+        return node_health(self.settings.config, self.settings.node, self.settings.output, self.clock())
+
+    def readiness(self) -> str | None:
+        """/readyz: None once a round has succeeded."""
+        if self._ready.is_set():
+            return None
+        return "no successful renewal round yet" + (f": {self._last_error}" if self._last_error else "")
 
     # --- the loop -------------------------------------------------------------------------------
 
@@ -122,8 +127,10 @@ class Agent:
             try:
                 result = self.renew_once(force=force)
                 self.failures = 0
+                self._became_ready()
             except VaultK8sError as err:
                 self.failures += 1
+                self._last_error = str(err)
                 self.metrics.failed(self.settings.node)
                 log.error("renewal failed (%d in a row): %s", self.failures, err)
                 result = None
@@ -133,6 +140,12 @@ class Agent:
             log.info("next check in %ds", int(delay.total_seconds()))
             self._wake.clear()
             wait(max(0.0, delay.total_seconds()))
+
+    def _became_ready(self) -> None:
+        if not self._ready.is_set():
+            self._ready.set()
+            if self.on_ready is not None:
+                self.on_ready()
 
     def renew_now(self) -> None:
         """SIGHUP: renew every certificate at once, then carry on."""

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from vaultk8s.cli import common
+from vaultk8s.ops.bootstrap import DEFAULT_WORKERS
 from vaultk8s.ops.bootstrap import bootstrap as run_bootstrap
 from vaultk8s.vault.gateway import VaultGateway
 
@@ -16,7 +17,8 @@ def bootstrap(
     out: Path = common.OutDirOption,
     dry_run: bool = typer.Option(False, "--dry-run", help="Print what would change; touch nothing."),
     force_renew: bool = typer.Option(False, "--force-renew", help="Re-issue every leaf certificate (CAs are kept)."),
-    workers: int = typer.Option(8, "--workers", min=1, max=64, help="Concurrent signing requests."),
+    workers: int = typer.Option(DEFAULT_WORKERS, "--workers", min=1, max=64,
+                                help="Concurrent Vault requests (role reads/writes and signs)."),
     output: common.Output = common.OutputOption,
 ) -> None:
     """Create the three CA mounts, one role per identity, and every node's certificates.

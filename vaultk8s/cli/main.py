@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from vaultk8s.errors import VaultK8sError
+from vaultk8s.errors import VaultK8sError, one_line
 
 try:  # typer >= 0.2x raises its vendored click's exceptions; older typer raises click's own
     from typer._click import exceptions as click_exceptions
@@ -51,9 +51,12 @@ def _register() -> None:
     from vaultk8s.cli import node
     from vaultk8s.cli import policy
     from vaultk8s.cli import sa
+    from vaultk8s.cli import signer
 
     app.command("bootstrap")(bootstrap.bootstrap)
     app.command("agent")(agent.agent)
+    app.command("signer")(signer.signer)
+    app.command("signer-credentials")(signer.signer_credentials)
     app.add_typer(ca.app, name="ca", help="Rotate the three CAs without downtime, and show their state.")
     app.add_typer(certs.app, name="certs", help="Inspect issued certificates.")
     app.add_typer(dev.app, name="dev", help="Run a local OpenBao (raft + TLS) for development and tests.")
@@ -66,7 +69,22 @@ def _register() -> None:
 _register()
 
 
-def run() -> int:
+def _usage_message(err: Exception) -> str:
+    """click's message on one line, with where to read the usage instead of printing it."""
+    message = err.format_message() if hasattr(err, "format_message") else str(err)
+    ctx = getattr(err, "ctx", None)
+    return f"{message} (see `{ctx.command_path} --help`)" if ctx is not None else message
+
+
+PLUGIN_NAME = "kubectl vaultk8s"  # installed as kubectl-vaultk8s: kubectl's (and krew's) plugin naming
+
+
+def run_plugin() -> int:
+    """`kubectl vaultk8s ...`: kubectl execs kubectl-vaultk8s with the rest of the arguments."""
+    return run(prog_name=PLUGIN_NAME)
+
+
+def run(prog_name: str | None = None) -> int:
     """Console entry point; returns the exit code (console scripts pass it to sys.exit)."""
     debug = "--debug" in sys.argv
     if debug:
@@ -74,14 +92,14 @@ def run() -> int:
     try:
         # standalone_mode=False: our errors reach us instead of click's generic handler; click then
         # returns the command's value, or the code of a typer.Exit / ctx.exit (also after --help).
-        result = app(standalone_mode=False)
+        result = app(standalone_mode=False, prog_name=prog_name)
     except VaultK8sError as err:
         if debug:
             raise
-        typer.echo(f"error: {err}", err=True)
+        typer.echo(f"error: {one_line(str(err))}", err=True)
         return err.exit_code
     except click_exceptions.ClickException as err:  # usage errors: bad flag, missing argument
-        err.show()
+        typer.echo(f"error: {one_line(_usage_message(err), 500)}", err=True)
         return err.exit_code
     except _EXIT as err:
         return err.exit_code
@@ -91,6 +109,7 @@ def run() -> int:
     except Exception as err:  # a bug, not bad input: still one line unless --debug
         if debug:
             raise
-        typer.echo(f"error: unexpected {type(err).__name__}: {err} (re-run with --debug for a traceback)", err=True)
+        typer.echo(f"error: unexpected {type(err).__name__}: {one_line(str(err), 300)} "
+                   "(re-run with --debug for a traceback)", err=True)
         return 1
     return result if isinstance(result, int) else 0

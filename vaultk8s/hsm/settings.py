@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vaultk8s.errors import ConfigError, HsmError
+from vaultk8s.errors import ConfigError, HsmError, shown
 
 KEY_TYPES = ("ec-p256", "ec-p384", "rsa-2048", "rsa-3072", "rsa-4096")
 _KNOWN_FIELDS = ("module", "token_label", "token_serial", "pin_env", "pin_file", "key_type")
@@ -27,8 +27,8 @@ class HsmSettings:
     def token_description(self) -> str:
         """How the token is named in messages: by label or by serial, as configured."""
         if self.token_label is not None:
-            return f"label {self.token_label!r}"
-        return f"serial {self.token_serial!r}"
+            return f"label {shown(self.token_label)}"
+        return f"serial {shown(self.token_serial)}"
 
 
 def parse_hsm_block(data: Any) -> HsmSettings:
@@ -69,12 +69,12 @@ def _field_problems(data: dict) -> list[str]:
     problems += _exactly_one(data, "pin_env", "pin_file", "supply the PIN")
     pin_env = data.get("pin_env")
     if isinstance(pin_env, str) and pin_env and not pin_env.isidentifier():
-        problems.append(f"hsm.pin_env: {pin_env!r} is not a valid environment variable name")
+        problems.append(f"hsm.pin_env: {shown(pin_env)} is not a valid environment variable name")
     key_type = data.get("key_type")
     if key_type is None:
         problems.append(f"hsm.key_type: required (one of {', '.join(KEY_TYPES)})")
     elif key_type not in KEY_TYPES:
-        problems.append(f"hsm.key_type: {key_type!r} is not one of {', '.join(KEY_TYPES)}")
+        problems.append(f"hsm.key_type: {shown(key_type)} is not one of {', '.join(KEY_TYPES)}")
     return problems
 
 

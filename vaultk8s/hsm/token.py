@@ -17,7 +17,7 @@ from pathlib import Path
 import pkcs11
 from pkcs11 import exceptions as p11e
 
-from vaultk8s.errors import HsmError
+from vaultk8s.errors import HsmError, shown
 from vaultk8s.hsm.openssl import drain_openssl_errors
 from vaultk8s.hsm.settings import HsmSettings, load_pin
 
@@ -31,10 +31,12 @@ def load_module(module: Path) -> pkcs11.lib:
     key = str(module)
     if not module.exists():
         raise HsmError(f"PKCS#11 module {module} not found; install it or fix hsm.module")
+    _check_softhsm_conf()
     try:
         lib = pkcs11.lib(key)
     except p11e.PKCS11Error as err:
-        raise HsmError(f"cannot load PKCS#11 module {module}: {err}") from None
+        reason = str(err).strip() or type(err).__name__
+        raise HsmError(f"cannot load PKCS#11 module {module}: {reason}") from None
     finally:
         drain_openssl_errors()
     conf = os.environ.get(_CONF_ENV)
@@ -42,6 +44,18 @@ def load_module(module: Path) -> pkcs11.lib:
         _reinitialise(lib, key)
     _initialised_with[key] = conf
     return lib
+
+
+def _check_softhsm_conf() -> None:
+    """SoftHSM fails C_Initialize without a reason when its config is missing: name the variable."""
+    conf = os.environ.get(_CONF_ENV)
+    if conf is None:
+        return
+    try:
+        with open(conf, "rb"):
+            pass
+    except OSError as err:
+        raise HsmError(f"{_CONF_ENV}={shown(conf)}: {err.strerror}; point it at softhsm2.conf") from None
 
 
 def refresh_module(module: Path) -> None:

@@ -1,8 +1,9 @@
 """`vaultk8s bootstrap`: plan CA mounts, roles and leaves against what exists, then apply.
 
-Order: validate and probe (no writes) -> CAs -> service-account key (KV) -> roles -> leaves issued
-concurrently in memory -> each node's pki/ swapped atomically (sa.key/sa.pub included) ->
-kubeconfigs. Re-running converges and changes nothing.
+Order: validate and probe (no writes) -> CAs -> service-account key (KV) -> plan roles (every role
+read and compared, concurrently with checking every file on disk) -> role writes and signs in one
+queue, each leaf signed as soon as its own role is written, in memory -> each node's pki/ swapped
+atomically (sa.key/sa.pub included) -> kubeconfigs. Re-running converges and changes nothing.
 
 HSM mode (config.hsm set): the token is opened once for the CA phase, before any Vault write, so a
 wrong PIN or a missing token fails with Vault untouched; roots stay in the token, each mount gets
@@ -12,8 +13,11 @@ an intermediate the token's root signed (docs/hsm.md).
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
+import os
 import time
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_EXCEPTION, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -26,9 +30,9 @@ from vaultk8s import catalog, crypto
 from vaultk8s.config import ClusterConfig
 from vaultk8s.errors import HsmError, VaultError, VaultK8sError
 from vaultk8s.ops import sa as sa_ops
-from vaultk8s.ops.kubeconfigs import ensure_kubeconfigs
-from vaultk8s.ops.leaves import (CAState, IssuedLeaf, ca_bundle_changes, issue_leaf, leaf_changes, observe_leaf,
-                                 read_ca_state)
+from vaultk8s.ops.kubeconfigs import ensure_node_kubeconfigs
+from vaultk8s.ops.leaves import (CAState, IssuedLeaf, ca_bundle_changes, issue_leaf, key_and_csr_args, leaf_changes,
+                                 observe_leaf, read_ca_state)
 from vaultk8s.plan.actions import Action
 from vaultk8s.plan.ca_rotation import generation_of, token_root_name
 from vaultk8s.plan.cas import AUTO_TIDY, ObservedCA, intermediate_params, mount_ttl_seconds, plan_ca, root_params, url_params
@@ -41,6 +45,10 @@ from vaultk8s.vault.gateway import VaultGateway
 
 Progress = Callable[[str, int], Callable[[], None]]  # (phase, total) -> advance()
 
+# Concurrent Vault requests. Measured knee (bench/README.md): a bare client against a local
+# OpenBao signs fastest at 32 in flight (16: -12%, 64: -20%); role writes and reads flatten there.
+DEFAULT_WORKERS = 32
+
 
 @dataclass
 class BootstrapReport:
@@ -49,6 +57,15 @@ class BootstrapReport:
     kept: int = 0
     seconds: float = 0.0
     ca_fingerprints: dict[str, str] = field(default_factory=dict)
+    phase_seconds: dict[str, float] = field(default_factory=dict)  # wall time per phase, for bench/
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            self.phase_seconds[name] = round(time.monotonic() - started, 3)
 
     @property
     def changed(self) -> bool:
@@ -58,6 +75,7 @@ class BootstrapReport:
         return {
             "dry_run": self.dry_run, "changed": self.changed, "kept": self.kept,
             "seconds": round(self.seconds, 3), "ca_fingerprints": self.ca_fingerprints,
+            "phase_seconds": self.phase_seconds,
             "actions": [a.to_dict() for a in self.actions],
         }
 
@@ -67,26 +85,36 @@ def _no_progress(phase: str, total: int) -> Callable[[], None]:
 
 
 def bootstrap(config: ClusterConfig, out: Path, gateway: VaultGateway, *, now: datetime,
-              dry_run: bool = False, force_renew: bool = False, workers: int = 8,
+              dry_run: bool = False, force_renew: bool = False, workers: int = DEFAULT_WORKERS,
               progress: Progress = _no_progress) -> BootstrapReport:
     started = time.monotonic()
     report = BootstrapReport(dry_run=dry_run)
+    gateway.check_ready()
     if not dry_run:
         check_writable(Path(out))
-    gateway.check_ready()
-    cas = _ensure_cas(config, gateway, report, dry_run, now)
-    sa_keys, sa_actions = sa_ops.ensure_key_set(config, gateway, now=now, dry_run=dry_run)
-    report.actions.extend(sa_actions)
+    with report.phase("cas"):
+        cas = _ensure_cas(config, gateway, report, dry_run, now)
+        sa_keys, sa_actions = sa_ops.ensure_key_set(config, gateway, now=now, dry_run=dry_run)
+        report.actions.extend(sa_actions)
     certs = resolve_all(config)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        _ensure_roles(resolve_roles(certs), config, gateway, report, dry_run, pool, progress)
-        plan = _plan_leaves(certs, out, cas, now, force_renew, report)
+        # Roles are read in the pool while this thread checks the files on disk; the report keeps
+        # the order roles-then-leaves.
+        with report.phase("plan"):
+            roles = resolve_roles(certs)
+            role_actions = _start_role_plan(roles, gateway, report, pool, progress)
+            leaf_actions, todo = _plan_leaves(certs, out, cas, now, force_renew, report)
+            report.actions.extend(role_actions())
+            report.actions.extend(leaf_actions)
         if not dry_run:
-            issued = _issue_all(plan, gateway, pool, progress)
+            with report.phase("roles+signs"):
+                issued = _apply_roles_and_leaves(roles, todo, report, gateway, pool, workers, progress)
         report.actions.extend(sa_ops.plan_key_files(config, out, sa_keys))
         if not dry_run:
-            _write_nodes(config, out, cas, issued, sa_ops.key_files(sa_keys))
-    report.actions.extend(ensure_kubeconfigs(config, out, dry_run=dry_run))
+            with report.phase("node files"):
+                _write_nodes(config, out, cas, issued, sa_ops.key_files(sa_keys), pool)
+        with report.phase("kubeconfigs"):
+            report.actions.extend(_ensure_kubeconfigs(config, out, dry_run, pool))
     if not dry_run:
         _write_rbac(Path(out))
     report.ca_fingerprints = {n: crypto.fingerprint(s.issuer) for n, s in cas.items() if s.issuer}
@@ -238,8 +266,11 @@ def _remove_partial(gateway: VaultGateway, mount: str, imported: dict[str, str],
 
 # --- roles --------------------------------------------------------------------------------------
 
-def _ensure_roles(roles: tuple[ResolvedRole, ...], config: ClusterConfig, gateway: VaultGateway,
-                  report: BootstrapReport, dry_run: bool, pool: ThreadPoolExecutor, progress: Progress) -> None:
+def _start_role_plan(roles: tuple[ResolvedRole, ...], gateway: VaultGateway, report: BootstrapReport,
+                     pool: ThreadPoolExecutor, progress: Progress) -> Callable[[], list[Action]]:
+    """delete-role for roles nothing wants, write-role for each missing or drifted one: every role
+    is read and compared. The reads are queued now; the returned call collects the actions."""
+    actions = []
     wanted = {(r.mount, r.name) for r in roles}
     for mount in {r.mount for r in roles}:
         if gateway.mount_type(mount) != "pki":
@@ -247,7 +278,7 @@ def _ensure_roles(roles: tuple[ResolvedRole, ...], config: ClusterConfig, gatewa
         for name in gateway.list_roles(mount):
             if (mount, name) not in wanted:
                 # A removed node's role would still let its old credential obtain certificates.
-                report.actions.append(Action("delete-role", f"{mount}/roles/{name}", "not in the catalog/cluster file"))
+                actions.append(Action("delete-role", f"{mount}/roles/{name}", "not in the catalog/cluster file"))
     advance = progress("roles", len(roles))
 
     def observe(role: ResolvedRole) -> Action | None:
@@ -259,15 +290,8 @@ def _ensure_roles(roles: tuple[ResolvedRole, ...], config: ClusterConfig, gatewa
         reason = "new role" if existing is None else "differs in " + ", ".join(drift)
         return Action("write-role", f"{role.mount}/roles/{role.name}", reason)
 
-    planned = [a for a in pool.map(observe, roles) if a]
-    report.actions.extend(planned)
-    if dry_run:
-        return
-    by_target = {f"{r.mount}/roles/{r.name}": r for r in roles}
-    for action in [a for a in report.actions if a.kind == "delete-role"]:
-        mount, _, name = action.target.partition("/roles/")
-        gateway.delete_role(mount, name)
-    list(pool.map(lambda a: _write_role(gateway, by_target[a.target]), planned))
+    observed = pool.map(observe, roles)  # submits every read at once
+    return lambda: actions + [a for a in observed if a]
 
 
 def _mount_exists(mount: str, report: BootstrapReport) -> bool:
@@ -281,8 +305,8 @@ def _write_role(gateway: VaultGateway, role: ResolvedRole) -> None:
 # --- leaves -------------------------------------------------------------------------------------
 
 def _plan_leaves(certs: tuple[ResolvedCert, ...], out: Path, cas: dict[str, CAState], now: datetime,
-                 force: bool, report: BootstrapReport) -> list[ResolvedCert]:
-    todo = []
+                 force: bool, report: BootstrapReport) -> tuple[list[Action], list[ResolvedCert]]:
+    actions, todo = [], []
     for rc in certs:
         state = cas[rc.spec.ca]
         issuers = [state.issuer] if state.issuer else []
@@ -290,23 +314,86 @@ def _plan_leaves(certs: tuple[ResolvedCert, ...], out: Path, cas: dict[str, CASt
         if reason is None:
             report.kept += 1
             continue
-        report.actions.append(Action("issue", f"{rc.node}/pki/{rc.cert_file}", reason))
+        actions.append(Action("issue", f"{rc.node}/pki/{rc.cert_file}", reason))
         todo.append(rc)
-    return todo
+    return actions, todo
 
 
-def _issue_all(todo: list[ResolvedCert], gateway: VaultGateway, pool: ThreadPoolExecutor,
-               progress: Progress) -> list[IssuedLeaf]:
+def _apply_roles_and_leaves(roles: tuple[ResolvedRole, ...], todo: list[ResolvedCert], report: BootstrapReport,
+                            gateway: VaultGateway, pool: ThreadPoolExecutor, workers: int,
+                            progress: Progress) -> list[IssuedLeaf]:
+    """Deletes, then role writes and signs in one queue: a leaf's sign starts as soon as its own role
+    is written, not after all roles. Each role write is queued a few pool rounds ahead of the first
+    sign that needs it, so that sign rarely waits, and never for a write still behind it."""
+    for action in [a for a in report.actions if a.kind == "delete-role"]:
+        mount, _, name = action.target.partition("/roles/")
+        gateway.delete_role(mount, name)
+    to_write = {a.target for a in report.actions if a.kind == "write-role"}
+    pending = {(r.mount, r.name): r for r in roles if f"{r.mount}/roles/{r.name}" in to_write}
+    writes: dict[tuple[str, str], Future] = {}
     advance = progress("certificates", len(todo))
 
-    def task(rc: ResolvedCert) -> IssuedLeaf:
-        leaf = issue_leaf(gateway, rc)
+    def sign(rc: ResolvedCert, role_written: Future | None, made: Future | None) -> IssuedLeaf:
+        if role_written is not None:
+            role_written.result()  # re-raises the role write's error
+        try:
+            key_and_csr = made.result() if made else None
+        except BrokenProcessPool:  # e.g. embedded in a script whose __main__ spawn cannot re-import
+            key_and_csr = None  # made inline instead
+        leaf = issue_leaf(gateway, rc, key_and_csr)
         advance()
         return leaf
 
-    futures = [pool.submit(task, rc) for rc in todo]
+    # Role writes in the order the leaves first need them, then those whose leaves are all kept.
+    order = list(dict.fromkeys([(rc.mount, rc.role) for rc in todo if (rc.mount, rc.role) in pending]
+                               + list(pending)))
+    lead = 2 * workers
+    with _key_processes(todo) as keygen:
+        made = [keygen.submit(crypto.new_key_and_csr, *key_and_csr_args(rc)) if keygen else None for rc in todo]
+
+        def write_up_to(n: int) -> None:
+            while len(writes) < min(n, len(order)):
+                key = order[len(writes)]
+                writes[key] = pool.submit(_write_role, gateway, pending[key])
+
+        position = {key: i for i, key in enumerate(order)}
+        needed, signs = 0, []
+        for rc, key_future in zip(todo, made):
+            key = (rc.mount, rc.role)
+            needed = max(needed, position.get(key, -1) + 1)
+            write_up_to(needed + lead)
+            signs.append(pool.submit(sign, rc, writes.get(key), key_future))
+        write_up_to(len(order))
+        _wait_all(list(writes.values()) + signs, [f for f in made if f])
+    return [f.result() for f in signs]
+
+
+@contextlib.contextmanager
+def _key_processes(todo: list[ResolvedCert]) -> Iterator[ProcessPoolExecutor | None]:
+    """RSA keys are made in one process per core: cryptography holds the GIL while generating one
+    (~70 ms for 2048 bits), so threads would use a single core. EC keys take ~0.1 ms: made inline."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    rsa = sum(rc.key_type.startswith("rsa-") for rc in todo)
+    if cores < 2 or rsa < _MIN_RSA_FOR_PROCESSES:
+        yield None
+        return
+    # spawn, not fork: this process already runs threads (pool, progress bars).
+    with ProcessPoolExecutor(max_workers=cores, mp_context=multiprocessing.get_context("spawn")) as keygen:
+        try:
+            yield keygen
+        except BaseException:
+            keygen.shutdown(wait=True, cancel_futures=True)
+            raise
+
+
+_MIN_RSA_FOR_PROCESSES = 8  # below this, starting the processes costs more than it saves
+
+
+def _wait_all(futures: list[Future], feeding: list[Future] = ()) -> None:
+    """Wait for every task; on the first failure cancel what has not started and raise it. A failed
+    feeding task (a key) fails the task that waits for it."""
     done, pending = wait(futures, return_when=FIRST_EXCEPTION)
-    for future in pending:
+    for future in [*pending, *feeding]:
         future.cancel()
     wait(pending)
     failed = [f for f in futures if f.done() and not f.cancelled() and f.exception()]
@@ -315,23 +402,32 @@ def _issue_all(todo: list[ResolvedCert], gateway: VaultGateway, pool: ThreadPool
         if isinstance(err, VaultK8sError):
             raise type(err)(f"{err} (stopped after the first failure; nothing was written)")
         raise err
-    return [f.result() for f in futures]
 
 
 # --- output -------------------------------------------------------------------------------------
 
 def _write_nodes(config: ClusterConfig, out: Path, cas: dict[str, CAState], issued: list[IssuedLeaf],
-                 control_plane_files: dict[str, FileContent]) -> None:
+                 control_plane_files: dict[str, FileContent], pool: ThreadPoolExecutor) -> None:
+    """Nodes are independent directories, written in the pool (mostly fsync waits)."""
     by_node: dict[str, list[IssuedLeaf]] = {}
     for leaf in issued:
         by_node.setdefault(leaf.cert.node, []).append(leaf)
-    for node in config.nodes:
+
+    def write(node) -> None:
         changes: dict[str, FileContent | None] = dict(ca_bundle_changes(node.control_plane, cas, config.mount))
         for leaf in by_node.get(node.name, []):
             changes.update(leaf_changes(leaf))
         if node.control_plane:
             changes.update(control_plane_files)
         NodeOutput(out, node.name).update_pki(changes)
+
+    list(pool.map(write, config.nodes))
+
+
+def _ensure_kubeconfigs(config: ClusterConfig, out: Path, dry_run: bool, pool: ThreadPoolExecutor) -> list[Action]:
+    """Per node in the pool; actions in node order, as ensure_kubeconfigs reports them."""
+    per_node = pool.map(lambda node: ensure_node_kubeconfigs(node, config, out, dry_run=dry_run), config.nodes)
+    return [a for actions in per_node for a in actions]
 
 
 def render_rbac() -> bytes:

@@ -8,7 +8,9 @@ from pathlib import Path
 
 from vaultk8s import catalog, crypto
 from vaultk8s.plan.leaves import renewal_time
-from vaultk8s.store.layout import NodeOutput, node_dirs
+from vaultk8s.errors import StoreError
+from vaultk8s.store.atomic import DATA_LINK
+from vaultk8s.store.layout import PKI_DIR, NodeOutput, node_dirs
 
 
 @dataclass(frozen=True)
@@ -30,21 +32,41 @@ class CertStatus:
 
 
 def check_out_dir(out: Path, now: datetime) -> list[CertStatus]:
+    names = node_dirs(out)
+    if not names:
+        raise StoreError(f"no node directories (NODE/pki/) under {out}: is it a `vaultk8s bootstrap --out` directory?")
     rows: list[CertStatus] = []
-    for name in node_dirs(out):
-        node = NodeOutput(out, name)
-        anchors = {}
-        for ca in catalog.CAS:
-            pem = node.read_pki(ca.cert_file)
-            if pem is None:
-                continue
-            anchors[ca.name] = crypto.load_certs(pem)
-            rows.append(_ca_row(name, ca, anchors[ca.name][0], now))
-        for spec in catalog.CERTS:
-            pem = node.read_pki(spec.cert_file)
-            if pem is not None:
-                rows.append(_leaf_row(node, name, spec, pem, anchors.get(spec.ca, []), now))
+    for name in names:
+        node_rows = _node_rows(NodeOutput(out, name), name, now)
+        rows.extend(node_rows or [_empty_row(out, name)])
     return rows
+
+
+def _node_rows(node: NodeOutput, name: str, now: datetime) -> list[CertStatus]:
+    rows, anchors = [], {}
+    for ca in catalog.CAS:
+        pem = node.read_pki(ca.cert_file)
+        if pem is None:
+            continue
+        try:
+            anchors[ca.name] = crypto.load_certs(pem)
+        except ValueError:
+            rows.append(CertStatus(name, ca.cert_file, "", ca.name, None, None, False, ("unreadable CA bundle",)))
+            continue
+        rows.append(_ca_row(name, ca, anchors[ca.name][0], now))
+    for spec in catalog.CERTS:
+        pem = node.read_pki(spec.cert_file)
+        if pem is not None:
+            rows.append(_leaf_row(node, name, spec, pem, anchors.get(spec.ca, []), now))
+    return rows
+
+
+def _empty_row(out: Path, name: str) -> CertStatus:
+    """A node whose pki/ yields nothing is a problem, not an empty table: say why."""
+    data = Path(out) / name / PKI_DIR / DATA_LINK
+    why = "pki/..data points at a missing version directory" if data.is_symlink() and not data.exists() \
+        else "no certificates in pki/"
+    return CertStatus(name, f"{PKI_DIR}/", "", "", None, None, False, (why,))
 
 
 def _ca_row(node: str, ca: catalog.CASpec, cert, now: datetime) -> CertStatus:

@@ -3,6 +3,7 @@ issuing one leaf from a CSR, and the file changes that put leaves and CA bundles
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -63,15 +64,25 @@ class IssuedLeaf:
     key_pem: bytes
 
 
-def issue_leaf(gateway: VaultGateway, rc: ResolvedCert) -> IssuedLeaf:
-    """The key is made here and never leaves this process; Vault only sees the CSR."""
-    key = crypto.generate_key(rc.key_type)
-    csr = crypto.build_csr(key, rc.common_name, rc.organization, rc.dns_sans, rc.ip_sans)
-    data = gateway.sign(rc.mount, rc.role, csr, int(rc.ttl.total_seconds()))
-    chain = [c for c in (data.get("ca_chain") or []) if not crypto.is_self_signed(crypto.load_cert(c))]
-    pem = "\n".join(p.strip() for p in [data["certificate"], *chain]) + "\n"
-    return IssuedLeaf(rc, pem.encode(), crypto.key_pem(key))
+def key_and_csr_args(rc: ResolvedCert) -> tuple:
+    return rc.key_type, rc.common_name, rc.organization, rc.dns_sans, rc.ip_sans
 
+
+def issue_leaf(gateway: VaultGateway, rc: ResolvedCert, key_and_csr: tuple[bytes, str] | None = None) -> IssuedLeaf:
+    """The key is made on this host (here, or given: made by bootstrap's key processes) and is never
+    sent anywhere; Vault only sees the CSR."""
+    key_pem, csr = key_and_csr or crypto.new_key_and_csr(*key_and_csr_args(rc))
+    data = gateway.sign(rc.mount, rc.role, csr, int(rc.ttl.total_seconds()))
+    chain = [c for c in (data.get("ca_chain") or []) if not _is_anchor(c)]
+    pem = "\n".join(p.strip() for p in [data["certificate"], *chain]) + "\n"
+    return IssuedLeaf(rc, pem.encode(), key_pem)
+
+
+
+@functools.lru_cache(maxsize=32)
+def _is_anchor(pem: str) -> bool:
+    """Every sign returns the same few chain PEMs: parse and check each once, not per leaf."""
+    return crypto.is_self_signed(crypto.load_cert(pem))
 
 
 def leaf_changes(leaf: IssuedLeaf) -> dict[str, FileContent]:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vaultk8s.config import ClusterConfig
-from vaultk8s.errors import PlanRefused, StoreError
+from vaultk8s.errors import PlanRefused, StoreError, VaultError
 from vaultk8s.plan import policies as pol
 from vaultk8s.store.atomic import check_writable, read_file, secret, write_file
 from vaultk8s.vault.gateway import VaultGateway
@@ -50,16 +50,36 @@ def write_credentials(config: ClusterConfig, node_name: str, out: Path, gateway:
     report = CredentialsReport(node.name)
     _write(out, ROLE_ID_FILE, role_id, report)
     _write(out, MOUNT_FILE, am, report)
-    value = gateway.generate_secret_id(am, role, wrap_ttl_seconds)
-    if wrap_ttl_seconds:
-        _write(out, WRAPPED_SECRET_ID_FILE, value, report)
-        (out / SECRET_ID_FILE).unlink(missing_ok=True)  # a stale plain secret_id would shadow the new one
-    else:
-        _write(out, SECRET_ID_FILE, value, report)
+    _write_secret_id(out, gateway.generate_secret_id(am, role, wrap_ttl_seconds), bool(wrap_ttl_seconds), report)
     if token:
         made = gateway.create_token(pol.entity_name(config, node.name), pol.token_create_params(config, node))
         _write(out, TOKEN_FILE, made, report)
     return report
+
+
+def write_signer_credentials(config: ClusterConfig, out: Path, gateway: VaultGateway, *,
+                             wrap_ttl_seconds: int | None = None) -> CredentialsReport:
+    """The CSR signer's role_id and a secret_id (or a wrapped one), in the layout `login_from_dir` reads."""
+    out = Path(out)
+    check_writable(out)
+    gateway.check_ready()
+    am, role = pol.approle_mount(config), pol.CSR_SIGNER_APPROLE_ROLE
+    role_id = gateway.role_id(am, role)
+    if role_id is None:
+        raise PlanRefused("no AppRole role for the CSR signer: an admin runs `vaultk8s policy apply` first")
+    report = CredentialsReport(pol.CSR_SIGNER)
+    _write(out, ROLE_ID_FILE, role_id, report)
+    _write(out, MOUNT_FILE, am, report)
+    _write_secret_id(out, gateway.generate_secret_id(am, role, wrap_ttl_seconds), bool(wrap_ttl_seconds), report)
+    return report
+
+
+def _write_secret_id(out: Path, value: str, wrapped: bool, report: CredentialsReport) -> None:
+    if wrapped:
+        _write(out, WRAPPED_SECRET_ID_FILE, value, report)
+        (out / SECRET_ID_FILE).unlink(missing_ok=True)  # a stale plain secret_id would shadow the new one
+    else:
+        _write(out, SECRET_ID_FILE, value, report)
 
 
 def _write(out: Path, name: str, value: str, report: CredentialsReport) -> None:
@@ -83,6 +103,26 @@ def login_from_dir(directory: Path, gateway: VaultGateway) -> str:
     else:
         secret_id = _read(directory, SECRET_ID_FILE)
     return gateway.login_approle(mount, role_id, secret_id)
+
+
+def authenticate(gateway: VaultGateway, credentials_dir: Path | None = None, token_file: Path | None = None) -> bool:
+    """Give gateway its token: AppRole files (`node credentials`), a token file, or VAULT_TOKEN as set.
+
+    True when this logged in (the caller then owns a token to revoke).
+    """
+    if credentials_dir is not None:
+        gateway.use_token(login_from_dir(credentials_dir, gateway))
+        return True
+    if token_file is not None:
+        token = read_file(token_file)
+        if not token:
+            raise StoreError(f"token file {token_file} is missing or empty")
+        gateway.use_token(token.decode().strip())
+        try:
+            gateway.renew_self()  # keeps a renewable periodic token alive; others just expire
+        except VaultError:
+            pass
+    return False
 
 
 def _read(directory: Path, name: str) -> str:

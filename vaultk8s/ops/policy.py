@@ -4,7 +4,7 @@ apply writes, in order: the ACL policies, the cluster's AppRole mount, then dele
 role, token role and identity entity of every node no longer in the cluster file (plan/prune.py
 decides which objects are this cluster's), then per node an AppRole role and a token role, and per
 node an identity entity (metadata node=<name>) with two aliases (the AppRole role_id, the token
-role's alias name). Every step is observed first; re-running changes nothing. Writing policies and
+role's alias name), and the CSR signer's AppRole role (no entity: its policy names every node). Every step is observed first; re-running changes nothing. Writing policies and
 identities needs an admin token (see docs/policies.md).
 """
 
@@ -82,6 +82,8 @@ def apply(config: ClusterConfig, gateway: VaultGateway, *, dry_run: bool = False
     _prune_removed_nodes(config, gateway, report, dry_run, accessor, token_accessor)
     for node in config.nodes:
         _ensure_node(config, node, gateway, report, dry_run, accessor, token_accessor)
+    _ensure_params(gateway, f"auth/{pol.approle_mount(config)}/role/{pol.CSR_SIGNER_APPROLE_ROLE}",
+                   pol.signer_approle_params(config), report, dry_run, "write-approle", accessor is not None)
     return report
 
 

@@ -13,7 +13,7 @@ from datetime import datetime
 from pathlib import Path
 
 from vaultk8s import catalog, crypto
-from vaultk8s.agent.schedule import renew_at
+from vaultk8s.plan.schedule import renew_at
 from vaultk8s.config import ClusterConfig
 from vaultk8s.ops.leaves import CAState, ca_bundle_changes, issue_leaf, leaf_changes, observe_leaf, read_ca_state
 from vaultk8s.plan.leaves import reissue_reason

@@ -11,6 +11,7 @@ from vaultk8s import crypto
 from vaultk8s.plan.resolve import ResolvedCert
 
 RENEW_AT_FRACTION = 2 / 3  # renew in the last third of a certificate's life
+UNHEALTHY_FRACTION = 9 / 10  # /healthz fails in the last tenth: renewal has been failing for long
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,28 @@ class ObservedLeaf:
 
 def renewal_time(not_before: datetime, not_after: datetime, fraction: float = RENEW_AT_FRACTION) -> datetime:
     return not_before + (not_after - not_before) * fraction
+
+
+def leaf_health(observed: ObservedLeaf, now: datetime) -> str | None:
+    """Why a certificate on disk is not fit to serve (the agent's /healthz), or None."""
+    cert = observed.cert
+    if cert is None:
+        return "missing"
+    if observed.key is None:
+        return "key missing"
+    if not crypto.key_matches(cert, observed.key):
+        return "key does not match certificate"
+    if now < cert.not_valid_before_utc:
+        return f"not valid before {_stamp(cert.not_valid_before_utc)}"
+    if now >= cert.not_valid_after_utc:
+        return f"expired at {_stamp(cert.not_valid_after_utc)}"
+    if now >= renewal_time(cert.not_valid_before_utc, cert.not_valid_after_utc, UNHEALTHY_FRACTION):
+        return f"in the last tenth of its life (expires {_stamp(cert.not_valid_after_utc)})"
+    return None
+
+
+def _stamp(when: datetime) -> str:
+    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def reissue_reason(desired: ResolvedCert, observed: ObservedLeaf, issuers: list[x509.Certificate],

@@ -101,7 +101,7 @@ def review(config: ClusterConfig, policy_texts: Mapping[str, str | None],
             if kind != pol.OPERATOR:
                 _collect_signing(grant, kind, config, mounts, used)
     _matrix(result, used, roles)
-    _lint_overlap(result, used)
+    _lint_overlap(result, config, used)
     _lint_role_collisions(result, config)
     _lint_roles(result, config, roles, used)
     _lint_removed_nodes(result, removed_nodes)
@@ -202,10 +202,18 @@ def _seconds(value: Any) -> int:
         return 0
 
 
-def _lint_overlap(result: Review, used: dict[tuple[str, str], set[str]]) -> None:
+def _lint_overlap(result: Review, config: ClusterConfig, used: dict[tuple[str, str], set[str]]) -> None:
+    # A signer acting for every node (csr-signer) shares the nodes' kubelet roles by design, and
+    # only those: on any other role it counts like any identity.
+    signer_paths = {i.name: {g.path for g in pol.grants_for(i.name, config)}
+                    for i in catalog.IDENTITIES if i.every_node}
     for (mount, role), identities in sorted(used.items()):
         kinds = {i.split("@")[0] for i in identities}
-        if len(kinds) > 1:
+        by_design = {k for k in kinds if f"{mount}/sign/{role}" in signer_paths.get(k, ())}
+        for kind in sorted(by_design):
+            result.findings.append(Finding(INFO, kind, f"{mount}/sign/{role}", f"{kind}, by design: signs this "
+                                           "node's CSRs once Kubernetes approved them (docs/signer.md)"))
+        if len(kinds - by_design) > 1:
             result.findings.append(Finding(HIGH, ",".join(sorted(kinds)), f"{mount}/sign/{role}",
                                            "two identity kinds can obtain the same certificate"))
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 from vaultk8s.catalog import Usage
-from vaultk8s.config import is_dns_subdomain
+from vaultk8s.config import is_dns_subdomain, is_ip
 from vaultk8s.plan.resolve import ResolvedCert
 
 # Settings that are the same for every role; each closes a default that would widen what a
@@ -98,7 +98,7 @@ def _normal(value: Any) -> Any:
 def _normal_item(text: str) -> str:
     """Vault stores a single-address CIDR as the bare address (10.0.0.1/32 reads back as 10.0.0.1,
     fd00::1/128 as fd00::1) and IPv6 in its compressed form: compare what the CIDR means."""
-    if "/" not in text and not _looks_like_ip(text):
+    if "/" not in text and not is_ip(text):
         return text
     try:
         network = ipaddress.ip_network(text, strict=False)
@@ -108,10 +108,3 @@ def _normal_item(text: str) -> str:
         return str(network.network_address)
     return str(network)
 
-
-def _looks_like_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True

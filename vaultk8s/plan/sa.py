@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from vaultk8s import crypto
 from vaultk8s.config import ClusterConfig, parse_duration
-from vaultk8s.errors import ConfigError, PlanRefused
+from vaultk8s.errors import ConfigError, PlanRefused, shown
 
 SA_KEY_TYPES = ("rsa-2048", "ec-p256")
 DEFAULT_KEY_TYPE = "rsa-2048"
@@ -105,10 +105,10 @@ def resolve_settings(config: ClusterConfig) -> SASettings:
         problems.append(f"unknown key service_account.{key} (known: {', '.join(sorted(known))})")
     key_type = section.get("key_type", DEFAULT_KEY_TYPE)
     if key_type not in SA_KEY_TYPES:
-        problems.append(f"service_account.key_type {key_type!r} is not one of {', '.join(SA_KEY_TYPES)}")
+        problems.append(f"service_account.key_type {shown(key_type)} is not one of {', '.join(SA_KEY_TYPES)}")
     kv_mount = section.get("kv_mount", f"{config.mount_prefix}{KV_SUFFIX}")
     if not isinstance(kv_mount, str) or not _is_mount_path(kv_mount):
-        problems.append(f"service_account.kv_mount {kv_mount!r} must be a Vault path such as clusters/demo/vaultk8s")
+        problems.append(f"service_account.kv_mount {shown(kv_mount)} must be a Vault path such as clusters/demo/vaultk8s")
     grace = DEFAULT_GRACE
     try:
         grace = parse_duration(section.get("grace_period", "48h"))

@@ -52,14 +52,22 @@ def ensure_dir(path: Path) -> None:
 
 
 def check_writable(path: Path) -> None:
-    """Fail before any Vault call when the output directory cannot be written."""
-    ensure_dir(path)
-    probe = path / f".probe-{secrets.token_hex(4)}"
-    try:
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as err:
-        raise StoreError(f"cannot write to {path}: {err.strerror}") from None
+    """Fail before any Vault call when the output directory cannot be written; writes nothing.
+
+    The directory is created, and its mode set, only when the first file is written.
+    """
+    target = Path(path)
+    existing = target
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing.is_symlink() and not existing.exists():
+        raise StoreError(f"cannot write to {target}: {existing} is a dangling symlink")
+    if not existing.is_dir():
+        raise StoreError(f"cannot write to {target}: {existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise StoreError(f"cannot write to {target}: {existing} is not writable")
+    if os.statvfs(existing).f_flag & os.ST_RDONLY:
+        raise StoreError(f"cannot write to {target}: {existing} is on a read-only file system")
 
 
 def write_file(path: Path, content: FileContent) -> bool:
@@ -107,6 +115,8 @@ class PayloadDir:
         """Apply changes (None removes a file) as one new version. False when nothing changed."""
         ensure_dir(self.path)
         with self._locked():
+            if self._current_version() is not None and all(self._holds(rel, c) for rel, c in changes.items()):
+                return False  # the common re-run: compare only the changed files, not every file
             old = self.snapshot()
             new = dict(old)
             for rel, content in changes.items():
@@ -119,6 +129,14 @@ class PayloadDir:
                 return False
             self._publish(new)
         return True
+
+    def _holds(self, rel: str, content: FileContent | None) -> bool:
+        """The current version already has rel as content (None: has no rel)."""
+        _check_rel(rel)
+        path = self._current_version() / rel
+        if content is None:
+            return not path.exists()
+        return read_file(path) == content.data and (_mode(path) or PUBLIC_MODE) == content.mode
 
     def _publish(self, files: dict[str, FileContent]) -> None:
         previous = self._current_version()

@@ -11,14 +11,16 @@ import contextlib
 import os
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping
+from urllib.parse import urlsplit
 
 import hvac
 import hvac.exceptions as hv
 import requests
+from cryptography import x509
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
-from vaultk8s.errors import PermissionDeniedError, PlanRefused, VaultError
+from vaultk8s.errors import PermissionDeniedError, PlanRefused, VaultError, VaultRequestRefused, shown
 
 # 502-504 and 429 come from proxies, standbys and rate limits before a request was processed, so
 # retrying even a POST is safe; a 500 or a read error may have done the work and is not retried.
@@ -52,13 +54,45 @@ def settings_from_env(env: Mapping[str, str] | None = None) -> VaultSettings:
     addr = get("ADDR")
     if not addr:
         raise VaultError("VAULT_ADDR is not set: export VAULT_ADDR (and VAULT_TOKEN), e.g. via `eval \"$(vaultk8s dev up)\"`")
+    token, cacert = get("TOKEN"), get("CACERT")
+    _check_addr(addr)
+    if token is not None and (token != token.strip() or any(c.isspace() or ord(c) < 32 for c in token)):
+        raise VaultError("VAULT_TOKEN holds whitespace or a newline (a file read with its line end?): strip it")
+    if cacert is not None:
+        _check_cacert(cacert)
     return VaultSettings(
         addr=addr.rstrip("/"),
-        token=get("TOKEN"),
-        cacert=get("CACERT"),
+        token=token,
+        cacert=cacert,
         namespace=get("NAMESPACE"),
         skip_verify=(get("SKIP_VERIFY") or "").lower() in ("1", "true"),
     )
+
+
+def _check_addr(addr: str) -> None:
+    """VAULT_ADDR is scheme://host[:port] and nothing else; a credential in it would end up in logs."""
+    parts = urlsplit(addr)
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if parts.username is not None or "@" in parts.netloc:
+        raise VaultError("VAULT_ADDR must not hold a user name or password: use VAULT_TOKEN")
+    if parts.scheme not in ("http", "https") or not parts.hostname or port in (-1, 0) \
+            or parts.query or parts.fragment or any(c.isspace() for c in addr):
+        raise VaultError(f"VAULT_ADDR {shown(addr)} must look like https://HOST:PORT")
+
+
+def _check_cacert(path: str) -> None:
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(1 << 20)
+    except OSError as err:
+        raise VaultError(f"VAULT_CACERT={shown(path)}: {err.strerror}") from None
+    try:
+        x509.load_pem_x509_certificates(head)
+    except ValueError:
+        raise VaultError(f"VAULT_CACERT={shown(path)} holds no readable PEM certificate") from None
 
 
 def make_client(settings: VaultSettings, pool_size: int = 16) -> hvac.Client:
@@ -93,7 +127,9 @@ class VaultGateway:
         """Reachable, initialised, unsealed, and the token is valid: or one line saying which not."""
         with self._translate("read health of", "sys/health"):
             health = self.client.sys.read_health_status(method="GET")
-        data = health.json() if isinstance(health, requests.Response) else health
+            data = health.json() if isinstance(health, requests.Response) else health
+            if not isinstance(data, dict):
+                raise ValueError("not a health document")
         if not data.get("initialized", True):
             raise VaultError(f"Vault at {self.addr} is not initialised: run `bao operator init` (or `vaultk8s dev up`)")
         if data.get("sealed"):
@@ -541,12 +577,20 @@ class VaultGateway:
             ) from None
         except hv.VaultDown:
             raise VaultError(f"Vault at {self.addr} is sealed or down: unseal it and retry") from None
+        except hv.InvalidRequest as err:
+            raise VaultRequestRefused(f"Vault refused to {action} {path}: {_first_error(err)}") from None
         except hv.VaultError as err:
             raise VaultError(f"Vault refused to {action} {path}: {_first_error(err)}") from None
         except requests.exceptions.SSLError:
             raise VaultError(
                 f"TLS verification of {self.addr} failed: set VAULT_CACERT to the CA that signed Vault's certificate"
             ) from None
+        except requests.exceptions.InvalidHeader:
+            # requests validates header values: a token with a newline or space never leaves.
+            raise VaultError("VAULT_TOKEN holds whitespace or a newline: strip it and retry") from None
+        except ValueError:  # requests' JSONDecodeError too, which is a RequestException too
+            raise VaultError(f"{self.addr} did not answer as the Vault API does when asked to {action} {path}: "
+                             "check VAULT_ADDR (its scheme, host and port)") from None
         except requests.exceptions.RequestException as err:
             raise VaultError(f"cannot reach Vault at {self.addr} ({type(err).__name__}): is it running? check VAULT_ADDR") from None
 

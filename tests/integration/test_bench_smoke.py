@@ -1,0 +1,27 @@
+"""bench/compare.py runs end to end on a tiny cluster and prints its contract's keys (no timings asserted)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.helpers.cluster import REPO
+
+pytestmark = pytest.mark.integration
+
+KEYS = {"workers", "certificates", "roles", "bootstrap_s", "noop_s", "floor_s", "noop_floor_s", "cfssl_s",
+        "peak_rss_mb", "vaultk8s_over_floor", "cfssl_over_vaultk8s"}
+
+
+def test_compare_prints_one_json_line_with_the_contract_keys():
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "compare.py"), "--workers", "2"],
+                          capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 1
+    result = json.loads(lines[0])
+    assert KEYS <= set(result)
+    assert result["workers"] == 2 and result["certificates"] == 3 * 14 + 2 * 3
+    # Without golang-cfssl the loop is skipped with a reason, not a crash.
+    assert result["cfssl_s"] is not None or result["cfssl_skipped"]

@@ -1,0 +1,94 @@
+"""Lease election logic with a fixed clock over an in-memory Lease store that enforces resourceVersion
+(the real API server is in tests/integration/test_signer_kube.py: two replicas, fail-over)."""
+
+from __future__ import annotations
+
+import copy
+import random
+from datetime import datetime, timedelta, timezone
+
+from vaultk8s.errors import KubeConflict
+from vaultk8s.signer.controller import MAX_BACKOFF_SECONDS, backoff_seconds
+from vaultk8s.signer.leader import LeaseElector
+
+
+class LeaseStore:
+    """Just what LeaseElector calls: read, create, replace with optimistic concurrency."""
+
+    def __init__(self):
+        self.lease, self.version = None, 0
+
+    def read_lease(self, namespace, name):
+        return copy.deepcopy(self.lease)
+
+    def create_lease(self, namespace, name, spec):
+        if self.lease is not None:
+            raise KubeConflict("exists")
+        self._write({"metadata": {"name": name, "namespace": namespace}, "spec": spec})
+
+    def replace_lease(self, lease, spec):
+        if lease["metadata"]["resourceVersion"] != str(self.version):
+            raise KubeConflict("changed")
+        self._write({**lease, "spec": spec})
+
+    def _write(self, lease):
+        self.version += 1
+        self.lease = {**lease, "metadata": {**lease["metadata"], "resourceVersion": str(self.version)}}
+
+
+class Clock:
+    def __init__(self):
+        self.now = datetime(2026, 12, 1, tzinfo=timezone.utc)
+        self.mono = 1000.0
+
+    def advance(self, seconds):
+        self.now += timedelta(seconds=seconds)
+        self.mono += seconds
+
+
+def _elector(store, clock, identity):
+    return LeaseElector(store, "kube-system", "vaultk8s-signer", identity, clock=lambda: clock.now,
+                        monotonic=lambda: clock.mono)
+
+
+def test_one_leader_and_the_other_takes_over_only_after_the_lease_runs_out():
+    store, clock = LeaseStore(), Clock()
+    a, b = _elector(store, clock, "a"), _elector(store, clock, "b")
+    assert a.try_acquire_or_renew() and a.is_leader()
+    assert not b.try_acquire_or_renew() and not b.is_leader()
+    clock.advance(5)
+    assert a.try_acquire_or_renew() and not b.try_acquire_or_renew()
+    clock.advance(11)  # a stopped renewing: its own view ends at the renew deadline (10 s)...
+    assert not a.is_leader()
+    assert not b.try_acquire_or_renew()  # ...but the lease (15 s) still stands for the others
+    clock.advance(5)
+    assert b.try_acquire_or_renew() and b.is_leader()
+    assert store.lease["spec"]["holderIdentity"] == "b" and store.lease["spec"]["leaseTransitions"] == 1
+    assert not a.try_acquire_or_renew() and not a.is_leader()
+
+
+def test_release_hands_over_at_once():
+    store, clock = LeaseStore(), Clock()
+    a, b = _elector(store, clock, "a"), _elector(store, clock, "b")
+    assert a.try_acquire_or_renew()
+    a.release()
+    assert not a.is_leader() and store.lease["spec"]["holderIdentity"] == ""
+    assert b.try_acquire_or_renew()
+
+
+def test_a_stale_read_loses_the_race():
+    store, clock = LeaseStore(), Clock()
+    a, b = _elector(store, clock, "a"), _elector(store, clock, "b")
+    assert a.try_acquire_or_renew()
+    clock.advance(20)  # expired: both try at once; the second write carries a stale resourceVersion
+    stale = store.read_lease("kube-system", "vaultk8s-signer")
+    assert b.try_acquire_or_renew()
+    store.read_lease = lambda *_: copy.deepcopy(stale)
+    assert not a.try_acquire_or_renew() and not a.is_leader()
+
+
+def test_backoff_grows_and_is_capped():
+    rng = random.Random(7)
+    delays = [backoff_seconds(n, rng) for n in range(1, 12)]
+    assert delays[0] <= 1.0 and all(0.25 <= d <= MAX_BACKOFF_SECONDS for d in delays)
+    assert delays[-1] >= MAX_BACKOFF_SECONDS / 2

@@ -1,0 +1,114 @@
+"""`vaultk8s signer` (the CSR signer controller) and `vaultk8s signer-credentials`."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+import threading
+import uuid
+from pathlib import Path
+
+import typer
+
+from vaultk8s.cli import common
+from vaultk8s.config import parse_duration
+from vaultk8s.errors import ConfigError, VaultK8sError
+from vaultk8s.ops import node as ops
+from vaultk8s.vault.gateway import VaultGateway
+
+
+def signer(
+    config: Path = common.ConfigOption,
+    kubeconfig: Path = typer.Option(None, "--kubeconfig", help="Kubeconfig of the signer's identity; without it the "
+                                    "pod's service account (in-cluster config).", dir_okay=False),
+    approve_serving: bool = typer.Option(False, "--approve-serving", help="Also approve kubelet-serving CSRs that "
+                                         "pass every check (nothing else approves them in these clusters)."),
+    metrics_addr: str = typer.Option("", "--metrics-addr", help="Serve /healthz and /metrics on HOST:PORT."),
+    credentials: Path = typer.Option(None, "--credentials", help="Directory with role_id and secret_id from "
+                                     "`vaultk8s signer-credentials` (AppRole login).", file_okay=False),
+    token_file: Path = typer.Option(None, "--token-file", help="A file holding a Vault token (re-read on each login)."),
+    lease_namespace: str = typer.Option("kube-system", "--lease-namespace", help="Namespace of the leader-election Lease."),
+    lease_name: str = typer.Option("vaultk8s-signer", "--lease-name", help="Name of the leader-election Lease."),
+    identity: str = typer.Option("", "--identity", help="This replica's name in the Lease (default: host name + random)."),
+    resync: str = typer.Option("5m", "--resync", help="Re-list every CSR this often (the watch covers the rest)."),
+) -> None:
+    """Sign approved kubelet CSRs (kube-apiserver-client-kubelet, kubelet-serving) with each node's own Vault role.
+
+    Checks each CSR first (requester, CN/O, node in the cluster file, SANs, usages, key type) and
+    sets a Failed condition with the reason when one fails. Runs as one leader among replicas
+    (a coordination.k8s.io Lease). Vault comes from VAULT_ADDR/VAULT_CACERT; the token from
+    --credentials, --token-file or VAULT_TOKEN. SIGTERM or SIGINT stop it and release the lease.
+    """
+    # Imported here: the kubernetes client is heavy and only this command needs it.
+    from vaultk8s.signer import kube
+    from vaultk8s.signer.controller import Signer, SignerSettings, VaultSigner, run_elector
+    from vaultk8s.signer.leader import LeaseElector
+    from vaultk8s.serve import HealthServer, parse_listen_addr
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s vaultk8s-signer %(levelname)s %(message)s")
+    cluster = common.load(config)
+    try:
+        resync_seconds = max(30, int(parse_duration(resync).total_seconds()))
+    except ValueError as err:
+        raise ConfigError(f"--resync: {err}", "command line") from None
+    addr = parse_listen_addr(metrics_addr) if metrics_addr else None
+    if credentials is not None and token_file is not None:
+        raise ConfigError("give at most one of --credentials or --token-file", "command line")
+    if credentials is not None and not (credentials / ops.ROLE_ID_FILE).is_file():
+        raise ConfigError(f"--credentials {credentials} holds no role_id: run `vaultk8s signer-credentials`",
+                          "command line")
+    VaultGateway.from_env()  # VAULT_ADDR missing: fail now, not at the first CSR
+    settings = SignerSettings(config=cluster, approve_serving=approve_serving, credentials_dir=credentials,
+                              token_file=token_file, resync_seconds=resync_seconds)
+    gateway = kube.KubeGateway(kube.connect(kubeconfig))
+    elector = LeaseElector(gateway, lease_namespace, lease_name,
+                           identity or f"{socket.gethostname()}_{uuid.uuid4().hex[:8]}")
+    vault = VaultSigner(VaultGateway.from_env, settings)
+    runner = Signer(settings, gateway, vault, elector)
+    health = None
+    if addr is not None:
+        def alive() -> str | None:
+            return None if runner.heartbeat.alive() else "the signer loop has not run for too long"
+
+        health = HealthServer(addr[0], addr[1], runner.metrics.registry, liveness=alive, readiness=alive).start()
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    elect = threading.Thread(target=run_elector, args=(elector, runner.metrics, stop), name="lease", daemon=True)
+    work = threading.Thread(target=runner.run, name="signer", daemon=True)
+    elect.start()
+    work.start()
+    while not stop.is_set() and work.is_alive():
+        stop.wait(1.0)
+    crashed = not stop.is_set()
+    runner.stop()
+    stop.set()
+    elect.join(timeout=10)  # releases the lease, so a standby takes over at once
+    vault.close()
+    if health is not None:
+        health.stop()
+    if crashed:
+        raise VaultK8sError("the signer loop stopped unexpectedly (see the log above); restarting it is safe")
+
+
+def signer_credentials(
+    config: Path = common.ConfigOption,
+    out: Path = typer.Option(..., "--out", "-o", help="Directory for role_id and secret_id (0600).", file_okay=False),
+    wrap_ttl: str = typer.Option("", "--wrap-ttl", help="Write a response-wrapped secret_id (secret_id.wrapped), e.g. 10m."),
+    output: common.Output = common.OutputOption,
+) -> None:
+    """Write the CSR signer's AppRole role_id and a new secret_id as 0600 files (for `signer --credentials`)."""
+    wrap_seconds = None
+    if wrap_ttl:
+        try:
+            wrap_seconds = int(parse_duration(wrap_ttl).total_seconds())
+        except ValueError as err:
+            raise ConfigError(f"--wrap-ttl: {err}", "command line") from None
+    report = ops.write_signer_credentials(common.load(config), out, VaultGateway.from_env(),
+                                          wrap_ttl_seconds=wrap_seconds)
+    if output is common.Output.json:
+        common.print_json(report.to_dict())
+    else:
+        for path in report.files:
+            typer.echo(f"wrote {path} (0600)")

@@ -1,0 +1,39 @@
+"""The signer's Prometheus metrics and the heartbeat its /healthz reports (served by vaultk8s.serve)."""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+
+class SignerMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.signed = Counter("vaultk8s_signer_signed", "CSRs signed, by signer name.", ["signer"], registry=r)
+        self.approved = Counter("vaultk8s_signer_approved", "kubelet-serving CSRs approved (--approve-serving).",
+                                registry=r)
+        self.denied = Counter("vaultk8s_signer_denied", "CSRs denied, by reason.", ["reason"], registry=r)
+        self.failed = Counter("vaultk8s_signer_failed", "Approved CSRs refused with a Failed condition, by reason.",
+                              ["reason"], registry=r)
+        self.retries = Counter("vaultk8s_signer_transient_errors", "Transient errors retried with backoff, by "
+                               "component.", ["component"], registry=r)
+        self.leader = Gauge("vaultk8s_signer_leader", "1 while this replica holds the lease.", registry=r)
+        self.last_sync = Gauge("vaultk8s_signer_last_sync_timestamp_seconds", "End of the last full list of CSRs.",
+                               registry=r)
+
+
+class Heartbeat:
+    """The loop beats each pass; health fails when it has not beaten for `limit` seconds."""
+
+    def __init__(self, limit: float, monotonic: Callable[[], float] = time.monotonic):
+        self.limit, self.monotonic = limit, monotonic
+        self._last = monotonic()
+
+    def beat(self) -> None:
+        self._last = self.monotonic()
+
+    def alive(self) -> bool:
+        return self.monotonic() - self._last < self.limit
