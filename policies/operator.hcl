@@ -82,14 +82,54 @@ path "etcd-ca/config/auto-tidy" {
   capabilities = ["read", "update"]
 }
 
+# the default issuer (HSM intermediate, ca rotate switch)
+path "etcd-ca/config/issuers" {
+  capabilities = ["read", "update"]
+}
+
 # issuing/CRL URLs
 path "etcd-ca/config/urls" {
   capabilities = ["read", "update"]
 }
 
+# ca rotate: CSR of the new key for the old root
+path "etcd-ca/intermediate/cross-sign" {
+  capabilities = ["create", "update"]
+}
+
+# ca rotate: chain, names and usage of issuers; delete retired ones (and half-installed ones)
+path "etcd-ca/issuer/+" {
+  capabilities = ["delete", "patch", "read"]
+}
+
+# ca rotate: the old root cross-signs the new key
+path "etcd-ca/issuer/+/sign-intermediate" {
+  capabilities = ["create", "update"]
+}
+
 # CA certificate
 path "etcd-ca/issuer/default/json" {
   capabilities = ["read"]
+}
+
+# ca rotate/status: every issuer of the mount
+path "etcd-ca/issuers" {
+  capabilities = ["list"]
+}
+
+# ca rotate: a new root beside the old one
+path "etcd-ca/issuers/generate/root/internal" {
+  capabilities = ["create", "update"]
+}
+
+# ca rotate: import the cross-signed certificate
+path "etcd-ca/issuers/import/cert" {
+  capabilities = ["create", "update"]
+}
+
+# delete a retired root's key (or a dangling one after a failure)
+path "etcd-ca/key/+" {
+  capabilities = ["delete", "read"]
 }
 
 # find stale roles
@@ -132,14 +172,54 @@ path "front-proxy-ca/config/auto-tidy" {
   capabilities = ["read", "update"]
 }
 
+# the default issuer (HSM intermediate, ca rotate switch)
+path "front-proxy-ca/config/issuers" {
+  capabilities = ["read", "update"]
+}
+
 # issuing/CRL URLs
 path "front-proxy-ca/config/urls" {
   capabilities = ["read", "update"]
 }
 
+# ca rotate: CSR of the new key for the old root
+path "front-proxy-ca/intermediate/cross-sign" {
+  capabilities = ["create", "update"]
+}
+
+# ca rotate: chain, names and usage of issuers; delete retired ones (and half-installed ones)
+path "front-proxy-ca/issuer/+" {
+  capabilities = ["delete", "patch", "read"]
+}
+
+# ca rotate: the old root cross-signs the new key
+path "front-proxy-ca/issuer/+/sign-intermediate" {
+  capabilities = ["create", "update"]
+}
+
 # CA certificate
 path "front-proxy-ca/issuer/default/json" {
   capabilities = ["read"]
+}
+
+# ca rotate/status: every issuer of the mount
+path "front-proxy-ca/issuers" {
+  capabilities = ["list"]
+}
+
+# ca rotate: a new root beside the old one
+path "front-proxy-ca/issuers/generate/root/internal" {
+  capabilities = ["create", "update"]
+}
+
+# ca rotate: import the cross-signed certificate
+path "front-proxy-ca/issuers/import/cert" {
+  capabilities = ["create", "update"]
+}
+
+# delete a retired root's key (or a dangling one after a failure)
+path "front-proxy-ca/key/+" {
+  capabilities = ["delete", "read"]
 }
 
 # find stale roles
@@ -182,14 +262,54 @@ path "kubernetes-ca/config/auto-tidy" {
   capabilities = ["read", "update"]
 }
 
+# the default issuer (HSM intermediate, ca rotate switch)
+path "kubernetes-ca/config/issuers" {
+  capabilities = ["read", "update"]
+}
+
 # issuing/CRL URLs
 path "kubernetes-ca/config/urls" {
   capabilities = ["read", "update"]
 }
 
+# ca rotate: CSR of the new key for the old root
+path "kubernetes-ca/intermediate/cross-sign" {
+  capabilities = ["create", "update"]
+}
+
+# ca rotate: chain, names and usage of issuers; delete retired ones (and half-installed ones)
+path "kubernetes-ca/issuer/+" {
+  capabilities = ["delete", "patch", "read"]
+}
+
+# ca rotate: the old root cross-signs the new key
+path "kubernetes-ca/issuer/+/sign-intermediate" {
+  capabilities = ["create", "update"]
+}
+
 # CA certificate
 path "kubernetes-ca/issuer/default/json" {
   capabilities = ["read"]
+}
+
+# ca rotate/status: every issuer of the mount
+path "kubernetes-ca/issuers" {
+  capabilities = ["list"]
+}
+
+# ca rotate: a new root beside the old one
+path "kubernetes-ca/issuers/generate/root/internal" {
+  capabilities = ["create", "update"]
+}
+
+# ca rotate: import the cross-signed certificate
+path "kubernetes-ca/issuers/import/cert" {
+  capabilities = ["create", "update"]
+}
+
+# delete a retired root's key (or a dangling one after a failure)
+path "kubernetes-ca/key/+" {
+  capabilities = ["delete", "read"]
 }
 
 # find stale roles

@@ -86,7 +86,9 @@ def fingerprint(cert: x509.Certificate) -> str:
 
 
 def is_self_signed(cert: x509.Certificate) -> bool:
-    return cert.subject == cert.issuer
+    """Signed by its own key: a root. A cross-signed root has the same subject and issuer names
+    (during a CA rotation both roots are CN=kubernetes) but is signed by the other root's key."""
+    return cert.subject == cert.issuer and signed_by(cert, cert)
 
 
 @dataclass(frozen=True)

@@ -146,6 +146,8 @@ CONFIG_COMMANDS: dict[str, list[str]] = {
     "node-credentials": ["node", "credentials", "--node", "worker-1", "--out", "{out}"],
     "agent": ["agent", "--node", "worker-1", "--out", "{out}", "--once"],
     "hsm-status": ["hsm", "status"],
+    "ca-rotate": ["ca", "rotate", "--ca", "etcd-ca", "--phase", "stage", "--out", "{out}"],
+    "ca-status": ["ca", "status", "--out", "{out}"],
 }
 SAMPLED = ["binary-file", "alias-bomb", "deep-nesting", "duplicate-top-key", "huge-value", "endpoint-userinfo",
            "node-name-53", "sa-grace-short"]
@@ -223,6 +225,12 @@ def _flag_cases() -> list[Case]:
         Case("flag-review-output", ["policy", "review", "--output", "pdf"], "--output", exit_codes=(2,)),
         Case("flag-review-dir-missing", ["policy", "review", "--offline", "--dir", "{tmp}/nopolicies"], "nopolicies"),
         Case("state-sa-not-bootstrapped", ["sa", "rotate", "--out", "{out}", "--phase", "stage"], "bootstrap"),
+        Case("flag-ca-name", ["ca", "rotate", "--out", "{out}", "--ca", "nope-ca", "--phase", "stage"], "nope-ca",
+             exit_codes=(2,)),
+        Case("flag-ca-phase", ["ca", "rotate", "--out", "{out}", "--ca", "etcd-ca", "--phase", "later"], "--phase",
+             exit_codes=(2,)),
+        Case("state-ca-not-bootstrapped", ["ca", "rotate", "--out", "{out}", "--ca", "etcd-ca", "--phase", "stage"],
+             "bootstrap", exit_codes=(6,)),
         Case("state-sa-status-not-bootstrapped", ["sa", "status"], "bootstrap"),
         Case("state-node-not-applied", ["node", "credentials", "--node", "worker-1", "--out", "{out}"],
              "policy apply"),
@@ -451,11 +459,11 @@ def outcomes(openbao, tmp_path_factory, request) -> dict[str, Outcome]:
 
 def test_corpus_is_large_and_covers_every_command():
     assert len(CASES) >= 100
-    commands = {c.args[0] if c.args[0] not in ("policy", "sa", "node", "certs", "hsm", "dev")
+    commands = {c.args[0] if c.args[0] not in ("policy", "sa", "node", "certs", "hsm", "dev", "ca")
                 else " ".join(c.args[:2]) for c in CASES}
     assert {"bootstrap", "agent", "certs check", "hsm status", "sa rotate", "sa status", "policy diff",
             "policy apply", "policy review", "node credentials", "node revoke", "dev up", "signer",
-            "signer-credentials"} <= commands
+            "signer-credentials", "ca rotate", "ca status"} <= commands
     assert len({c.id for c in CASES}) == len(CASES)
 
 

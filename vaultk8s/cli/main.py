@@ -44,6 +44,7 @@ def _register() -> None:
     """Import each command group here; one line per group keeps merges trivial."""
     from vaultk8s.cli import agent
     from vaultk8s.cli import bootstrap
+    from vaultk8s.cli import ca
     from vaultk8s.cli import certs
     from vaultk8s.cli import dev
     from vaultk8s.cli import hsm
@@ -56,6 +57,7 @@ def _register() -> None:
     app.command("agent")(agent.agent)
     app.command("signer")(signer.signer)
     app.command("signer-credentials")(signer.signer_credentials)
+    app.add_typer(ca.app, name="ca", help="Rotate the three CAs without downtime, and show their state.")
     app.add_typer(certs.app, name="certs", help="Inspect issued certificates.")
     app.add_typer(dev.app, name="dev", help="Run a local OpenBao (raft + TLS) for development and tests.")
     app.add_typer(hsm.app, name="hsm", help="Root CA keys in a PKCS#11 token (HSM mode).")

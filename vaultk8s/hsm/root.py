@@ -149,6 +149,24 @@ class HsmRootAuthority:
         return self._sign(builder, root, issuer=root.cert)
 
     @_drains
+    def cross_sign(self, ca_name: str, other_root: x509.Certificate, now: datetime) -> x509.Certificate:
+        """other_root's subject and key, signed by this CA's root (CA rotation): a client that trusts
+        only this root accepts what other_root's key signs."""
+        _require_aware(now)
+        root = self._find(ca_name)
+        if root.private is None or root.cert is None:
+            raise HsmError(f"{ca_name}: no root key and certificate in the token to cross-sign with")
+        self._check_key_type(ca_name, root.private)
+        self._check_cert_matches(ca_name, root)
+        not_after = min(other_root.not_valid_after_utc, root.cert.not_valid_after_utc)
+        builder = _ca_builder(other_root.subject, root.cert.subject, other_root.public_key(), now, not_after,
+                              path_length=1)
+        root_ski = root.cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
+        builder = builder.add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(root_ski.value), critical=False)
+        return self._sign(builder, root, issuer=root.cert)
+
+    @_drains
     def status(self, ca_names: tuple[str, ...]) -> list[RootKeyStatus]:
         """What the token holds for each CA; never changes the token."""
         return [self._status_of(name) for name in ca_names]

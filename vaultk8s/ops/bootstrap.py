@@ -34,6 +34,7 @@ from vaultk8s.ops.kubeconfigs import ensure_node_kubeconfigs
 from vaultk8s.ops.leaves import (CAState, IssuedLeaf, ca_bundle_changes, issue_leaf, key_and_csr_args, leaf_changes,
                                  observe_leaf, read_ca_state)
 from vaultk8s.plan.actions import Action
+from vaultk8s.plan.ca_rotation import generation_of, token_root_name
 from vaultk8s.plan.cas import AUTO_TIDY, ObservedCA, intermediate_params, mount_ttl_seconds, plan_ca, root_params, url_params
 from vaultk8s.plan.leaves import reissue_reason
 from vaultk8s.plan.resolve import ResolvedCert, resolve_all
@@ -137,7 +138,7 @@ def _ensure_cas(config: ClusterConfig, gateway: VaultGateway, report: BootstrapR
                 now: datetime) -> dict[str, CAState]:
     """Plan all three CAs first, so a refusal for one leaves the others untouched too."""
     with _root_authority(config) as authority:
-        roots = _probe_roots(authority)
+        roots = _probe_roots(authority, {ca.name: _token_root_name(config, gateway, ca) for ca in catalog.CAS})
         plans = []
         for ca in catalog.CAS:
             observed = _observe_ca(config.mount(ca.name), gateway, roots.get(ca.name))
@@ -169,13 +170,23 @@ def _root_authority(config: ClusterConfig) -> Iterator[Any]:
         yield HsmRootAuthority(session, config.hsm.key_type, scope=config.hsm_scope)
 
 
-def _probe_roots(authority: Any) -> dict[str, str]:
+def _token_root_name(config: ClusterConfig, gateway: VaultGateway, ca: catalog.CASpec) -> str:
+    """The token root of the mount's current generation (after a CA rotation: `<ca>-g<N>`)."""
+    mount = config.mount(ca.name)
+    if config.hsm is None or gateway.mount_type(mount) != "pki":
+        return ca.name
+    current = gateway.read_issuer(mount, "default") or {}
+    return token_root_name(ca.name, generation_of(current.get("issuer_name") or ""))
+
+
+def _probe_roots(authority: Any, token_names: dict[str, str]) -> dict[str, str]:
     """The token's root fingerprints per CA, read-only; half-present roots are refused here so
     even --dry-run reports them."""
     if authority is None:
         return {}
     found = {}
-    for entry in authority.status(tuple(ca.name for ca in catalog.CAS)):
+    by_token_name = {token: ca for ca, token in token_names.items()}
+    for entry in authority.status(tuple(token_names.values())):
         if entry.key_found and not entry.cert_found:
             raise HsmError(f"{entry.ca_name}: the token holds the root key but no root certificate; restore "
                            "the certificate (a new one would be a new root nothing trusts yet)")
@@ -183,7 +194,7 @@ def _probe_roots(authority: Any) -> dict[str, str]:
             raise HsmError(f"{entry.ca_name}: the token holds a root certificate but not its private key; "
                            "restore the key from the HSM backup")
         if entry.cert_found:
-            found[entry.ca_name] = entry.sha256_fingerprint.replace(":", "")
+            found[by_token_name[entry.ca_name]] = entry.sha256_fingerprint.replace(":", "")
     return found
 
 

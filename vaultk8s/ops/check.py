@@ -93,10 +93,16 @@ def _leaf_row(node: NodeOutput, name: str, spec: catalog.CertSpec, pem: bytes, a
 
 
 def _chains_to(cert, intermediates: list, anchors: list) -> bool:
-    """Leaf -> the intermediates in the file, in order -> one of the node's CA certificates."""
+    """Leaf -> the intermediates in the file, in order, up to the first one a node's CA certificate
+    signed: verifiers stop there, and after a CA rotation the file may still end with the new root
+    cross-signed by the retired one."""
     chain = [cert, *intermediates]
-    links_ok = all(crypto.signed_by(child, parent) for child, parent in zip(chain, chain[1:]))
-    return links_ok and any(crypto.signed_by(chain[-1], anchor) for anchor in anchors)
+    for depth, link in enumerate(chain):
+        if depth and not crypto.signed_by(chain[depth - 1], link):
+            return False
+        if any(crypto.signed_by(link, anchor) for anchor in anchors):
+            return True
+    return False
 
 
 def _key_problems(node: NodeOutput, spec: catalog.CertSpec, cert) -> list[str]:

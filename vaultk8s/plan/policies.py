@@ -193,6 +193,7 @@ def operator_grants(config: ClusterConfig) -> list[Grant]:
             Grant(f"{mount}/roles/+", ("create", "delete", "read", "update"),
                   "write catalog roles, delete roles of removed nodes"),
         ]
+        grants += _ca_rotation_grants(mount)
         if config.hsm is not None:
             grants += _hsm_intermediate_grants(mount)
     grants += _service_account_grants(config)
@@ -220,9 +221,22 @@ def _hsm_intermediate_grants(mount: str) -> list[Grant]:
     return [
         Grant(f"{mount}/intermediate/generate/internal", SIGN_CAPS, "HSM mode: intermediate key stays in Vault, CSR out"),
         Grant(f"{mount}/intermediate/set-signed", SIGN_CAPS, "HSM mode: install the intermediate the HSM root signed"),
-        Grant(f"{mount}/config/issuers", ("read", "update"), "HSM mode: make the intermediate the default issuer"),
-        Grant(f"{mount}/issuer/+", ("delete", "read"), "HSM mode: remove a half-installed issuer after a failure"),
-        Grant(f"{mount}/key/+", ("delete", "read"), "HSM mode: remove a dangling key after a failure"),
+    ]
+
+
+def _ca_rotation_grants(mount: str) -> list[Grant]:
+    """`ca rotate` (docs/ca-rotation.md): issuers beside the current one, cross-signing, the default
+    issuer, retiring and deleting old issuers; HSM mode's bootstrap uses the last three too."""
+    return [
+        Grant(f"{mount}/issuers", ("list",), "ca rotate/status: every issuer of the mount"),
+        Grant(f"{mount}/issuers/generate/root/internal", SIGN_CAPS, "ca rotate: a new root beside the old one"),
+        Grant(f"{mount}/issuers/import/cert", SIGN_CAPS, "ca rotate: import the cross-signed certificate"),
+        Grant(f"{mount}/intermediate/cross-sign", SIGN_CAPS, "ca rotate: CSR of the new key for the old root"),
+        Grant(f"{mount}/issuer/+/sign-intermediate", SIGN_CAPS, "ca rotate: the old root cross-signs the new key"),
+        Grant(f"{mount}/config/issuers", ("read", "update"), "the default issuer (HSM intermediate, ca rotate switch)"),
+        Grant(f"{mount}/issuer/+", ("delete", "patch", "read"),
+              "ca rotate: chain, names and usage of issuers; delete retired ones (and half-installed ones)"),
+        Grant(f"{mount}/key/+", ("delete", "read"), "delete a retired root's key (or a dangling one after a failure)"),
     ]
 
 

@@ -205,6 +205,54 @@ class VaultGateway:
         with self._translate("set the default issuer of", mount):
             self.client.write_data(f"{mount}/config/issuers", data={"default": issuer_id})
 
+    # --- issuers (CA rotation: several issuers in one mount) -----------------------------------------
+
+    def list_issuers(self, mount: str) -> dict[str, dict[str, Any]]:
+        """{issuer_id: key_info} (issuer_name, key_id, is_default) of every issuer in the mount."""
+        with self._translate("list issuers of", mount):
+            try:
+                data = self.client.list(f"{mount}/issuers")
+            except hv.InvalidPath:
+                return {}
+        return dict(((data or {}).get("data") or {}).get("key_info") or {})
+
+    def read_issuer(self, mount: str, ref: str) -> dict[str, Any] | None:
+        with self._translate("read issuer", f"{mount}/issuer/{ref}"):
+            try:
+                data = self.client.read(f"{mount}/issuer/{ref}")
+            except (hv.InvalidPath, hv.InternalServerError):
+                return None  # OpenBao answers 500 "unable to find PKI issuer" for an unknown ref
+        return (data or {}).get("data")
+
+    def patch_issuer(self, mount: str, ref: str, fields: dict[str, Any]) -> None:
+        """PATCH only the given fields: a POST to issuer/<ref> resets the ones it omits (issuer_name)."""
+        with self._translate("update issuer", f"{mount}/issuer/{ref}"):
+            self.client.adapter.request("PATCH", f"/v1/{mount}/issuer/{ref}", json=dict(fields),
+                                        headers={"Content-Type": "application/merge-patch+json"})
+
+    def generate_root_issuer(self, mount: str, params: dict[str, Any]) -> dict[str, Any]:
+        """A new root issuer (and key) beside the existing ones; the default issuer is not changed."""
+        with self._translate("generate a root issuer in", mount):
+            data = self.client.write_data(f"{mount}/issuers/generate/root/internal", data=dict(params))
+        return data["data"]
+
+    def cross_sign_csr(self, mount: str, params: dict[str, Any]) -> str:
+        """A CSR for an existing key of the mount (key_ref), to be cross-signed by another issuer."""
+        with self._translate("make a cross-sign CSR in", mount):
+            data = self.client.write_data(f"{mount}/intermediate/cross-sign", data=dict(params))
+        return data["data"]["csr"]
+
+    def sign_intermediate(self, mount: str, issuer_ref: str, params: dict[str, Any]) -> str:
+        with self._translate("sign an intermediate with", f"{mount}/issuer/{issuer_ref}"):
+            data = self.client.write_data(f"{mount}/issuer/{issuer_ref}/sign-intermediate", data=dict(params))
+        return data["data"]["certificate"]
+
+    def import_issuer_cert(self, mount: str, pem: str) -> list[str]:
+        """Import certificate(s) as issuers; returns the ids of those new to the mount."""
+        with self._translate("import an issuer into", mount):
+            data = self.client.write_data(f"{mount}/issuers/import/cert", data={"pem_bundle": pem})
+        return list(((data or {}).get("data") or {}).get("imported_issuers") or [])
+
     def delete_issuer(self, mount: str, issuer_id: str) -> None:
         with self._translate("delete issuer", f"{mount}/issuer/{issuer_id}"):
             self.client.delete(f"{mount}/issuer/{issuer_id}")

@@ -1,0 +1,84 @@
+"""`vaultk8s ca ...`: thin CLI over ops.ca_rotation (CA rotation phases and status)."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from vaultk8s import catalog
+from vaultk8s.cli import common
+from vaultk8s.ops import ca_rotation as ops
+from vaultk8s.plan.ca_rotation import Phase
+from vaultk8s.vault.gateway import VaultGateway
+
+app = typer.Typer(no_args_is_help=True)
+
+CAOption = Enum("CAOption", {c.name.replace("-", "_"): c.name for c in catalog.CAS}, type=str)  # typer needs str choices
+
+
+class PhaseOption(str, Enum):
+    stage = Phase.STAGE.value
+    switch = Phase.SWITCH.value
+    retire = Phase.RETIRE.value
+
+
+@app.command("rotate")
+def rotate(
+    config: Path = common.ConfigOption,
+    out: Path = common.OutDirOption,
+    ca: CAOption = typer.Option(..., "--ca", help="The CA to rotate."),
+    phase: PhaseOption = typer.Option(..., "--phase", help="stage: new root, trusted beside the old one; switch: the "
+                                                          "new root signs, leaves re-issued; retire: drop the old root."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print what would change; touch nothing."),
+    force: bool = typer.Option(False, "--force", help="retire although leaves under --out still chain to the old root "
+                                                     "(they stop being trusted)."),
+    output: common.Output = common.OutputOption,
+) -> None:
+    """One phase of a CA rotation without downtime; idempotent, refuses out-of-order steps.
+
+    State is kept in the mount's issuers. Restart what does not reload its CA files after stage and
+    retire (etcd members, one at a time): see docs/ca-rotation.md.
+    """
+    cluster = common.load(config)
+    report = ops.rotate(cluster, out, VaultGateway.from_env(), ca.value, Phase(phase.value), now=common.now(),
+                        dry_run=dry_run, force=force)
+    if output is common.Output.json:
+        common.print_json(report.to_dict())
+        return
+    verb = "would" if dry_run else "did"
+    for action in report.actions:
+        typer.echo(f"{verb}: {action}")
+    for note in report.notes:
+        typer.echo(f"NOTE: {note}", err=True)
+    for target in report.stranded:
+        typer.echo(f"WARNING: {target} still chains to the retired root and is no longer trusted", err=True)
+    if not report.changed:
+        typer.echo(f"{ca.value} {phase.value}: already done ({report.state_after})")
+    else:
+        typer.echo(f"{ca.value}: {report.state_before} -> {report.state_after}")
+
+
+@app.command("status")
+def status(
+    config: Path = common.ConfigOption,
+    out: Path = common.OutDirOption,
+    output: common.Output = common.OutputOption,
+) -> None:
+    """Each CA's rotation state, its issuers, and how many leaves under --out each one signed."""
+    cluster = common.load(config)
+    result = ops.status(cluster, out, VaultGateway.from_env())
+    if output is common.Output.json:
+        common.print_json(result)
+        return
+    console = Console(width=200)
+    for ca in result:
+        table = Table("ISSUER", "ROLE", "DEFAULT", "ISSUING", "NOT AFTER", "LEAVES", box=None)
+        for i in ca["issuers"]:
+            table.add_row(i["name"] or i["id"], i["role"], "yes" if i["default"] else "", "yes" if i["issuing"] else "no",
+                          i["not_after"][:16].replace("T", " "), str(i["leaves"]))
+        console.print(f"{ca['ca']} ({ca['mount']}): {ca['state']}; next: {ca['next']}", highlight=False)
+        console.print(table)
