@@ -9,7 +9,6 @@ environment, flags, output trees, HSM settings and agent options, each on severa
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 from concurrent.futures import ThreadPoolExecutor

@@ -13,7 +13,6 @@ import typer
 from vaultk8s.agent.reload import ExecHook, SignalHook, parse_signal
 from vaultk8s.agent.runner import Agent, AgentSettings
 from vaultk8s.cli import common
-from vaultk8s.config import parse_duration
 from vaultk8s.errors import ConfigError, shown
 from vaultk8s.ops.renew import node_output
 from vaultk8s.serve import HealthServer, Notifier, Watchdog
@@ -54,10 +53,7 @@ def agent(
     cluster.node(node)
     if (out is None) == (node_dir is None):
         raise ConfigError("give exactly one of --out or --node-dir", "command line")
-    try:
-        idle_delta = parse_duration(idle)
-    except ValueError as err:
-        raise ConfigError(f"--idle: {err}", "command line") from None
+    idle_delta = common.duration_flag(idle, "--idle")
     settings = AgentSettings(
         config=cluster, node=node, output=node_output(out, node, node_dir), credentials_dir=credentials,
         token_file=token_file, hooks=_hooks(exec_, pid_file, reload_signal),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from enum import Enum
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -14,7 +14,8 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from vaultk8s.config import ClusterConfig, load_config
+from vaultk8s.config import ClusterConfig, load_config, parse_duration
+from vaultk8s.errors import ConfigError
 
 
 class Output(str, Enum):
@@ -37,6 +38,14 @@ def now() -> datetime:
 
 def load(path: Path) -> ClusterConfig:
     return load_config(path)
+
+
+def duration_flag(text: str, flag: str) -> timedelta:
+    """A Go-style duration given on the command line, or a one-line error naming the flag."""
+    try:
+        return parse_duration(text)
+    except ValueError as err:
+        raise ConfigError(f"{flag}: {err}", "command line") from None
 
 
 def print_json(data: Any) -> None:

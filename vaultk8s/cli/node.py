@@ -7,8 +7,6 @@ from pathlib import Path
 import typer
 
 from vaultk8s.cli import common
-from vaultk8s.config import parse_duration
-from vaultk8s.errors import ConfigError
 from vaultk8s.ops import node as ops
 from vaultk8s.vault.gateway import VaultGateway
 
@@ -27,12 +25,7 @@ def credentials(
     output: common.Output = common.OutputOption,
 ) -> None:
     """Write the node's AppRole role_id and a new secret_id (and optionally a token) as 0600 files."""
-    wrap_seconds = None
-    if wrap_ttl:
-        try:
-            wrap_seconds = int(parse_duration(wrap_ttl).total_seconds())
-        except ValueError as err:
-            raise ConfigError(f"--wrap-ttl: {err}", "command line") from None
+    wrap_seconds = int(common.duration_flag(wrap_ttl, "--wrap-ttl").total_seconds()) if wrap_ttl else None
     cluster = common.load(config)
     cluster.node(node)  # an unknown node fails before any Vault call
     report = ops.write_credentials(cluster, node, out, VaultGateway.from_env(),

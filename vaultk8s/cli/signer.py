@@ -12,7 +12,6 @@ from pathlib import Path
 import typer
 
 from vaultk8s.cli import common
-from vaultk8s.config import parse_duration
 from vaultk8s.errors import ConfigError, VaultK8sError
 from vaultk8s.ops import node as ops
 from vaultk8s.vault.gateway import VaultGateway
@@ -48,10 +47,7 @@ def signer(
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s vaultk8s-signer %(levelname)s %(message)s")
     cluster = common.load(config)
-    try:
-        resync_seconds = max(30, int(parse_duration(resync).total_seconds()))
-    except ValueError as err:
-        raise ConfigError(f"--resync: {err}", "command line") from None
+    resync_seconds = max(30, int(common.duration_flag(resync, "--resync").total_seconds()))
     addr = parse_listen_addr(metrics_addr) if metrics_addr else None
     if credentials is not None and token_file is not None:
         raise ConfigError("give at most one of --credentials or --token-file", "command line")
@@ -99,12 +95,7 @@ def signer_credentials(
     output: common.Output = common.OutputOption,
 ) -> None:
     """Write the CSR signer's AppRole role_id and a new secret_id as 0600 files (for `signer --credentials`)."""
-    wrap_seconds = None
-    if wrap_ttl:
-        try:
-            wrap_seconds = int(parse_duration(wrap_ttl).total_seconds())
-        except ValueError as err:
-            raise ConfigError(f"--wrap-ttl: {err}", "command line") from None
+    wrap_seconds = int(common.duration_flag(wrap_ttl, "--wrap-ttl").total_seconds()) if wrap_ttl else None
     report = ops.write_signer_credentials(common.load(config), out, VaultGateway.from_env(),
                                           wrap_ttl_seconds=wrap_seconds)
     if output is common.Output.json:
