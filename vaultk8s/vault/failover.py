@@ -1,0 +1,126 @@
+"""Riding through an OpenBao/Vault HA failover: which failures may be retried, for which calls.
+
+Two layers. The transport (urllib3 Retry on the session, see gateway._RETRY) re-sends what never
+reached a server: refused connections and 429/502/503/504. This layer sits in hvac's adapter, the
+one place every request passes, and handles what urllib3 cannot see:
+
+* UNSENT: the request was certainly not processed: connection refused (the active node died, or
+  a standby redirected us to it), 503 (sealed/standby), or 500 "active cluster node not found"
+  (a standby during an election or a step-down). Any call may be repeated.
+* AMBIGUOUS: the request may have been processed: the connection broke after it was sent, a read
+  timeout, any other 5xx. Only calls marked repeatable (GET/LIST/DELETE, and writes whose repeat
+  ends in the same state: roles, policies, config, signing a CSR) are repeated; the others (a
+  root, a secret_id, a login, an unwrap, a CAS write) raise, and their caller re-reads and decides.
+
+When the node VAULT_ADDR names is gone for good, requests move to a peer learned from
+sys/ha-status / sys/leader while it was up (same CA: VAULT_CACERT must verify them too).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import threading
+import time
+from typing import Iterator
+
+import hvac.exceptions as hv
+import requests
+import urllib3.exceptions
+from hvac.adapters import JSONAdapter
+
+FAILOVER_SECONDS = 45.0  # an election takes a few seconds; a node that stays down is reported after this
+_FIRST_DELAY, _MAX_DELAY = 0.25, 2.0
+_NO_LEADER = ("active cluster node not found", "local node not active", "node not active", "no active node")
+
+UNSENT, AMBIGUOUS = "unsent", "ambiguous"
+_SAFE_METHODS = frozenset({"GET", "HEAD", "LIST", "DELETE", "OPTIONS"})
+_repeatable: contextvars.ContextVar[bool] = contextvars.ContextVar("vaultk8s_repeatable", default=False)
+
+
+@contextlib.contextmanager
+def repeatable() -> Iterator[None]:
+    """Mark the writes made inside as safe to repeat after an ambiguous failure (idempotent)."""
+    token = _repeatable.set(True)
+    try:
+        yield
+    finally:
+        _repeatable.reset(token)
+
+
+def classify(err: BaseException) -> str | None:
+    """UNSENT, AMBIGUOUS, or None for an answer that retrying will not change (400, 403, ...)."""
+    if isinstance(err, requests.exceptions.SSLError):
+        return None
+    if isinstance(err, requests.exceptions.ConnectTimeout):
+        return UNSENT
+    if isinstance(err, requests.exceptions.ConnectionError):
+        reason = getattr(err.args[0], "reason", None) if err.args else None
+        return UNSENT if isinstance(reason, urllib3.exceptions.NewConnectionError) else AMBIGUOUS
+    if isinstance(err, requests.exceptions.Timeout):
+        return AMBIGUOUS
+    if isinstance(err, hv.VaultDown):
+        return UNSENT
+    if isinstance(err, (hv.InternalServerError, hv.BadGateway)):
+        text = str(err).lower()
+        return UNSENT if any(m in text for m in _NO_LEADER) else AMBIGUOUS
+    return None
+
+
+class FailoverAdapter(JSONAdapter):
+    """hvac's JSON adapter, repeating a request through a failover as the rules above allow."""
+
+    failover_seconds = FAILOVER_SECONDS
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._peers: list[str] = []
+        self._lock = threading.Lock()
+
+    def remember_peers(self, addrs: list[str]) -> None:
+        with self._lock:
+            self._peers = [a.rstrip("/") for a in addrs if a and a.rstrip("/") != self.base_uri]
+
+    def request(self, method, url, *args, **kwargs):
+        deadline = time.monotonic() + self.failover_seconds
+        delay = _FIRST_DELAY
+        while True:
+            base = self.base_uri
+            try:
+                return super().request(method, url, *args, **kwargs)
+            except (requests.RequestException, hv.VaultError) as err:
+                kind = classify(err)
+                may_repeat = kind == UNSENT or (kind == AMBIGUOUS and self._repeatable(method))
+                if not may_repeat or time.monotonic() + delay > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, _MAX_DELAY)
+                if kind == UNSENT and isinstance(err, requests.RequestException):
+                    self._move_off(base)
+
+    @staticmethod
+    def _repeatable(method: str) -> bool:
+        return method.upper() in _SAFE_METHODS or _repeatable.get()
+
+    def _move_off(self, base: str) -> None:
+        """Our node refuses connections: if it is really down, continue on a peer that answers."""
+        with self._lock:
+            if self.base_uri != base or not self._peers or self._answers(base):
+                return  # another thread moved already, nowhere to go, or only a redirect target died
+            for peer in self._peers:
+                if self._answers(peer):
+                    self._peers = [p for p in self._peers if p != peer] + [base]
+                    self.base_uri = peer
+                    return
+
+    def _answers(self, addr: str) -> bool:
+        """Unsealed and listening (sys/health is unauthenticated); one try, not the session's retries."""
+        probe = requests.Session()
+        probe.trust_env, probe.verify, probe.cert = False, self.session.verify, self.session.cert
+        try:
+            with probe:
+                response = probe.get(f"{addr}/v1/sys/health", params={"standbycode": 200}, timeout=3,
+                                     allow_redirects=False)
+        except requests.RequestException:
+            return False
+        return response.status_code < 500
