@@ -5,8 +5,9 @@ reached a server: refused connections and 429/502/503/504. This layer sits in hv
 one place every request passes, and handles what urllib3 cannot see:
 
 * UNSENT: the request was certainly not processed: connection refused (the active node died, or
-  a standby redirected us to it), 503 (sealed/standby), or 500 "active cluster node not found"
-  (a standby during an election or a step-down). Any call may be repeated.
+  a standby redirected us to it), 503 (sealed/standby), 500 "active cluster node not found"
+  (a standby during an election or a step-down), or a fresh KV v2 mount still upgrading its
+  storage (400, any node). Any call may be repeated.
 * AMBIGUOUS: the request may have been processed: the connection broke after it was sent, a read
   timeout, any other 5xx. Only calls marked repeatable (GET/LIST/DELETE, and writes whose repeat
   ends in the same state: roles, policies, config, signing a CSR) are repeated; the others (a
@@ -32,8 +33,14 @@ from hvac.adapters import JSONAdapter
 FAILOVER_SECONDS = 45.0  # an election takes a few seconds; a node that stays down is reported after this
 _FIRST_DELAY, _MAX_DELAY = 0.25, 2.0
 _NO_LEADER = ("active cluster node not found", "local node not active", "node not active", "no active node")
+# A new KV v2 mount answers this (400) for a moment, on every node, before it takes any request.
+_KV_UPGRADING = ("upgrading from non-versioned to versioned", "waiting for the primary to upgrade")
 
-UNSENT, AMBIGUOUS = "unsent", "ambiguous"
+UNSENT, AMBIGUOUS, LAGGING = "unsent", "ambiguous", "lagging"
+# A standby routes a request by its own copy of the mount table before forwarding it, so just
+# after a mount is enabled it may answer 404 "no handler for route" for a moment. A path that
+# really has no mount answers that too, so this is only waited out briefly.
+LAG_SECONDS = 3.0
 _SAFE_METHODS = frozenset({"GET", "HEAD", "LIST", "DELETE", "OPTIONS"})
 _repeatable: contextvars.ContextVar[bool] = contextvars.ContextVar("vaultk8s_repeatable", default=False)
 
@@ -61,6 +68,10 @@ def classify(err: BaseException) -> str | None:
         return AMBIGUOUS
     if isinstance(err, hv.VaultDown):
         return UNSENT
+    if isinstance(err, hv.InvalidRequest) and any(m in str(err).lower() for m in _KV_UPGRADING):
+        return UNSENT
+    if isinstance(err, hv.InvalidPath) and "no handler for route" in str(err).lower():
+        return LAGGING
     if isinstance(err, (hv.InternalServerError, hv.BadGateway)):
         text = str(err).lower()
         return UNSENT if any(m in text for m in _NO_LEADER) else AMBIGUOUS
@@ -82,7 +93,7 @@ class FailoverAdapter(JSONAdapter):
             self._peers = [a.rstrip("/") for a in addrs if a and a.rstrip("/") != self.base_uri]
 
     def request(self, method, url, *args, **kwargs):
-        deadline = time.monotonic() + self.failover_seconds
+        started = time.monotonic()
         delay = _FIRST_DELAY
         while True:
             base = self.base_uri
@@ -90,8 +101,9 @@ class FailoverAdapter(JSONAdapter):
                 return super().request(method, url, *args, **kwargs)
             except (requests.RequestException, hv.VaultError) as err:
                 kind = classify(err)
-                may_repeat = kind == UNSENT or (kind == AMBIGUOUS and self._repeatable(method))
-                if not may_repeat or time.monotonic() + delay > deadline:
+                may_repeat = kind in (UNSENT, LAGGING) or (kind == AMBIGUOUS and self._repeatable(method))
+                budget = LAG_SECONDS if kind == LAGGING else self.failover_seconds
+                if not may_repeat or time.monotonic() + delay > started + budget:
                     raise
                 time.sleep(delay)
                 delay = min(delay * 2, _MAX_DELAY)
