@@ -129,6 +129,7 @@ def start_cli(*args: str, env: dict[str, str]) -> subprocess.Popen:
 
 def assert_one_clear_line(returncode: int, stderr: str) -> None:
     """A run that did not complete says why in one line, no traceback, no token."""
+    print(f"fault outcome: exit {returncode}: {stderr.strip().splitlines()[-1] if stderr.strip() else 'completed'}")
     if returncode == 0:
         return
     lines = [line for line in stderr.splitlines() if line.strip()]

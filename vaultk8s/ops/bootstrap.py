@@ -23,6 +23,7 @@ import yaml
 from cryptography import x509
 
 from vaultk8s import catalog, crypto
+from vaultk8s.crashpoint import crash_point
 from vaultk8s.config import ClusterConfig
 from vaultk8s.errors import HsmError, VaultError, VaultK8sError
 from vaultk8s.ops import sa as sa_ops
@@ -73,19 +74,26 @@ def bootstrap(config: ClusterConfig, out: Path, gateway: VaultGateway, *, now: d
     if not dry_run:
         check_writable(Path(out))
     gateway.check_ready()
+    crash_point("checked")
     cas = _ensure_cas(config, gateway, report, dry_run, now)
+    crash_point("cas")
     sa_keys, sa_actions = sa_ops.ensure_key_set(config, gateway, now=now, dry_run=dry_run)
+    crash_point("sa")
     report.actions.extend(sa_actions)
     certs = resolve_all(config)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         _ensure_roles(resolve_roles(certs), config, gateway, report, dry_run, pool, progress)
+        crash_point("roles")
         plan = _plan_leaves(certs, out, cas, now, force_renew, report)
         if not dry_run:
             issued = _issue_all(plan, gateway, pool, progress)
+            crash_point("issued")
         report.actions.extend(sa_ops.plan_key_files(config, out, sa_keys))
         if not dry_run:
             _write_nodes(config, out, cas, issued, sa_ops.key_files(sa_keys))
+            crash_point("nodes")
     report.actions.extend(ensure_kubeconfigs(config, out, dry_run=dry_run))
+    crash_point("kubeconfigs")
     if not dry_run:
         _write_rbac(Path(out))
     report.ca_fingerprints = {n: crypto.fingerprint(s.issuer) for n, s in cas.items() if s.issuer}
@@ -126,6 +134,7 @@ def _ensure_cas(config: ClusterConfig, gateway: VaultGateway, report: BootstrapR
             for ca, actions in plans:
                 for action in actions:
                     _apply_ca_action(action, ca, config, gateway, signer)
+                    crash_point("ca-action")
     return {ca.name: read_ca_state(gateway, config.mount(ca.name)) for ca in catalog.CAS}
 
 
@@ -265,6 +274,7 @@ def _mount_exists(mount: str, report: BootstrapReport) -> bool:
 
 def _write_role(gateway: VaultGateway, role: ResolvedRole) -> None:
     gateway.write_role(role.mount, role.name, role.params)
+    crash_point("role-written")
 
 
 # --- leaves -------------------------------------------------------------------------------------
@@ -290,6 +300,7 @@ def _issue_all(todo: list[ResolvedCert], gateway: VaultGateway, pool: ThreadPool
 
     def task(rc: ResolvedCert) -> IssuedLeaf:
         leaf = issue_leaf(gateway, rc)
+        crash_point("leaf-issued")
         advance()
         return leaf
 
@@ -321,6 +332,7 @@ def _write_nodes(config: ClusterConfig, out: Path, cas: dict[str, CAState], issu
         if node.control_plane:
             changes.update(control_plane_files)
         NodeOutput(out, node.name).update_pki(changes)
+        crash_point("node-written")
 
 
 def render_rbac() -> bytes:

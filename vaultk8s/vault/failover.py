@@ -13,14 +13,21 @@ one place every request passes, and handles what urllib3 cannot see:
   ends in the same state: roles, policies, config, signing a CSR) are repeated; the others (a
   root, a secret_id, a login, an unwrap, a CAS write) raise, and their caller re-reads and decides.
 
+Read-your-writes: OpenBao standbys serve reads from their own replica, which may lag the active
+node by a moment (a role read back right after its write may be missing). Every response carries
+X-Vault-Index; we send the latest one back with `X-Vault-Inconsistent: forward-active-node`, so a
+standby that has not caught up with our own writes forwards the request instead of answering stale.
+
 When the node VAULT_ADDR names is gone for good, requests move to a peer learned from
 sys/ha-status / sys/leader while it was up (same CA: VAULT_CACERT must verify them too).
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import contextvars
+import json
 import threading
 import time
 from typing import Iterator
@@ -36,6 +43,7 @@ _NO_LEADER = ("active cluster node not found", "local node not active", "node no
 # A new KV v2 mount answers this (400) for a moment, on every node, before it takes any request.
 _KV_UPGRADING = ("upgrading from non-versioned to versioned", "waiting for the primary to upgrade")
 
+INDEX_HEADER = "X-Vault-Index"
 UNSENT, AMBIGUOUS, LAGGING = "unsent", "ambiguous", "lagging"
 # A standby routes a request by its own copy of the mount table before forwarding it, so just
 # after a mount is enabled it may answer 404 "no handler for route" for a moment. A path that
@@ -87,18 +95,37 @@ class FailoverAdapter(JSONAdapter):
         super().__init__(*args, **kwargs)
         self._peers: list[str] = []
         self._lock = threading.Lock()
+        self._index: tuple[int, str] | None = None  # (storage index, the opaque header value)
+        self.session.hooks["response"].append(self._note_index)
+
+    def _note_index(self, response: requests.Response, *args, **kwargs) -> None:
+        header = response.headers.get(INDEX_HEADER)
+        if not header:
+            return
+        value = _index_value(header)
+        with self._lock:
+            if self._index is None or value >= self._index[0]:
+                self._index = (value, header)
+
+    def _consistency_headers(self, headers: dict | None) -> dict:
+        headers = dict(headers or {})
+        index = self._index
+        if index is not None:
+            headers.setdefault(INDEX_HEADER, index[1])
+            headers.setdefault("X-Vault-Inconsistent", "forward-active-node")
+        return headers
 
     def remember_peers(self, addrs: list[str]) -> None:
         with self._lock:
             self._peers = [a.rstrip("/") for a in addrs if a and a.rstrip("/") != self.base_uri]
 
-    def request(self, method, url, *args, **kwargs):
+    def request(self, method, url, headers=None, *args, **kwargs):
         started = time.monotonic()
         delay = _FIRST_DELAY
         while True:
             base = self.base_uri
             try:
-                return super().request(method, url, *args, **kwargs)
+                return super().request(method, url, self._consistency_headers(headers), *args, **kwargs)
             except (requests.RequestException, hv.VaultError) as err:
                 kind = classify(err)
                 may_repeat = kind in (UNSENT, LAGGING) or (kind == AMBIGUOUS and self._repeatable(method))
@@ -136,3 +163,11 @@ class FailoverAdapter(JSONAdapter):
         except requests.RequestException:
             return False
         return response.status_code < 500
+
+
+def _index_value(header: str) -> int:
+    """The storage index inside OpenBao's opaque X-Vault-Index (base64 JSON); 0 when unreadable."""
+    try:
+        return int(json.loads(base64.b64decode(header))["value"])
+    except (ValueError, TypeError, KeyError):
+        return 0
