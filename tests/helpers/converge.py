@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+from datetime import datetime, timezone
 from pathlib import Path
 
 import requests
@@ -11,6 +12,9 @@ import requests
 from tests.helpers.cluster import run_cli
 from vaultk8s import catalog, crypto
 from vaultk8s.config import load_config
+from vaultk8s.ops.bootstrap import bootstrap as ops_bootstrap
+from vaultk8s.ops.check import check_out_dir
+from vaultk8s.vault.gateway import VaultGateway
 from vaultk8s.plan import sa
 from vaultk8s.plan.resolve import resolve_all
 
@@ -45,16 +49,18 @@ def bootstrap(config_path: Path, out: Path, env: dict[str, str], *extra: str):
 
 
 def assert_converged(config_path: Path, out: Path, env: dict[str, str], *, sa_doc: dict | None = None) -> dict:
-    """Re-run until done (at most twice), then a third run changes nothing; returns the SA key set.
+    """A re-run (the CLI) succeeds, then a dry run plans nothing; returns the SA key set.
 
     Checked: one issuer per CA mount, one KV version of the SA key set (equal to sa_doc when
-    given), every pki/ pair consistent on disk, `certs check` clean.
+    given), every pki/ pair consistent on disk, no certificate with a problem (ops.check, what
+    `certs check` runs: expiry, chain to the CA file, key match).
     """
     first = bootstrap(config_path, out, env)
     assert first.returncode == 0, first.stderr[-2000:]
-    noop = bootstrap(config_path, out, env, "--dry-run", "--output", "json")
-    assert noop.returncode == 0 and '"changed": false' in noop.stdout, noop.stdout[-2000:] + noop.stderr[-2000:]
     config = load_config(config_path)
+    now = datetime.now(timezone.utc)
+    noop = ops_bootstrap(config, out, VaultGateway.from_env(env), now=now, dry_run=True)
+    assert not noop.actions, f"not converged: {[a.to_dict() for a in noop.actions][:5]}"
     view = VaultView(env)
     for ca in catalog.CAS:
         assert len(view.issuers(config.mount(ca.name))) == 1, f"{ca.name}: a second issuer appeared"
@@ -62,8 +68,8 @@ def assert_converged(config_path: Path, out: Path, env: dict[str, str], *, sa_do
     assert doc and versions == 1, f"service-account key set has {versions} versions"
     if sa_doc is not None:
         assert doc == sa_doc, "the service-account key set was replaced"
-    check = run_cli("certs", "check", "--out", str(out), env=env, timeout=600)
-    assert check.returncode == 0, check.stdout[-2000:] + check.stderr[-2000:]
+    problems = [(r.node, r.file, r.problems) for r in check_out_dir(out, now) if r.problems]
+    assert not problems, problems[:5]
     assert_disk_consistent(out, config_path)
     return doc
 
@@ -82,14 +88,14 @@ def assert_disk_consistent(out: Path, config_path: Path) -> None:
 
 
 def assert_pairs_match(out: Path, config_path: Path) -> int:
-    """Each visible cert/key pair matches (a pair with neither file is fine: not written yet)."""
+    """Every visible certificate has its matching key; returns how many pairs were checked."""
     checked = 0
     for rc in resolve_all(load_config(config_path)):
         pki = out / rc.node / "pki"
         cert_file, key_file = pki / rc.cert_file, pki / rc.key_file
-        if not cert_file.exists() and not key_file.exists():
-            continue
-        assert cert_file.exists() and key_file.exists(), f"{rc.node}: {rc.cert_file} without its key (or back)"
+        if not cert_file.exists():
+            continue  # not written yet (a key without its cert is harmless: nothing loads it alone)
+        assert key_file.exists(), f"{rc.node}: {rc.cert_file} is visible without its key"
         cert = crypto.load_certs(cert_file.read_bytes())[0]
         assert crypto.key_matches(cert, crypto.load_key(key_file.read_bytes())), f"{cert_file}: key does not match"
         assert stat.S_IMODE(key_file.stat().st_mode) == 0o600, f"{key_file} is not 0600"

@@ -491,8 +491,12 @@ class DevServer:
             return None
         if not _alive(pid):
             return None
-        cmdline = Path(f"/proc/{pid}/cmdline")
-        if cmdline.exists() and str(node.hcl).encode() not in cmdline.read_bytes():
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            cmdline = b""
+        # Empty while a killed process is still exiting (and holding its ports): still ours.
+        if cmdline and str(node.hcl).encode() not in cmdline:
             return None
         return pid
 

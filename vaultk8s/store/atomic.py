@@ -138,6 +138,7 @@ class PayloadDir:
                 else:
                     new[rel] = content
             if new == old and self._current_version() is not None:
+                self._link_top_level({rel.split("/")[0] for rel in new})  # finishes a killed publish
                 return False
             self._publish(new)
         return True
@@ -165,6 +166,7 @@ class PayloadDir:
             shutil.rmtree(previous, ignore_errors=True)
 
     def _link_top_level(self, names: set[str]) -> None:
+        changed = False
         for name in sorted(names, key=_keys_first):
             entry = self.path / name
             want = f"{DATA_LINK}/{name}"
@@ -173,12 +175,15 @@ class PayloadDir:
             if entry.is_dir() and not entry.is_symlink():
                 shutil.rmtree(entry)  # a pre-existing plain directory (e.g. from kubeadm) is migrated
             _swap_link(entry, want)
+            changed = True
             crash_point("payload-link")
         gone = [e for e in self.path.iterdir()
-                if e.is_symlink() and e.name not in names and not e.name.startswith((".", ".."))]
+                if e.is_symlink() and e.name not in names and not e.name.startswith(".")]
         for entry in sorted(gone, key=lambda e: _keys_first(e.name), reverse=True):  # certs go first
             entry.unlink()
-        _fsync_dir(self.path)
+            changed = True
+        if changed:
+            _fsync_dir(self.path)
 
     def _remove_leftovers(self) -> None:
         """Version dirs and temp links of a writer killed mid-publish (we hold the lock: none is live)."""

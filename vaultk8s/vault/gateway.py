@@ -549,6 +549,9 @@ class VaultGateway:
                 f"TLS verification of {self.addr} failed: set VAULT_CACERT to the CA that signed Vault's certificate"
             ) from None
         except requests.exceptions.RequestException as err:
+            if classify(err) == AMBIGUOUS:  # it may have been done: only a re-run can tell
+                raise VaultError(f"the connection to Vault at {self.addr} broke while trying to {action} {path} "
+                                 f"({type(err).__name__}); re-run to finish") from None
             raise VaultError(f"cannot reach Vault at {self.addr} ({type(err).__name__}): is it running? check VAULT_ADDR") from None
 
 
