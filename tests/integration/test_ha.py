@@ -18,6 +18,7 @@ from tests.helpers.ha import assert_one_clear_line, start_cli
 from tests.helpers.policy import applied_cluster, cli
 from vaultk8s.agent.runner import Agent, AgentSettings
 from vaultk8s.config import load_config
+from vaultk8s.errors import PlanRefused
 from vaultk8s.ops.renew import node_output
 from vaultk8s.plan.policies import entity_name
 from vaultk8s.vault.gateway import VaultGateway
@@ -158,3 +159,16 @@ def _wait_until(check, what: str, timeout: float = 600) -> None:
         assert time.monotonic() < deadline, f"not reached within {timeout:.0f}s: {what}"
         time.sleep(0.2)
 
+
+
+def test_sa_key_write_is_never_replayed_blindly(openbao_ha, mount_prefix):
+    """kv2_write's re-read: our own earlier write (answer lost) is recognised, a foreign one refused."""
+    gateway = VaultGateway.from_env(openbao_ha.env_for(openbao_ha.standby()))
+    mount = f"{mount_prefix}kv"
+    gateway.enable_kv2(mount, "test")
+    ours = {"keys": "ours"}
+    assert gateway.kv2_write(mount, "sa", ours, cas=0) == 1
+    assert gateway.kv2_write(mount, "sa", ours, cas=0) == 1  # a repeat of a write that landed
+    with pytest.raises(PlanRefused, match="changed in Vault while this command ran"):
+        gateway.kv2_write(mount, "sa", {"keys": "someone else's"}, cas=0)
+    assert gateway.kv2_read(mount, "sa") == (ours, 1)
