@@ -451,11 +451,12 @@ class VaultGateway:
     def kv2_write(self, mount: str, path: str, data: dict[str, Any], cas: int) -> int:
         """Write only if the secret is still at version cas (0: does not exist yet); returns the new version.
 
-        Never replayed blindly: when the answer is lost (failover) or the check-and-set fails, the
-        secret is re-read: our data at a newer version means our write landed; still at `cas`
-        means it did not and it is sent again (still check-and-set); anything else is refused.
+        Never replayed blindly: when the answer is lost (failover), the secret is re-read: our data
+        at a newer version means our write landed; still at `cas` means it did not and it is sent
+        again (still check-and-set); anything else, or a plain check-and-set failure, is refused.
         """
         where = f"{mount}/data/{path}"
+        uncertain = False  # an earlier try of ours may have landed
         for _ in range(3):
             try:
                 with self._translate("write", where):
@@ -465,23 +466,25 @@ class VaultGateway:
                     except hv.InvalidRequest as err:
                         if "check-and-set" not in str(err):
                             raise
-                        return self._kv2_settle(mount, path, data, cas, where, sent_again=False)
+                        return self._kv2_settle(mount, path, data, cas, where, uncertain)
                     except (hv.VaultError, requests.RequestException) as err:
                         if classify(err) != AMBIGUOUS:
                             raise
-                        return self._kv2_settle(mount, path, data, cas, where, sent_again=True)
+                        uncertain = True
+                        return self._kv2_settle(mount, path, data, cas, where, uncertain)
             except _SendAgain:
                 continue
             return int(((result or {}).get("data") or {}).get("version") or 0)
         raise VaultError(f"could not write {where}: Vault kept failing while its outcome stayed unknown; re-run")
 
     def _kv2_settle(self, mount: str, path: str, data: dict[str, Any], cas: int, where: str,
-                    sent_again: bool) -> int:
-        found = self.kv2_read(mount, path)
+                    uncertain: bool) -> int:
+        """After a lost answer (uncertain) or a failed check-and-set: did our write land?"""
+        found = self.kv2_read(mount, path) if uncertain else None
         version = found[1] if found else 0
         if found and version > cas and found[0] == dict(data):
-            return version  # our write landed (its answer was lost, or this is our own earlier try)
-        if sent_again and version == cas:
+            return version  # our write landed; its answer was lost
+        if uncertain and version == cas:
             raise _SendAgain()
         raise PlanRefused(
             f"{where} changed in Vault while this command ran (another operator?); "
