@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import socket
 import uuid
 from collections.abc import Callable, Iterator
@@ -21,15 +22,25 @@ def _can_bind(port: int) -> bool:
     return True
 
 
-def find_free_port() -> int:
-    """A free port whose successor is free too: the dev server's cluster listener takes PORT+1."""
-    for _ in range(100):
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        if port < 65535 and _can_bind(port + 1):
+def find_free_port(span: int = 2) -> int:
+    """A free port P with P+1..P+span-1 free too: a dev node's cluster listener takes PORT+1, and
+    node k of a dev cluster PORT+2(k-1) and the next (span 6 for 3 nodes)."""
+    low, _ = _ephemeral_range()
+    for _ in range(200):
+        # Below the ephemeral range: a server killed and restarted by a test must find its port
+        # still free, not taken by some client's outgoing connection meanwhile.
+        port = random.randrange(10000, max(10001, low - span))
+        if all(_can_bind(port + i) for i in range(span)):
             return port
-    raise RuntimeError("no free pair of ports on 127.0.0.1")
+    raise RuntimeError(f"no {span} free consecutive ports on 127.0.0.1")
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = map(int, open("/proc/sys/net/ipv4/ip_local_port_range").read().split())
+    except (OSError, ValueError):
+        return 32768, 60999
+    return low, high
 
 
 @pytest.fixture(scope="session")
@@ -59,3 +70,16 @@ def vault_env(openbao: VaultEnv) -> dict[str, str]:
 def mount_prefix() -> str:
     """A unique path prefix such as `t1a2b3c4d/`, so tests sharing one server never collide."""
     return f"t{uuid.uuid4().hex[:8]}/"
+
+
+@pytest.fixture(scope="module")
+def openbao_ha(tmp_path_factory: pytest.TempPathFactory):
+    """A real 3-node OpenBao raft cluster started with `vaultk8s dev up --nodes 3`, for one module;
+    `vaultk8s dev down` stops every node at the end (checked)."""
+    from tests.helpers.ha import HaCluster
+
+    cluster = HaCluster.start(tmp_path_factory.mktemp("bao-ha") / "dev", find_free_port(span=6))
+    try:
+        yield cluster
+    finally:
+        cluster.stop()

@@ -17,12 +17,17 @@ StateDir = Annotated[
 ]
 Port = Annotated[
     Optional[int],
-    typer.Option(min=1, max=65534, help="Listener port (cluster port is PORT+1). Default: last used, else 8200."),
+    typer.Option(min=1, max=65534, help="Listener port (cluster port is PORT+1; node k of a cluster uses "
+                 "PORT+2(k-1) and the next). Default: last used, else 8200."),
+]
+Nodes = Annotated[
+    Optional[int],
+    typer.Option("--nodes", min=1, max=7, help="Raft nodes to run (3 for HA). Default: as before, else 1."),
 ]
 
 
-def _server(state_dir: Path, port: int | None = None) -> DevServer:
-    return DevServer(state_dir, port, progress=lambda msg: typer.echo(msg, err=True))
+def _server(state_dir: Path, port: int | None = None, nodes: int | None = None) -> DevServer:
+    return DevServer(state_dir, port, nodes=nodes, progress=lambda msg: typer.echo(msg, err=True))
 
 
 Hsm = Annotated[
@@ -31,9 +36,12 @@ Hsm = Annotated[
 
 
 @app.command()
-def up(state_dir: StateDir = DEFAULT_STATE_DIR, port: Port = None, hsm: Hsm = False) -> None:
-    """Start, initialise and unseal the dev server; print export lines for `eval "$(vaultk8s dev up)"`."""
-    exports = _server(state_dir, port).up().export_lines()
+def up(state_dir: StateDir = DEFAULT_STATE_DIR, port: Port = None, nodes: Nodes = None, hsm: Hsm = False) -> None:
+    """Start, initialise and unseal the dev server; print export lines for `eval "$(vaultk8s dev up)"`.
+
+    With --nodes 3 VAULT_ADDR names node 1; `sys/ha-status` lists the others.
+    """
+    exports = _server(state_dir, port, nodes).up().export_lines()
     if hsm:
         from vaultk8s.cli.hsm import dev_token_exports
         from vaultk8s.hsm import init_dev_token  # pkcs11 only when asked for
@@ -50,7 +58,7 @@ def env(state_dir: StateDir = DEFAULT_STATE_DIR) -> None:
 
 @app.command()
 def status(state_dir: StateDir = DEFAULT_STATE_DIR) -> None:
-    """Show whether the dev server runs; exit 1 if it does not."""
+    """Show whether the dev server (every node of it) runs; exit 1 if one does not."""
     st = _server(state_dir).status()
     typer.echo(f"running: {_yes_no(st.running)}")
     if st.running:
@@ -58,13 +66,17 @@ def status(state_dir: StateDir = DEFAULT_STATE_DIR) -> None:
     typer.echo(f"addr: {st.addr}")
     typer.echo(f"initialized: {_yes_no(st.initialized)}")
     typer.echo(f"sealed: {_yes_no(st.sealed)}")
+    if len(st.nodes) > 1:
+        for index, node in enumerate(st.nodes, 1):
+            pid = f" pid {node.pid}" if node.pid else ""
+            typer.echo(f"node {index}: {node.addr} {node.role}{pid}")
     if not st.running:
         raise typer.Exit(1)
 
 
 @app.command()
 def down(state_dir: StateDir = DEFAULT_STATE_DIR) -> None:
-    """Stop the dev server; its data is kept for the next `up`."""
+    """Stop the dev server (every node); its data is kept for the next `up`."""
     if not _server(state_dir).down():
         typer.echo(f"no dev server is running in {state_dir}", err=True)
 

@@ -58,32 +58,93 @@ class VaultEnv:
 
 
 @dataclass(frozen=True)
+class NodeStatus:
+    addr: str
+    pid: int | None
+    sealed: bool | None  # None: unknown (not running or not answering)
+    standby: bool | None
+
+    @property
+    def role(self) -> str:
+        if self.pid is None:
+            return "stopped"
+        if self.sealed is None:
+            return "not answering"
+        if self.sealed:
+            return "sealed"
+        return "standby" if self.standby else "active"
+
+
+@dataclass(frozen=True)
 class DevStatus:
+    """The first node (the one VAULT_ADDR names) at the top level; every node in `nodes`."""
+
     running: bool
     pid: int | None
     addr: str
     initialized: bool | None  # None: unknown (not running or not answering)
     sealed: bool | None
+    nodes: tuple[NodeStatus, ...] = ()
 
 
-def render_config(state_dir: Path, port: int) -> str:
-    """The server's HCL. Strings go through json.dumps, whose escaping HCL accepts.
+@dataclass(frozen=True)
+class _Node:
+    """One server of the dev cluster. Node 1 lives in the state dir itself (the 1-node layout);
+    node k>1 in state_dir/node<k>, on ports PORT+2(k-1) and the next one."""
 
+    index: int
+    dir: Path
+    port: int
+
+    @property
+    def node_id(self) -> str:
+        return "dev" if self.index == 1 else f"dev{self.index}"
+
+    @property
+    def addr(self) -> str:
+        return f"https://{HOST}:{self.port}"
+
+    @property
+    def hcl(self) -> Path:
+        return self.dir / "bao.hcl"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.dir / "bao.pid"
+
+    @property
+    def log_file(self) -> Path:
+        return self.dir / "server.log"
+
+
+def render_config(node_dir: Path, port: int, *, tls_dir: Path | None = None, node_id: str = "dev",
+                  peers: tuple[int, ...] = ()) -> str:
+    """One node's HCL. Strings go through json.dumps, whose escaping HCL accepts.
+
+    peers: API ports of the other nodes, joined with retry_join (a 1-node server has none).
     No `disable_mlock`: OpenBao 2.x dropped mlock and warns about the unknown field.
     """
     q = json.dumps
+    tls_dir = tls_dir or node_dir
+    joins = "".join(
+        f"""
+  retry_join {{
+    leader_api_addr     = {q(f"https://{HOST}:{peer}")}
+    leader_ca_cert_file = {q(str(tls_dir / "ca.pem"))}
+  }}
+""" for peer in peers)
     return f"""\
 storage "raft" {{
-  path                   = {q(str(state_dir / "raft"))}
-  node_id                = "dev"
+  path                   = {q(str(node_dir / "raft"))}
+  node_id                = {q(node_id)}
   performance_multiplier = 1
-}}
+{joins}}}
 
 listener "tcp" {{
   address         = {q(f"{HOST}:{port}")}
   cluster_address = {q(f"{HOST}:{port + 1}")}
-  tls_cert_file   = {q(str(state_dir / "server.pem"))}
-  tls_key_file    = {q(str(state_dir / "server.key"))}
+  tls_cert_file   = {q(str(tls_dir / "server.pem"))}
+  tls_key_file    = {q(str(tls_dir / "server.key"))}
 }}
 
 api_addr      = {q(f"https://{HOST}:{port}")}
@@ -109,7 +170,10 @@ def find_bao() -> str:
 
 
 class DevServer:
-    """One local OpenBao whose whole state (TLS, config, raft data, init material) lives in state_dir."""
+    """A local OpenBao of 1 (default) or more raft nodes whose whole state lives in state_dir.
+
+    All nodes share the listener TLS and the init material; VAULT_ADDR names node 1.
+    """
 
     http_timeout = 5  # seconds per request to the server
 
@@ -118,12 +182,14 @@ class DevServer:
         state_dir: Path,
         port: int | None = None,
         *,
+        nodes: int | None = None,
         progress: Callable[[str], None] = lambda _msg: None,
         start_timeout: float = START_TIMEOUT,
         stop_timeout: float = STOP_TIMEOUT,
     ):
         self.state_dir = Path(state_dir).absolute()
         self._requested_port = port
+        self._requested_nodes = nodes
         self._progress = progress
         self._start_timeout = start_timeout
         self._stop_timeout = stop_timeout
@@ -144,7 +210,7 @@ class DevServer:
     @property
     def port(self) -> int:
         """The running server's port; else the requested one, else the last one used, else 8200."""
-        if self._running_pid() is not None:
+        if self._running_pid(self._first) is not None:
             return self._configured_port() or DEFAULT_PORT
         return self._requested_port or self._configured_port() or DEFAULT_PORT
 
@@ -152,60 +218,83 @@ class DevServer:
     def addr(self) -> str:
         return f"https://{HOST}:{self.port}"
 
+    @property
+    def _first(self) -> _Node:
+        return _Node(1, self.state_dir, self._configured_port() or DEFAULT_PORT)
+
+    def _existing_count(self) -> int:
+        """Nodes this state dir was set up with (0: never started)."""
+        if not self._file("bao.hcl").exists():
+            return 0
+        count = 1
+        while (self.state_dir / f"node{count + 1}" / "bao.hcl").exists():
+            count += 1
+        return count
+
+    def _nodes(self, port: int | None = None) -> list[_Node]:
+        count = self._requested_nodes or self._existing_count() or 1
+        base = port or self.port
+        return [_Node(k, self.state_dir if k == 1 else self.state_dir / f"node{k}", base + 2 * (k - 1))
+                for k in range(1, count + 1)]
+
     # -- public API ----------------------------------------------------------------------------
 
     def up(self) -> VaultEnv:
-        """Start (or find) the server, initialise it once, unseal it, and return how to reach it."""
+        """Start (or find) every node, initialise once, unseal all, and return how to reach node 1."""
         self._prepare_state_dir()
         with self._lock():
-            pid = self._running_pid()
-            if pid is None:
-                self._start()
-            elif self._requested_port not in (None, self._configured_port()):
-                raise DevServerError(
-                    f"the dev server in {self.state_dir} already runs on port {self._configured_port()}; "
-                    "run `vaultk8s dev down` first or drop --port"
-                )
-            client = self._client()
-            health = self._poll("answer on " + self.addr, lambda: self._health(client))
+            self._check_shape()
+            nodes = self._nodes(self._start_port())
+            for node in nodes:
+                if self._running_pid(node) is None:
+                    self._start(node, nodes)
+            client = self._client(nodes[0])
+            health = self._poll("answer on " + nodes[0].addr, lambda: self._health(client), nodes[0])
             if not health["initialized"]:
-                self._initialize(client)
+                self._initialize(client, nodes[0])
             init = self._read_init()
-            if not health["initialized"] or health["sealed"]:
-                self._unseal(client, init["unseal_keys_b64"])
+            for node in nodes:
+                self._unseal(node, init["unseal_keys_b64"])
             env = self._env(init)
-            self._wait_ready(env)
+            self._wait_ready(env, nodes)
             return env
 
     def env(self) -> VaultEnv:
-        if self._running_pid() is None:
+        if self._running_pid(self._first) is None:
             raise DevServerError(f"no dev server is running in {self.state_dir}; start it with `vaultk8s dev up`")
         return self._env(self._read_init())
 
     def status(self) -> DevStatus:
-        pid = self._running_pid()
-        health = self._health(self._client()) if pid else None
+        rows = []
+        for node in self._nodes():
+            pid = self._running_pid(node)
+            health = self._health(self._client(node)) if pid else None
+            rows.append((node, pid, health))
+        _, pid, health = rows[0]
         return DevStatus(
-            running=pid is not None,
+            running=all(p is not None for _, p, _ in rows),
             pid=pid,
             addr=self.addr,
             initialized=health["initialized"] if health else None,
             sealed=health["sealed"] if health else None,
+            nodes=tuple(NodeStatus(n.addr, p, h["sealed"] if h else None, h.get("standby") if h else None)
+                        for n, p, h in rows),
         )
 
     def down(self) -> bool:
-        """Stop the server, keeping its data. False if it was not running."""
+        """Stop every node, keeping the data. False if none was running."""
         if not self.state_dir.is_dir():
             return False
+        stopped = False
         with self._lock():
-            pid = self._running_pid()
-            if pid is None:
-                self._file("bao.pid").unlink(missing_ok=True)
-                return False
-            self._progress(f"stopping OpenBao (pid {pid})")
-            self._stop(pid)
-            self._file("bao.pid").unlink(missing_ok=True)
-            return True
+            for node in self._nodes():
+                pid = self._running_pid(node)
+                if pid is not None:
+                    self._progress(f"stopping OpenBao node {node.index} (pid {pid})")
+                    self._stop(pid, node)
+                    stopped = True
+                node.pid_file.unlink(missing_ok=True)
+        return stopped
 
     # -- starting ------------------------------------------------------------------------------
 
@@ -216,23 +305,50 @@ class DevServer:
         # mkdir's mode is masked by umask and ignored for an existing dir.
         self.state_dir.chmod(0o700)
 
-    def _start(self) -> None:
-        port = self._requested_port or self._configured_port() or DEFAULT_PORT
-        _ensure_port_free(port, port)
-        _ensure_port_free(port + 1, port)
+    def _check_shape(self) -> None:
+        """Refuse to change the node count or the port of an existing/running cluster."""
+        existing = self._existing_count()
+        wanted = self._requested_nodes
+        if wanted and existing and wanted != existing and self._file("init.json").exists():
+            raise DevServerError(
+                f"the dev server in {self.state_dir} has {existing} node(s), not {wanted}; "
+                "drop --nodes, or remove the state dir to start over"
+            )
+        configured = self._configured_port()
+        running = any(self._running_pid(n) is not None for n in self._nodes(configured))
+        if running and self._requested_port not in (None, configured):
+            raise DevServerError(
+                f"the dev server in {self.state_dir} already runs on port {configured}; "
+                "run `vaultk8s dev down` first or drop --port"
+            )
+        last = self._start_port() + 2 * len(self._nodes(self._start_port())) - 1
+        if last > 65535:
+            raise DevServerError(f"--port {self._start_port()} leaves no room for {last - 65535} more port(s); "
+                                 "choose a lower one")
+
+    def _start_port(self) -> int:
+        return self._requested_port or self._configured_port() or DEFAULT_PORT
+
+    def _start(self, node: _Node, nodes: list[_Node]) -> None:
+        span = (nodes[0].port, nodes[-1].port + 1)
+        _ensure_port_free(node.port, span)
+        _ensure_port_free(node.port + 1, span)
         self._ensure_tls()
-        self._file("raft").mkdir(mode=0o700, exist_ok=True)
-        _write_file(self._file("bao.hcl"), render_config(self.state_dir, port).encode(), 0o600)
+        node.dir.mkdir(mode=0o700, exist_ok=True)
+        (node.dir / "raft").mkdir(mode=0o700, exist_ok=True)
+        peers = tuple(n.port for n in nodes if n is not node)
+        hcl = render_config(node.dir, node.port, tls_dir=self.state_dir, node_id=node.node_id, peers=peers)
+        _write_file(node.hcl, hcl.encode(), 0o600)
         bao = find_bao()
-        self._progress(f"starting OpenBao on https://{HOST}:{port} (log: {self.log_file})")
-        log_fd = os.open(self.log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self._progress(f"starting OpenBao on {node.addr} (log: {node.log_file})")
+        log_fd = os.open(node.log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
             proc = subprocess.Popen(
-                [bao, "server", f"-config={self._file('bao.hcl')}"],
+                [bao, "server", f"-config={node.hcl}"],
                 stdin=subprocess.DEVNULL,
                 stdout=log_fd,
                 stderr=subprocess.STDOUT,
-                cwd=self.state_dir,
+                cwd=node.dir,
                 env=_server_environ(),
                 start_new_session=True,  # survives the CLI's exit and the terminal's Ctrl-C
             )
@@ -241,7 +357,7 @@ class DevServer:
         finally:
             os.close(log_fd)
         _CHILDREN[proc.pid] = proc
-        _write_file(self._file("bao.pid"), f"{proc.pid}\n".encode(), 0o600)
+        _write_file(node.pid_file, f"{proc.pid}\n".encode(), 0o600)
 
     def _ensure_tls(self) -> None:
         names = ("ca.pem", "ca.key", "server.pem", "server.key")
@@ -255,46 +371,69 @@ class DevServer:
 
     # -- init, unseal, readiness ---------------------------------------------------------------
 
-    def _initialize(self, client: hvac.Client) -> None:
+    def _initialize(self, client: hvac.Client, node: _Node) -> None:
         init_file = self._file("init.json")
         if init_file.exists():
             raise DevServerError(
                 f"OpenBao in {self.state_dir} is uninitialised but {init_file} exists; "
                 "move it away to initialise a fresh store"
             )
-        result = _call(self.addr, "initialise", lambda: client.sys.initialize(secret_shares=1, secret_threshold=1))
+        result = _call(node.addr, "initialise", lambda: client.sys.initialize(secret_shares=1, secret_threshold=1))
         material = {"unseal_keys_b64": result["keys_base64"], "root_token": result["root_token"]}
         # Written before anything else can fail: without it the store can never be unsealed again.
         _write_file(init_file, (json.dumps(material, indent=2) + "\n").encode(), 0o600)
         self._progress(f"initialised OpenBao; unseal key and root token saved in {init_file}")
 
-    def _unseal(self, client: hvac.Client, keys: list[str]) -> None:
-        for key in keys:
-            result = _call(self.addr, "unseal", lambda k=key: client.sys.submit_unseal_key(key=k))
-            if not result["sealed"]:
-                self._progress("unsealed OpenBao")
-                return
-        raise DevServerError(f"OpenBao stayed sealed with the keys in {self._file('init.json')}")
+    def _unseal(self, node: _Node, keys: list[str]) -> None:
+        """A joining node answers "not initialised" until retry_join reached a leader, so poll."""
+        client = self._client(node)
 
-    def _wait_ready(self, env: VaultEnv) -> None:
-        """Raft elects itself leader shortly after unseal; until then requests answer 5xx."""
-        client = self._client(env.token)
+        def unsealed() -> bool:
+            health = self._health(client)
+            if not health or not health["sealed"]:
+                return bool(health)
+            for key in keys:
+                try:
+                    result = client.sys.submit_unseal_key(key=key)
+                except (hvac.exceptions.VaultError, requests.RequestException):
+                    return False  # not joined yet
+                if not result["sealed"]:
+                    self._progress(f"unsealed OpenBao node {node.index}")
+                    return True
+            return False
+
+        self._poll(f"unseal with the keys in {self._file('init.json')}", unsealed, node)
+
+    def _wait_ready(self, env: VaultEnv, nodes: list[_Node]) -> None:
+        """Raft elects a leader shortly after unseal; until then requests answer 5xx."""
+        first = self._client(nodes[0], env.token)
 
         def active() -> bool:
-            health = self._health(client)
-            return bool(health and not health["sealed"] and not health["standby"])
+            healths = [self._health(self._client(n)) for n in nodes]
+            ok = all(h and not h["sealed"] for h in healths)
+            return ok and any(not h["standby"] for h in healths)
 
         def token_accepted() -> bool:
             try:
-                client.auth.token.lookup_self()
+                first.auth.token.lookup_self()
                 return True
             except hvac.exceptions.Forbidden as err:
                 raise DevServerError(f"OpenBao refused the root token in {self._file('init.json')}") from err
             except (hvac.exceptions.VaultError, requests.RequestException):
                 return False
 
-        self._poll("become active", active)
-        self._poll("accept the root token", token_accepted)
+        def all_voters() -> bool:
+            if len(nodes) == 1:
+                return True
+            try:
+                servers = first.sys.read_raft_config()["data"]["config"]["servers"]
+            except (hvac.exceptions.VaultError, requests.RequestException, KeyError, TypeError):
+                return False
+            return len([s for s in servers if s.get("voter")]) >= len(nodes)
+
+        self._poll("become active", active, nodes[0])
+        self._poll("accept the root token", token_accepted, nodes[0])
+        self._poll("join every node to the raft cluster", all_voters, nodes[0])
 
     def _env(self, init: dict) -> VaultEnv:
         return VaultEnv(addr=self.addr, token=init["root_token"], cacert=self.cacert)
@@ -315,13 +454,12 @@ class DevServer:
 
     # -- HTTP ----------------------------------------------------------------------------------
 
-    def _client(self, token: str = "") -> hvac.Client:
+    def _client(self, node: _Node, token: str = "") -> hvac.Client:
         session = requests.Session()
         session.trust_env = False  # no proxies or CA bundles from the environment for 127.0.0.1
         session.verify = str(self.cacert)  # hvac ignores its verify= when given a session
         # token="" rather than None: hvac would otherwise read VAULT_TOKEN / ~/.vault-token.
-        return hvac.Client(url=self.addr, token=token, verify=str(self.cacert), timeout=self.http_timeout,
-                           session=session)
+        return hvac.Client(url=node.addr, token=token, verify=str(self.cacert), timeout=self.http_timeout, session=session)
 
     def _health(self, client: hvac.Client) -> dict | None:
         """Health as a dict whatever the state (every status code mapped to 200); None if no answer."""
@@ -333,30 +471,34 @@ class DevServer:
             return None
         return result if isinstance(result, dict) else None
 
-    def _poll(self, what: str, check: Callable[[], _T]) -> _T:
+    def _poll(self, what: str, check: Callable[[], _T], node: _Node) -> _T:
         deadline = time.monotonic() + self._start_timeout
         while True:
             result = check()
             if result:
                 return result
-            if self._running_pid() is None:
-                raise DevServerError(f"OpenBao exited before it could {what}; see {self.log_file}")
+            if self._running_pid(node) is None:
+                raise DevServerError(f"OpenBao exited before it could {what}; see {node.log_file}")
             if time.monotonic() >= deadline:
-                raise DevServerError(f"OpenBao did not {what} within {self._start_timeout:.0f}s; see {self.log_file}")
+                raise DevServerError(f"OpenBao did not {what} within {self._start_timeout:.0f}s; see {node.log_file}")
             time.sleep(_POLL_INTERVAL)
 
     # -- process -------------------------------------------------------------------------------
 
-    def _running_pid(self) -> int | None:
-        """The pid in bao.pid if that process is alive and is our server (pids get reused)."""
+    def _running_pid(self, node: _Node) -> int | None:
+        """The pid in the node's bao.pid if that process is alive and is our server (pids get reused)."""
         try:
-            pid = int(self._file("bao.pid").read_text().strip())
+            pid = int(node.pid_file.read_text().strip())
         except (FileNotFoundError, ValueError):
             return None
         if not _alive(pid):
             return None
-        cmdline = Path(f"/proc/{pid}/cmdline")
-        if cmdline.exists() and str(self._file("bao.hcl")).encode() not in cmdline.read_bytes():
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            cmdline = b""
+        # Empty while a killed process is still exiting (and holding its ports): still ours.
+        if cmdline and str(node.hcl).encode() not in cmdline:
             return None
         return pid
 
@@ -368,14 +510,14 @@ class DevServer:
         match = re.search(r'address\s*=\s*"127\.0\.0\.1:(\d+)"', text)
         return int(match.group(1)) if match else None
 
-    def _stop(self, pid: int) -> None:
+    def _stop(self, pid: int, node: _Node) -> None:
         _signal(pid, signal.SIGTERM)
         if _wait_dead(pid, self._stop_timeout):
             return
         self._progress(f"OpenBao did not stop within {self._stop_timeout:.0f}s; killing it")
         _signal(pid, signal.SIGKILL)
         if not _wait_dead(pid, 5.0):
-            raise DevServerError(f"OpenBao (pid {pid}) survived SIGKILL; see {self.log_file}")
+            raise DevServerError(f"OpenBao (pid {pid}) survived SIGKILL; see {node.log_file}")
 
     @contextlib.contextmanager
     def _lock(self) -> Iterator[None]:
@@ -401,14 +543,15 @@ def _call(addr: str, what: str, fn: Callable[[], _T]) -> _T:
         raise DevServerError(f"OpenBao at {addr} did not answer ({type(err).__name__}) while trying to {what}") from err
 
 
-def _ensure_port_free(port: int, requested: int) -> None:
+def _ensure_port_free(port: int, span: tuple[int, int]) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         # As the server does: TIME_WAIT leftovers of a previous run must not count as "in use".
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((HOST, port))
         except OSError:
-            needs = f"the dev server needs {requested} and {requested + 1}"
+            first, last = span
+            needs = f"the dev server needs {first} and {last}" if last == first + 1 else f"the dev server needs {first}-{last}"
             raise DevServerError(
                 f"port {port} on {HOST} is already in use ({needs}); choose another with --port"
             ) from None

@@ -27,6 +27,7 @@ import yaml
 from cryptography import x509
 
 from vaultk8s import catalog, crypto
+from vaultk8s.crashpoint import crash_point
 from vaultk8s.config import ClusterConfig
 from vaultk8s.errors import HsmError, VaultError, VaultK8sError
 from vaultk8s.ops import sa as sa_ops
@@ -92,9 +93,12 @@ def bootstrap(config: ClusterConfig, out: Path, gateway: VaultGateway, *, now: d
     gateway.check_ready()
     if not dry_run:
         check_writable(Path(out))
+    crash_point("checked")
     with report.phase("cas"):
         cas = _ensure_cas(config, gateway, report, dry_run, now)
+        crash_point("cas")
         sa_keys, sa_actions = sa_ops.ensure_key_set(config, gateway, now=now, dry_run=dry_run)
+        crash_point("sa")
         report.actions.extend(sa_actions)
     certs = resolve_all(config)
     with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -106,15 +110,19 @@ def bootstrap(config: ClusterConfig, out: Path, gateway: VaultGateway, *, now: d
             leaf_actions, todo = _plan_leaves(certs, out, cas, now, force_renew, report)
             report.actions.extend(role_actions())
             report.actions.extend(leaf_actions)
+        crash_point("roles")
         if not dry_run:
             with report.phase("roles+signs"):
                 issued = _apply_roles_and_leaves(roles, todo, report, gateway, pool, workers, progress)
+            crash_point("issued")
         report.actions.extend(sa_ops.plan_key_files(config, out, sa_keys))
         if not dry_run:
             with report.phase("node files"):
                 _write_nodes(config, out, cas, issued, sa_ops.key_files(sa_keys), pool)
+            crash_point("nodes")
         with report.phase("kubeconfigs"):
             report.actions.extend(_ensure_kubeconfigs(config, out, dry_run, pool))
+    crash_point("kubeconfigs")
     if not dry_run:
         _write_rbac(Path(out))
     report.ca_fingerprints = {n: crypto.fingerprint(s.issuer) for n, s in cas.items() if s.issuer}
@@ -155,6 +163,7 @@ def _ensure_cas(config: ClusterConfig, gateway: VaultGateway, report: BootstrapR
             for ca, actions in plans:
                 for action in actions:
                     _apply_ca_action(action, ca, config, gateway, signer)
+                    crash_point("ca-action")
     return {ca.name: read_ca_state(gateway, config.mount(ca.name)) for ca in catalog.CAS}
 
 
@@ -300,6 +309,7 @@ def _mount_exists(mount: str, report: BootstrapReport) -> bool:
 
 def _write_role(gateway: VaultGateway, role: ResolvedRole) -> None:
     gateway.write_role(role.mount, role.name, role.params)
+    crash_point("role-written")
 
 
 # --- leaves -------------------------------------------------------------------------------------
@@ -341,6 +351,7 @@ def _apply_roles_and_leaves(roles: tuple[ResolvedRole, ...], todo: list[Resolved
         except BrokenProcessPool:  # e.g. embedded in a script whose __main__ spawn cannot re-import
             key_and_csr = None  # made inline instead
         leaf = issue_leaf(gateway, rc, key_and_csr)
+        crash_point("leaf-issued")
         advance()
         return leaf
 
@@ -420,6 +431,7 @@ def _write_nodes(config: ClusterConfig, out: Path, cas: dict[str, CAState], issu
         if node.control_plane:
             changes.update(control_plane_files)
         NodeOutput(out, node.name).update_pki(changes)
+        crash_point("node-written")
 
     list(pool.map(write, config.nodes))
 

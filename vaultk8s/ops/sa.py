@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 from vaultk8s import catalog, crypto
+from vaultk8s.crashpoint import crash_point
 from vaultk8s.config import ClusterConfig
 from vaultk8s.errors import PlanRefused, VaultError
 from vaultk8s.plan import sa
@@ -107,6 +108,7 @@ def ensure_key_set(config: ClusterConfig, gateway: VaultGateway, *, now: datetim
     keys = sa.initial(sa.new_key(make_key(settings.key_type), now), now)
     # Metadata first: if the write below fails, a re-run finds no key and sets it again (idempotent).
     gateway.kv2_set_max_versions(settings.kv_mount, settings.kv_path, sa.KV_MAX_VERSIONS)
+    crash_point("sa-metadata")
     _write_key_set(gateway, settings, keys, cas=0)
     return keys, actions
 

@@ -5,21 +5,29 @@ points at a timestamped version directory. A new version is written in full besi
 then `..data` is swapped with one rename, so every cert and its key change together and a reader
 never sees a torn file or a cert from one version with a key from another.
 Single files (kubeconfigs) are replaced with write-temp-fsync-rename.
+
+Crash safety (SIGKILL anywhere): temp files are created 0600 whatever their final mode, so one
+left behind is readable by nobody else; a version directory or temp link a killed writer left is
+removed by the next update (under the lock); within a payload, key links are made before the
+cert links, so a crash between two links shows at worst a key without its cert, never the reverse.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import glob
 import os
 import secrets
 import shutil
 import stat
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator, Mapping
 
+from vaultk8s.crashpoint import crash_point
 from vaultk8s.errors import StoreError
 
 DATA_LINK = "..data"
@@ -27,6 +35,7 @@ LOCK_FILE = "..lock"
 KEY_MODE = 0o600
 PUBLIC_MODE = 0o644
 DIR_MODE = 0o700
+STALE_TMP_SECONDS = 60  # a single file's temp older than this was left by a killed writer
 
 
 @dataclass(frozen=True)
@@ -75,15 +84,27 @@ def write_file(path: Path, content: FileContent) -> bool:
     if read_file(path) == content.data and _mode(path) == content.mode:
         return False
     ensure_dir(path.parent)
+    _remove_stale_tmps(path)
     tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
     try:
-        _write_new(tmp, content)
+        _write_new(tmp, FileContent(content.data, KEY_MODE))
+        crash_point("file-tmp")
+        os.chmod(tmp, content.mode)
         os.replace(tmp, path)
         _fsync_dir(path.parent)
     except OSError as err:
         tmp.unlink(missing_ok=True)
         raise StoreError(f"cannot write {path}: {err.strerror}") from None
     return True
+
+
+def _remove_stale_tmps(path: Path) -> None:
+    """Temps of this file left by a killed writer (old enough not to be a live writer's)."""
+    now = time.time()
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        with contextlib.suppress(OSError):
+            if now - tmp.lstat().st_mtime > STALE_TMP_SECONDS:
+                tmp.unlink()
 
 
 def read_file(path: Path) -> bytes | None:
@@ -115,6 +136,7 @@ class PayloadDir:
         """Apply changes (None removes a file) as one new version. False when nothing changed."""
         ensure_dir(self.path)
         with self._locked():
+            self._remove_leftovers()
             if self._current_version() is not None and all(self._holds(rel, c) for rel, c in changes.items()):
                 return False  # the common re-run: compare only the changed files, not every file
             old = self.snapshot()
@@ -126,6 +148,7 @@ class PayloadDir:
                 else:
                     new[rel] = content
             if new == old and self._current_version() is not None:
+                self._link_top_level({rel.split("/")[0] for rel in new})  # finishes a killed publish
                 return False
             self._publish(new)
         return True
@@ -149,7 +172,9 @@ class PayloadDir:
                 target.parent.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
                 _write_new(target, content)
             _fsync_dir(version)
+            crash_point("payload-written")
             _swap_link(self.path / DATA_LINK, version.name)
+            crash_point("payload-swapped")
             self._link_top_level({rel.split("/")[0] for rel in files})
         except OSError as err:
             if self._current_version() != version:
@@ -159,7 +184,8 @@ class PayloadDir:
             shutil.rmtree(previous, ignore_errors=True)
 
     def _link_top_level(self, names: set[str]) -> None:
-        for name in names:
+        changed = False
+        for name in sorted(names, key=_keys_first):
             entry = self.path / name
             want = f"{DATA_LINK}/{name}"
             if entry.is_symlink() and os.readlink(entry) == want:
@@ -167,10 +193,25 @@ class PayloadDir:
             if entry.is_dir() and not entry.is_symlink():
                 shutil.rmtree(entry)  # a pre-existing plain directory (e.g. from kubeadm) is migrated
             _swap_link(entry, want)
+            changed = True
+            crash_point("payload-link")
+        gone = [e for e in self.path.iterdir()
+                if e.is_symlink() and e.name not in names and not e.name.startswith(".")]
+        for entry in sorted(gone, key=lambda e: _keys_first(e.name), reverse=True):  # certs go first
+            entry.unlink()
+            changed = True
+        if changed:
+            _fsync_dir(self.path)
+
+    def _remove_leftovers(self) -> None:
+        """Version dirs and temp links of a writer killed mid-publish (we hold the lock: none is live)."""
+        current = self._current_version()
         for entry in self.path.iterdir():
-            if entry.is_symlink() and entry.name not in names and not entry.name.startswith(".."):
+            if entry.name.startswith(".") and entry.name.endswith(".tmp") and entry.is_symlink():
                 entry.unlink()
-        _fsync_dir(self.path)
+            elif (entry.name.startswith("..") and entry.name not in (DATA_LINK, LOCK_FILE)
+                  and entry.is_dir() and not entry.is_symlink() and entry != current):
+                shutil.rmtree(entry, ignore_errors=True)
 
     def _current_version(self) -> Path | None:
         link = self.path / DATA_LINK
@@ -193,6 +234,10 @@ class PayloadDir:
             yield
         finally:
             os.close(fd)
+
+
+def _keys_first(name: str) -> tuple[bool, str]:
+    return (not name.endswith(".key"), name)
 
 
 def _read_tree(root: Path) -> dict[str, FileContent]:

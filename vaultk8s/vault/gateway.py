@@ -1,8 +1,16 @@
 """The only module that talks to Vault: a small gateway over hvac with the calls vaultk8s uses.
 
 hvac's quirks are wrapped here once: 204 responses, InvalidPath on empty LISTs, no retries of its
-own (we give it a requests.Session with urllib3 Retry), and exceptions that carry URLs but no
-advice. Every failure leaves as a VaultError with a one-line message.
+own (we give it a requests.Session with urllib3 Retry, and vault/failover.py's adapter for HA
+failovers), and exceptions that carry URLs but no advice. Every failure leaves as a VaultError
+with a one-line message.
+
+Retries: every method here is either repeatable (reads, deletes, and writes marked with
+`repeatable()`: upserts of roles, policies and config, and signing a CSR, whose repeat at worst
+leaves a spare short-lived certificate nobody holds the key of), or is repeated only when the
+request certainly never reached a server (a root, an intermediate key, a secret_id, a token, a
+login, an unwrap, an alias, a mount). The service-account KV write is check-and-set and, on an
+ambiguous failure, re-reads the secret to learn whether it landed (kv2_write).
 """
 
 from __future__ import annotations
@@ -21,11 +29,13 @@ from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 from vaultk8s.errors import PermissionDeniedError, PlanRefused, VaultError, VaultRequestRefused, shown
+from vaultk8s.vault.failover import AMBIGUOUS, FailoverAdapter, classify, repeatable
 
 # 502-504 and 429 come from proxies, standbys and rate limits before a request was processed, so
-# retrying even a POST is safe; a 500 or a read error may have done the work and is not retried.
+# retrying even a POST is safe; a 500 or a read error may have done the work and is not retried
+# here (failover.py decides per call).
 _RETRY = Retry(
-    total=6, connect=5, read=0, status=4, backoff_factor=0.25,
+    total=6, connect=5, read=0, status=4, backoff_factor=0.25, backoff_max=2.0,
     status_forcelist=(429, 502, 503, 504),
     allowed_methods=frozenset({"GET", "HEAD", "LIST", "PUT", "POST", "DELETE", "OPTIONS"}),
     respect_retry_after_header=True, raise_on_status=False,
@@ -105,7 +115,7 @@ def make_client(settings: VaultSettings, pool_size: int = 16) -> hvac.Client:
     # token="" not None: with None hvac falls back to VAULT_TOKEN / ~/.vault-token behind our back.
     return hvac.Client(
         url=settings.addr, token=settings.token or "", verify=session.verify, session=session,
-        namespace=settings.namespace, timeout=30,
+        namespace=settings.namespace, timeout=30, adapter=FailoverAdapter,
     )
 
 
@@ -138,6 +148,19 @@ class VaultGateway:
             raise VaultError("VAULT_TOKEN is not set: export a token for Vault")
         with self._translate("look up", "auth/token/lookup-self"):
             self.client.auth.token.lookup_self()
+        self._learn_peers()
+
+    def _learn_peers(self) -> None:
+        """Other HA nodes to continue on if ours dies (best effort: tokens may not read ha-status)."""
+        adapter = self.client.adapter
+        if not isinstance(adapter, FailoverAdapter):
+            return
+        addrs: list[str] = []
+        with contextlib.suppress(hv.VaultError, requests.RequestException, AttributeError, TypeError):
+            addrs.append(self.client.sys.read_leader_status().get("leader_address") or "")
+        with contextlib.suppress(hv.VaultError, requests.RequestException, AttributeError, TypeError):
+            addrs += [n.get("api_address") or "" for n in self.client.read("sys/ha-status").get("nodes") or []]
+        adapter.remember_peers(list(dict.fromkeys(addrs)))
 
     # --- mounts ---------------------------------------------------------------------------------
 
@@ -164,7 +187,7 @@ class VaultGateway:
         return int((data.get("data") or data).get("max_lease_ttl", 0))
 
     def tune_max_ttl(self, path: str, max_ttl_seconds: int) -> None:
-        with self._translate("tune", path):
+        with self._translate("tune", path), repeatable():
             self.client.sys.tune_mount_configuration(path, max_lease_ttl=f"{max_ttl_seconds}s")
 
     # --- CA -------------------------------------------------------------------------------------
@@ -197,12 +220,12 @@ class VaultGateway:
 
     def set_signed_intermediate(self, mount: str, pem_bundle: str) -> dict[str, str]:
         """Import the signed intermediate (and its chain): returns {issuer_id: key_id or ""}."""
-        with self._translate("install the signed intermediate in", mount):
+        with self._translate("install the signed intermediate in", mount), repeatable():
             data = self.client.write_data(f"{mount}/intermediate/set-signed", data={"certificate": pem_bundle})
         return dict(((data or {}).get("data") or {}).get("mapping") or {})
 
     def set_default_issuer(self, mount: str, issuer_id: str) -> None:
-        with self._translate("set the default issuer of", mount):
+        with self._translate("set the default issuer of", mount), repeatable():
             self.client.write_data(f"{mount}/config/issuers", data={"default": issuer_id})
 
     # --- issuers (CA rotation: several issuers in one mount) -----------------------------------------
@@ -267,7 +290,7 @@ class VaultGateway:
         return (data or {}).get("data") or {}
 
     def write_auto_tidy(self, mount: str, params: dict[str, Any]) -> None:
-        with self._translate("configure auto-tidy of", mount):
+        with self._translate("configure auto-tidy of", mount), repeatable():
             self.client.write_data(f"{mount}/config/auto-tidy", data=dict(params))
 
     def read_urls(self, mount: str) -> dict[str, Any]:
@@ -276,7 +299,7 @@ class VaultGateway:
         return (data or {}).get("data") or {}
 
     def write_urls(self, mount: str, params: dict[str, Any]) -> None:
-        with self._translate("configure the URLs of", mount):
+        with self._translate("configure the URLs of", mount), repeatable():
             self.client.write_data(f"{mount}/config/urls", data=dict(params))
 
     # --- roles and signing ------------------------------------------------------------------------
@@ -298,7 +321,7 @@ class VaultGateway:
         return list(((data or {}).get("data") or {}).get("keys") or [])
 
     def write_role(self, mount: str, name: str, params: dict[str, Any]) -> None:
-        with self._translate("write role", f"{mount}/roles/{name}"):
+        with self._translate("write role", f"{mount}/roles/{name}"), repeatable():
             self.client.write_data(f"{mount}/roles/{name}", data=dict(params))
 
     def delete_role(self, mount: str, name: str) -> None:
@@ -308,7 +331,7 @@ class VaultGateway:
     def sign(self, mount: str, role: str, csr_pem: str, ttl_seconds: int) -> dict[str, Any]:
         """Sign a CSR with a role: returns certificate, issuing_ca and ca_chain (PEM)."""
         params = {"csr": csr_pem, "ttl": f"{ttl_seconds}s", "exclude_cn_from_sans": True, "format": "pem"}
-        with self._translate("sign with role", f"{mount}/sign/{role}"):
+        with self._translate("sign with role", f"{mount}/sign/{role}"), repeatable():
             data = self.client.write_data(f"{mount}/sign/{role}", data=params)
         return data["data"]
 
@@ -323,7 +346,7 @@ class VaultGateway:
         return ((data or {}).get("data") or {}).get("policy")
 
     def write_policy(self, name: str, text: str) -> None:
-        with self._translate("write policy", f"sys/policies/acl/{name}"):
+        with self._translate("write policy", f"sys/policies/acl/{name}"), repeatable():
             self.client.write_data(f"sys/policies/acl/{name}", data={"policy": text})
 
     # --- auth mounts, AppRole, tokens, identity --------------------------------------------------------
@@ -369,7 +392,7 @@ class VaultGateway:
 
     def destroy_secret_id_accessor(self, mount: str, role: str, accessor: str) -> None:
         path = f"auth/{mount}/role/{role}/secret-id-accessor/destroy"
-        with self._translate("destroy a secret_id at", path):
+        with self._translate("destroy a secret_id at", path), repeatable():
             self.client.write_data(path, data={"secret_id_accessor": accessor})
 
     def list_approle_roles(self, mount: str) -> list[str]:
@@ -414,7 +437,7 @@ class VaultGateway:
         self.client.token = token
 
     def renew_self(self) -> None:
-        with self._translate("renew the token at", "auth/token/renew-self"):
+        with self._translate("renew the token at", "auth/token/renew-self"), repeatable():
             self.client.auth.token.renew_self()
 
     def revoke_self(self) -> None:
@@ -464,7 +487,7 @@ class VaultGateway:
 
     def write_entity(self, name: str, metadata: dict[str, str]) -> str:
         """Create or update the named entity; returns its id."""
-        with self._translate("write entity", f"identity/entity/name/{name}"):
+        with self._translate("write entity", f"identity/entity/name/{name}"), repeatable():
             self.client.write_data(f"identity/entity/name/{name}", data={"metadata": dict(metadata), "disabled": False})
         entity = self.read_entity(name)
         if not entity:
@@ -510,23 +533,51 @@ class VaultGateway:
         return body.get("data") or {}, int((body.get("metadata") or {}).get("version") or 0)
 
     def kv2_write(self, mount: str, path: str, data: dict[str, Any], cas: int) -> int:
-        """Write only if the secret is still at version cas (0: does not exist yet); returns the new version."""
-        with self._translate("write", f"{mount}/data/{path}"):
+        """Write only if the secret is still at version cas (0: does not exist yet); returns the new version.
+
+        Never replayed blindly: when the answer is lost (failover), the secret is re-read: our data
+        at a newer version means our write landed; still at `cas` means it did not and it is sent
+        again (still check-and-set); anything else, or a plain check-and-set failure, is refused.
+        """
+        where = f"{mount}/data/{path}"
+        uncertain = False  # an earlier try of ours may have landed
+        for _ in range(3):
             try:
-                result = self.client.secrets.kv.v2.create_or_update_secret(
-                    path, secret=dict(data), cas=cas, mount_point=mount)
-            except hv.InvalidRequest as err:
-                if "check-and-set" not in str(err):
-                    raise
-                raise PlanRefused(
-                    f"{mount}/data/{path} changed in Vault while this command ran (another operator?); "
-                    "nothing was written to disk: re-run to see the new state"
-                ) from None
-        return int(((result or {}).get("data") or {}).get("version") or 0)
+                with self._translate("write", where):
+                    try:
+                        result = self.client.secrets.kv.v2.create_or_update_secret(
+                            path, secret=dict(data), cas=cas, mount_point=mount)
+                    except hv.InvalidRequest as err:
+                        if "check-and-set" not in str(err):
+                            raise
+                        return self._kv2_settle(mount, path, data, cas, where, uncertain)
+                    except (hv.VaultError, requests.RequestException) as err:
+                        if classify(err) != AMBIGUOUS:
+                            raise
+                        uncertain = True
+                        return self._kv2_settle(mount, path, data, cas, where, uncertain)
+            except _SendAgain:
+                continue
+            return int(((result or {}).get("data") or {}).get("version") or 0)
+        raise VaultError(f"could not write {where}: Vault kept failing while its outcome stayed unknown; re-run")
+
+    def _kv2_settle(self, mount: str, path: str, data: dict[str, Any], cas: int, where: str,
+                    uncertain: bool) -> int:
+        """After a lost answer (uncertain) or a failed check-and-set: did our write land?"""
+        found = self.kv2_read(mount, path) if uncertain else None
+        version = found[1] if found else 0
+        if found and version > cas and found[0] == dict(data):
+            return version  # our write landed; its answer was lost
+        if uncertain and version == cas:
+            raise _SendAgain()
+        raise PlanRefused(
+            f"{where} changed in Vault while this command ran (another operator?); "
+            "nothing was written to disk: re-run to see the new state"
+        )
 
     def kv2_set_max_versions(self, mount: str, path: str, max_versions: int) -> None:
         """Bound the secret's version history (creates its metadata when the secret does not exist yet)."""
-        with self._translate("write", f"{mount}/metadata/{path}"):
+        with self._translate("write", f"{mount}/metadata/{path}"), repeatable():
             self.client.secrets.kv.v2.update_metadata(path, max_versions=max_versions, mount_point=mount)
 
     def kv2_versions(self, mount: str, path: str) -> tuple[int, list[tuple[int, bool, bool]]] | None:
@@ -550,7 +601,7 @@ class VaultGateway:
         """Permanently remove the data of these versions (not a soft delete: no undelete, no rollback)."""
         if not versions:
             return
-        with self._translate("destroy versions of", f"{mount}/destroy/{path}"):
+        with self._translate("destroy versions of", f"{mount}/destroy/{path}"), repeatable():
             self.client.secrets.kv.v2.destroy_secret_versions(path, versions=list(versions), mount_point=mount)
 
     # --- generic (used by the other gateways' callers: KV, policies, auth) ------------------------
@@ -563,7 +614,8 @@ class VaultGateway:
                 return None
 
     def write(self, path: str, data: dict[str, Any]) -> dict[str, Any] | None:
-        with self._translate("write", path):
+        """An upsert of parameters (AppRole and token roles): repeating it ends in the same state."""
+        with self._translate("write", path), repeatable():
             result = self.client.write_data(path, data=dict(data))
         return result if isinstance(result, dict) else None
 
@@ -592,7 +644,14 @@ class VaultGateway:
             raise VaultError(f"{self.addr} did not answer as the Vault API does when asked to {action} {path}: "
                              "check VAULT_ADDR (its scheme, host and port)") from None
         except requests.exceptions.RequestException as err:
+            if classify(err) == AMBIGUOUS:  # it may have been done: only a re-run can tell
+                raise VaultError(f"the connection to Vault at {self.addr} broke while trying to {action} {path} "
+                                 f"({type(err).__name__}); re-run to finish") from None
             raise VaultError(f"cannot reach Vault at {self.addr} ({type(err).__name__}): is it running? check VAULT_ADDR") from None
+
+
+class _SendAgain(Exception):
+    """kv2_write: the lost write provably did not land, so check-and-set may send it again."""
 
 
 def _first_error(err: hv.VaultError) -> str:
