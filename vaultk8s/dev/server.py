@@ -459,7 +459,8 @@ class DevServer:
         session.trust_env = False  # no proxies or CA bundles from the environment for 127.0.0.1
         session.verify = str(self.cacert)  # hvac ignores its verify= when given a session
         # token="" rather than None: hvac would otherwise read VAULT_TOKEN / ~/.vault-token.
-        return hvac.Client(url=node.addr, token=token, verify=str(self.cacert), timeout=self.http_timeout, session=session)
+        return hvac.Client(url=node.addr, token=token, verify=str(self.cacert), timeout=self.http_timeout,
+                           session=session)
 
     def _health(self, client: hvac.Client) -> dict | None:
         """Health as a dict whatever the state (every status code mapped to 200); None if no answer."""
