@@ -16,7 +16,7 @@ from vaultk8s.errors import DevServerError
 def test_config_listens_in_the_container_and_advertises_the_service_name():
     hcl = render_container_config(Path("/state"), "openbao")
     assert 'address         = "0.0.0.0:8200"' in hcl
-    assert 'api_addr     = "https://openbao:8200"' in hcl
+    assert 'api_addr      = "https://openbao:8200"' in hcl
     assert 'node_id                = "openbao"' in hcl and "performance_multiplier = 1" in hcl
 
 

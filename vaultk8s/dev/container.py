@@ -9,14 +9,13 @@ and root token in its own state dir, so the server's volume never holds them.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import re
 from pathlib import Path
 
 from cryptography import x509
 
-from vaultk8s.dev.server import DevServer, _write_file, _server_environ, find_bao
+from vaultk8s.dev.server import DevServer, _server_environ, _write_file, find_bao, render_config
 from vaultk8s.dev.tls import render_tls_material
 from vaultk8s.errors import DevServerError
 
@@ -26,25 +25,7 @@ _DNS_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-
 
 def render_container_config(state_dir: Path, hostname: str, port: int = PORT) -> str:
     """HCL for a 1-node raft + TLS server listening on all of the container's interfaces."""
-    q = json.dumps
-    return f"""\
-storage "raft" {{
-  path                   = {q(str(state_dir / "raft"))}
-  node_id                = {q(hostname)}
-  performance_multiplier = 1
-}}
-
-listener "tcp" {{
-  address         = {q(f"0.0.0.0:{port}")}
-  cluster_address = {q(f"0.0.0.0:{port + 1}")}
-  tls_cert_file   = {q(str(state_dir / "server.pem"))}
-  tls_key_file    = {q(str(state_dir / "server.key"))}
-}}
-
-api_addr     = {q(f"https://{hostname}:{port}")}
-cluster_addr = {q(f"https://{hostname}:{port + 1}")}
-ui           = false
-"""
+    return render_config(state_dir, port, node_id=hostname, listen_host="0.0.0.0", advertise_host=hostname)
 
 
 def prepare_container_server(state_dir: Path, hostname: str) -> list[str]:

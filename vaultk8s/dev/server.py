@@ -118,10 +118,11 @@ class _Node:
 
 
 def render_config(node_dir: Path, port: int, *, tls_dir: Path | None = None, node_id: str = "dev",
-                  peers: tuple[int, ...] = ()) -> str:
+                  peers: tuple[int, ...] = (), listen_host: str = HOST, advertise_host: str = HOST) -> str:
     """One node's HCL. Strings go through json.dumps, whose escaping HCL accepts.
 
     peers: API ports of the other nodes, joined with retry_join (a 1-node server has none).
+    listen_host/advertise_host: loopback for `dev up`; 0.0.0.0 and the service name in a container.
     No `disable_mlock`: OpenBao 2.x dropped mlock and warns about the unknown field.
     """
     q = json.dumps
@@ -141,14 +142,14 @@ storage "raft" {{
 {joins}}}
 
 listener "tcp" {{
-  address         = {q(f"{HOST}:{port}")}
-  cluster_address = {q(f"{HOST}:{port + 1}")}
+  address         = {q(f"{listen_host}:{port}")}
+  cluster_address = {q(f"{listen_host}:{port + 1}")}
   tls_cert_file   = {q(str(tls_dir / "server.pem"))}
   tls_key_file    = {q(str(tls_dir / "server.key"))}
 }}
 
-api_addr      = {q(f"https://{HOST}:{port}")}
-cluster_addr  = {q(f"https://{HOST}:{port + 1}")}
+api_addr      = {q(f"https://{advertise_host}:{port}")}
+cluster_addr  = {q(f"https://{advertise_host}:{port + 1}")}
 ui            = false
 """
 
