@@ -4,8 +4,9 @@
 
 Each simulated agent does what vaultk8s/agent/runner.py and ops/renew.py do, with the same pure
 functions from vaultk8s/plan/schedule.py: a per-agent seed drawn from its own random source, each
-certificate's renewal time from `renew_at` seeded by serial ^ seed, the next wake from `next_wake`
-(idle 1 h), `backoff` after a failed round (bounded by the time to the earliest expiry). Renewal
+certificate's renewal time from `renew_at` seeded by serial ^ seed (and the agent's start time), the
+next wake from `next_wake` (idle 1 h), `retry_delay` after a failed round (given the time to the
+earliest expiry). Renewal
 issues a new 24 h certificate (Vault's not_before is 30 s in the past) with a new random serial.
 Each agent holds a worker's certificates (kubelet-client, kubelet-serving, kube-proxy).
 
@@ -54,7 +55,7 @@ class Cert:
 
     def __init__(self, serial: int, not_before: datetime, seed: int, started: datetime):
         self.serial, self.not_before, self.not_after = serial, not_before, not_before + BACKDATE + TTL
-        self.due = schedule.renew_at(self.not_before, self.not_after, random.Random(serial ^ seed))
+        self.due = schedule.renew_at(self.not_before, self.not_after, random.Random(serial ^ seed), started)
 
 
 class SimAgent:
@@ -73,33 +74,8 @@ class SimAgent:
 
 def simulate(scenario: str, agents: int, days: float, seed: int) -> dict:
     started_wall = time.monotonic()
-    master = random.Random(f"{scenario}/{seed}")
+    counts = per_minute(scenario, agents, days, seed)
     minutes = int(days * 1440)
-    counts = {name: [0] * minutes for name in SERIES}
-    end = T0 + timedelta(days=days)
-    outage = (T0 + OUTAGE[0], T0 + OUTAGE[1]) if scenario == "outage" else None
-    fleet, queue = _fleet(scenario, agents, master)
-    while queue:
-        when, index = heapq.heappop(queue)
-        if when >= end:
-            break
-        agent = fleet[index]
-        minute = int((when - T0).total_seconds() // 60)
-        due = [c for c in agent.certs if when >= c.due]
-        counts["rounds"][minute] += 1
-        counts["attempts"][minute] += bool(due)
-        if outage and outage[0] <= when < outage[1]:
-            agent.failures += 1
-            until_expiry = min(c.not_after for c in agent.certs) - when
-            delay = schedule.backoff(agent.failures, agent.rng, until_expiry)
-        else:
-            agent.failures = 0
-            counts["successes"][minute] += bool(due)
-            counts["signs"][minute] += len(due)
-            for cert in due:
-                agent.certs[agent.certs.index(cert)] = agent.issue(master.getrandbits(64), when)
-            delay = schedule.next_wake([c.due for c in agent.certs], when, IDLE) - when
-        heapq.heappush(queue, (when + delay, index))
     report = {"scenario": scenario, "agents": agents, "days": days, "seed": seed,
               "certs_per_agent": worker_certs()}
     for name in SERIES:
@@ -114,16 +90,50 @@ def simulate(scenario: str, agents: int, days: float, seed: int) -> dict:
     return report
 
 
+def per_minute(scenario: str, agents: int, days: float, seed: int) -> dict[str, list[int]]:
+    master = random.Random(f"{scenario}/{seed}")
+    minutes = int(days * 1440)
+    counts = {name: [0] * minutes for name in SERIES}
+    end = T0 + timedelta(days=days)
+    outage = (T0 + OUTAGE[0], T0 + OUTAGE[1]) if scenario == "outage" else None
+    fleet, queue = _fleet(scenario, agents, master)
+    while queue:
+        when, index = heapq.heappop(queue)
+        if when >= end:
+            break
+        agent = fleet[index]
+        minute = int((when - T0).total_seconds() // 60)
+        if agent.failures:  # as the runner does: a round after failures restarts the schedule
+            agent.started = when
+            agent.certs = [Cert(c.serial, c.not_before, agent.seed, when) for c in agent.certs]
+        due = [c for c in agent.certs if when >= c.due]
+        counts["rounds"][minute] += 1
+        counts["attempts"][minute] += bool(due)
+        if outage and outage[0] <= when < outage[1]:
+            agent.failures += 1
+            until_expiry = min(c.not_after for c in agent.certs) - when
+            delay = schedule.retry_delay(agent.failures, agent.rng, until_expiry)
+        else:
+            agent.failures = 0
+            counts["successes"][minute] += bool(due)
+            counts["signs"][minute] += len(due)
+            for cert in due:
+                agent.certs[agent.certs.index(cert)] = agent.issue(master.getrandbits(64), when)
+            delay = schedule.next_wake([c.due for c in agent.certs], when, IDLE) - when
+        heapq.heappush(queue, (when + delay, index))
+    return counts
+
+
 def _fleet(scenario: str, agents: int, master: random.Random) -> tuple[list[SimAgent], list]:
     fleet, queue = [], []
     for index in range(agents):
-        agent = SimAgent(random.Random(master.getrandbits(64)), started=T0)
         if scenario == "restart":
+            agent = SimAgent(random.Random(master.getrandbits(64)), started=T0)
             agent.certs = [agent.issue(master.getrandbits(64), T0) for _ in range(worker_certs())]
             first = T0  # every agent's first round is at start
         else:
+            agent = SimAgent(random.Random(master.getrandbits(64)), started=T0 - timedelta(days=30))  # long-running
             agent.certs = [_steady_cert(agent, master) for _ in range(worker_certs())]
-            agent.started = T0 - timedelta(days=30)  # long-running agents
             first = min([T0 + IDLE * master.random()] + [c.due for c in agent.certs])
         fleet.append(agent)
         queue.append((first, index))
