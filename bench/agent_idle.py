@@ -89,8 +89,8 @@ def renewal_time(env: dict[str, str], path: Path, out: Path, tmp: Path, runs: in
                        str(tmp / "creds-cp-1"), "--once", "--force", env=env, check=True, timeout=120)
         seconds.append(time.monotonic() - started)
         summary = proc.stdout.strip()
-    return {"cp_renew_all_s": [round(s, 2) for s in seconds], "cp_renew_all_median_s": round(statistics.median(seconds), 2),
-            "cp_renew_summary": summary}
+    return {"cp_renew_all_s": [round(s, 2) for s in seconds],
+            "cp_renew_all_median_s": round(statistics.median(seconds), 2), "cp_renew_summary": summary}
 
 
 def _first_round_done(port: int, node: str) -> bool:

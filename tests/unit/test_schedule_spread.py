@@ -29,12 +29,12 @@ def test_the_first_renewal_spread_is_stable_for_one_certificate():
 
 
 def test_old_certificates_and_certificates_issued_after_the_start_keep_the_usual_schedule():
+    old = T0 - timedelta(hours=7)  # older than a quarter of its life at the start
+    later = T0 + timedelta(minutes=5)  # issued by this agent
     for seed in range(200):
-        old = T0 - timedelta(hours=7)  # older than a quarter of its life at the start
-        assert renew_at(old, old + DAY, random.Random(seed), started=T0) == renew_at(old, old + DAY, random.Random(seed))
-        later = T0 + timedelta(minutes=5)  # issued by this agent
-        assert renew_at(later, later + DAY, random.Random(seed), started=T0) == renew_at(later, later + DAY,
-                                                                                        random.Random(seed))
+        for issued in (old, later):
+            usual = renew_at(issued, issued + DAY, random.Random(seed))
+            assert renew_at(issued, issued + DAY, random.Random(seed), started=T0) == usual
 
 
 def test_a_retry_waits_a_share_of_the_life_left_and_never_past_expiry():
