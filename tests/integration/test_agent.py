@@ -123,6 +123,26 @@ def test_backoff_when_vault_is_unreachable(node_env):
     assert all(5 <= w <= 600 for w in waits)
 
 
+def test_after_vault_goes_down_a_holding_agent_waits_a_share_of_the_life_left(node_env):
+    """Certificates held (24h, fresh): retries wait 1/8 to 1/2 of the ~24h left, so an outage's
+    backlog does not come back all at once."""
+    _, config, creds, env, out = node_env
+    settings = AgentSettings(config=config, node="worker-1", output=node_output(out, "worker-1"), credentials_dir=creds)
+    target = {"env": env}
+    agent = Agent(settings, connect=lambda: VaultGateway.from_env(target["env"]))
+    waits = []
+
+    def wait(seconds: float) -> None:
+        waits.append(seconds)
+        target["env"] = dict(env, VAULT_ADDR="https://127.0.0.1:1")  # Vault gone after the first round
+        if len(waits) == 2:
+            agent.stop()
+
+    agent.run(wait=wait)
+    assert agent.failures == 1
+    assert 23 * 3600 / 8 <= waits[1] <= 24 * 3600 / 2
+
+
 def test_sighup_renews_now_and_sigterm_stops(node_env):
     """The sidecar as operators run it: a long-lived process, signals, metrics on loopback."""
     path, _, creds, env, out = node_env
