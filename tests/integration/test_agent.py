@@ -79,7 +79,9 @@ def test_loop_renews_on_schedule(node_env):
     files = ("kubelet-client.crt", "kubelet.crt", "kube-proxy.crt")
     first = {f: _serial(pki / f) for f in files}
     issued = crypto.load_certs((pki / "kubelet.crt").read_bytes())[0].not_valid_before_utc
-    clock = {"now": issued + timedelta(minutes=1)}
+    # Started 7h after issue: the certificates are no longer young (a quarter of their life), so
+    # the usual schedule applies, not the first-renewal spread of a fleet started with fresh ones.
+    clock = {"now": issued + timedelta(hours=7)}
     waits, first_renewal = [], []
     settings = AgentSettings(config=config, node="worker-1", output=node_output(out, "worker-1"),
                              credentials_dir=creds, idle=timedelta(hours=6))
@@ -96,7 +98,7 @@ def test_loop_renews_on_schedule(node_env):
 
     agent.run(wait=wait)
     assert agent.failures == 0
-    assert waits[0] == 6 * 3600  # fresh certificates: sleep the idle bound, not until expiry
+    assert waits[0] == 6 * 3600  # renewal is 8h+ away: sleep the idle bound, not until then
     assert all(w >= 30 for w in waits)  # never a hot loop
     # 24h certificates are renewed between 14h48m (2/3 minus the largest jitter, 1/20) and 16h of life.
     assert all(_serial(pki / f) != first[f] for f in files)
@@ -119,6 +121,26 @@ def test_backoff_when_vault_is_unreachable(node_env):
     agent.run(wait=wait)
     assert agent.failures == 3
     assert all(5 <= w <= 600 for w in waits)
+
+
+def test_after_vault_goes_down_a_holding_agent_waits_a_share_of_the_life_left(node_env):
+    """Certificates held (24h, fresh): retries wait 1/8 to 1/2 of the ~24h left, so an outage's
+    backlog does not come back all at once."""
+    _, config, creds, env, out = node_env
+    settings = AgentSettings(config=config, node="worker-1", output=node_output(out, "worker-1"), credentials_dir=creds)
+    target = {"env": env}
+    agent = Agent(settings, connect=lambda: VaultGateway.from_env(target["env"]))
+    waits = []
+
+    def wait(seconds: float) -> None:
+        waits.append(seconds)
+        target["env"] = dict(env, VAULT_ADDR="https://127.0.0.1:1")  # Vault gone after the first round
+        if len(waits) == 2:
+            agent.stop()
+
+    agent.run(wait=wait)
+    assert agent.failures == 1
+    assert 23 * 3600 / 8 <= waits[1] <= 24 * 3600 / 2
 
 
 def test_sighup_renews_now_and_sigterm_stops(node_env):

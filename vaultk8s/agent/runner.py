@@ -23,7 +23,7 @@ from vaultk8s.plan import schedule
 from vaultk8s.agent.metrics import AgentMetrics
 from vaultk8s.agent.reload import ExecHook, SignalHook
 from vaultk8s.config import ClusterConfig
-from vaultk8s.errors import VaultK8sError
+from vaultk8s.errors import VaultError, VaultK8sError
 from vaultk8s.ops.health import node_health
 from vaultk8s.ops.kubeconfigs import ensure_node_kubeconfigs
 from vaultk8s.ops.node import authenticate
@@ -63,6 +63,8 @@ class Agent:
         self._pending: set[str] = set()  # written files whose reload has not succeeded yet
         self._last_error = ""
         self._seed = self.rng.getrandbits(32)  # this agent's jitter, stable across its rounds
+        self._started = self.clock()  # certificates young then get their first renewal spread
+        self._vault_failing = False  # the last round failed talking to Vault (not e.g. a reload hook)
 
     # --- one round ------------------------------------------------------------------------------
 
@@ -72,7 +74,7 @@ class Agent:
         try:
             gateway.check_ready()
             result = renew_node(self.settings.config, self.settings.node, self.settings.output, gateway,
-                                now=self.clock(), seed=self._seed, force=force)
+                                now=self.clock(), seed=self._seed, force=force, started=self._started)
         finally:
             if approle:
                 _quietly(gateway.revoke_self)  # a round's token is not left alive for nobody
@@ -115,6 +117,8 @@ class Agent:
 
     def next_delay(self, result: RenewalResult | None) -> timedelta:
         now = self.clock()
+        if result is None and self._vault_failing:
+            return schedule.retry_delay(self.failures, self.rng, self._until_expiry(now))
         if result is None:
             return schedule.backoff(self.failures, self.rng, self._until_expiry(now))
         return schedule.next_wake(list(result.next_renewals.values()), now, self.settings.idle) - now
@@ -124,12 +128,17 @@ class Agent:
         wait = wait or self._wake.wait
         while not self._stop.is_set():
             force, self._force_next = self._force_next, False
+            if self._vault_failing:
+                # After an outage the fleet comes back together: the certificates renewed now are
+                # young at this "start", so their next renewal is spread like a fresh fleet's.
+                self._started = self.clock()
             try:
                 result = self.renew_once(force=force)
-                self.failures = 0
+                self.failures, self._vault_failing = 0, False
                 self._became_ready()
             except VaultK8sError as err:
                 self.failures += 1
+                self._vault_failing = isinstance(err, VaultError)
                 self._last_error = str(err)
                 self.metrics.failed(self.settings.node)
                 log.error("renewal failed (%d in a row): %s", self.failures, err)

@@ -32,7 +32,8 @@ class RenewalResult:
 
 
 def renew_node(config: ClusterConfig, node_name: str, output: NodeOutput, gateway: VaultGateway, *,
-               now: datetime, seed: int = 0, force: bool = False) -> RenewalResult:
+               now: datetime, seed: int = 0, force: bool = False, started: datetime | None = None) -> RenewalResult:
+    """`seed` is the agent's jitter; `started` when the agent started (spreads a fresh fleet's first renewal)."""
     node = config.node(node_name)
     cas = {ca.name: read_ca_state(gateway, config.mount(ca.name)) for ca in catalog.cas_for(node.control_plane)}
     result = RenewalResult()
@@ -45,14 +46,14 @@ def renew_node(config: ClusterConfig, node_name: str, output: NodeOutput, gatewa
         if not agent_renews(rc.spec):
             continue
         observed = observe_leaf(output, rc)
-        reason = _reason(rc, observed, cas[rc.spec.ca], now, seed, force)
+        reason = _reason(rc, observed, cas[rc.spec.ca], now, seed, force, started)
         if reason is None:
-            _record_schedule(result, rc.cert_file, observed.cert, seed)
+            _record_schedule(result, rc.cert_file, observed.cert, seed, started)
             continue
         leaf = issue_leaf(gateway, rc)
         changes.update(leaf_changes(leaf))
         result.reasons[rc.cert_file] = reason
-        _record_schedule(result, rc.cert_file, crypto.load_certs(leaf.cert_pem)[0], seed)
+        _record_schedule(result, rc.cert_file, crypto.load_certs(leaf.cert_pem)[0], seed, started)
     if changes:
         output.update_pki(changes)
         result.renewed = sorted(f"pki/{name}" for name in changes)
@@ -64,10 +65,9 @@ def agent_renews(spec: catalog.CertSpec) -> bool:
     return catalog.identity_of(spec.name).attach is not None
 
 
-def _reason(rc, observed, ca: CAState, now: datetime, seed: int, force: bool) -> str | None:
+def _reason(rc, observed, ca: CAState, now: datetime, seed: int, force: bool, started: datetime | None) -> str | None:
     reason = reissue_reason(rc, observed, [ca.issuer] if ca.issuer else [], now, force)
-    if reason is None and now >= renew_at(observed.cert.not_valid_before_utc, observed.cert.not_valid_after_utc,
-                                          _rng(observed.cert, seed)):
+    if reason is None and now >= _renew_at(observed.cert, seed, started):
         return "scheduled renewal"
     return reason
 
@@ -77,8 +77,12 @@ def _rng(cert, seed: int) -> random.Random:
     return random.Random(cert.serial_number ^ seed)
 
 
-def _record_schedule(result: RenewalResult, name: str, cert, seed: int) -> None:
-    result.next_renewals[name] = renew_at(cert.not_valid_before_utc, cert.not_valid_after_utc, _rng(cert, seed))
+def _renew_at(cert, seed: int, started: datetime | None) -> datetime:
+    return renew_at(cert.not_valid_before_utc, cert.not_valid_after_utc, _rng(cert, seed), started)
+
+
+def _record_schedule(result: RenewalResult, name: str, cert, seed: int, started: datetime | None) -> None:
+    result.next_renewals[name] = _renew_at(cert, seed, started)
     result.expiries[name] = cert.not_valid_after_utc
 
 
