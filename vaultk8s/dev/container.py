@@ -15,7 +15,7 @@ from pathlib import Path
 
 from cryptography import x509
 
-from vaultk8s.dev.server import DevServer, _server_environ, _write_file, find_bao, render_config
+from vaultk8s.dev.server import DevServer, _Node, _server_environ, _write_file, find_bao, render_config
 from vaultk8s.dev.tls import render_tls_material
 from vaultk8s.errors import DevServerError
 
@@ -92,7 +92,10 @@ class RemoteServer(DevServer):
     def log_file(self) -> Path:
         return Path("its own log (docker compose logs openbao)")  # only named in error messages
 
-    def _running_pid(self) -> int | None:
+    def _nodes(self, port: int | None = None) -> list[_Node]:
+        return [_Node(1, self.state_dir, 0, remote_addr=self._addr, remote_log=self.log_file)]
+
+    def _running_pid(self, node: _Node) -> int | None:
         return -1  # never started here: waits are bounded by start_timeout alone
 
     def down(self) -> bool:

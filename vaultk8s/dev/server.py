@@ -95,6 +95,8 @@ class _Node:
     index: int
     dir: Path
     port: int
+    remote_addr: str | None = None  # a server started elsewhere (the compose demo's), reached here
+    remote_log: Path | None = None  # what to name in errors instead of our log file
 
     @property
     def node_id(self) -> str:
@@ -102,7 +104,7 @@ class _Node:
 
     @property
     def addr(self) -> str:
-        return f"https://{HOST}:{self.port}"
+        return self.remote_addr or f"https://{HOST}:{self.port}"
 
     @property
     def hcl(self) -> Path:
@@ -114,7 +116,7 @@ class _Node:
 
     @property
     def log_file(self) -> Path:
-        return self.dir / "server.log"
+        return self.remote_log or self.dir / "server.log"
 
 
 def render_config(node_dir: Path, port: int, *, tls_dir: Path | None = None, node_id: str = "dev",
