@@ -96,9 +96,11 @@ class FailoverAdapter(JSONAdapter):
         self._peers: list[str] = []
         self._lock = threading.Lock()
         self._index: tuple[int, str] | None = None  # (storage index, the opaque header value)
+        self._answered = False  # until a first answer, an unreachable address is a mistake, not a failover
         self.session.hooks["response"].append(self._note_index)
 
     def _note_index(self, response: requests.Response, *args, **kwargs) -> None:
+        self._answered = True
         header = response.headers.get(INDEX_HEADER)
         if not header:
             return
@@ -130,6 +132,8 @@ class FailoverAdapter(JSONAdapter):
                 kind = classify(err)
                 may_repeat = kind in (UNSENT, LAGGING) or (kind == AMBIGUOUS and self._repeatable(method))
                 budget = LAG_SECONDS if kind == LAGGING else self.failover_seconds
+                if not self._answered:
+                    raise  # a wrong VAULT_ADDR fails in seconds (urllib3's own retries), not after a failover wait
                 if not may_repeat or time.monotonic() + delay > started + budget:
                     raise
                 time.sleep(delay)
