@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 
 import typer
@@ -17,13 +16,8 @@ from vaultk8s.vault.gateway import VaultGateway
 
 app = typer.Typer(no_args_is_help=True)
 
-CAOption = Enum("CAOption", {c.name.replace("-", "_"): c.name for c in catalog.CAS}, type=str)  # typer needs str choices
-
-
-class PhaseOption(str, Enum):
-    stage = Phase.STAGE.value
-    switch = Phase.SWITCH.value
-    retire = Phase.RETIRE.value
+CAOption = common.str_choices("CAOption", [c.name for c in catalog.CAS])
+PhaseOption = common.str_choices("PhaseOption", [p.value for p in Phase])
 
 
 @app.command("rotate")

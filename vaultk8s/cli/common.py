@@ -18,6 +18,11 @@ from vaultk8s.config import ClusterConfig, load_config, parse_duration
 from vaultk8s.errors import ConfigError
 
 
+def str_choices(name: str, values) -> type[Enum]:
+    """A str Enum of the given values (typer shows and validates choices only from str Enums)."""
+    return Enum(name, {v.replace("-", "_"): v for v in values}, type=str)
+
+
 class Output(str, Enum):
     text = "text"
     json = "json"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 
 import typer
@@ -18,10 +17,7 @@ from vaultk8s.vault.gateway import VaultGateway
 app = typer.Typer(no_args_is_help=True)
 
 
-class PhaseOption(str, Enum):  # typer needs plain str choices
-    stage = Phase.STAGE.value
-    promote = Phase.PROMOTE.value
-    retire = Phase.RETIRE.value
+PhaseOption = common.str_choices("PhaseOption", [p.value for p in Phase])
 
 
 @app.command("rotate")
