@@ -20,6 +20,7 @@ Prints one JSON line; see bench/README.md for numbers and the machine.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -30,6 +31,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Iterator
 
 import requests
 import yaml
@@ -60,14 +62,26 @@ def main() -> None:
     parser.add_argument("--profile", type=Path, help="sample the first bootstrap with py-spy into this file")
     parser.add_argument("--no-cfssl", action="store_true")
     parser.add_argument("--floor-threads", default="4,8,16", help="thread counts the floors try (best counts)")
+    parser.add_argument("--work-dir", type=Path, help="run in this new directory and keep it (default: a temp "
+                        "directory, removed at the end; see bench/README.md on deleting before a run)")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="vaultk8s-bench-") as tmp:
-        server = DevServer(Path(tmp) / "bao", port=find_free_port())
+    with _work_dir(args.work_dir) as tmp:
+        server = DevServer(tmp / "bao", port=find_free_port())
         env = server.up()
         try:
-            print(json.dumps(run(env, Path(tmp), args)), flush=True)
+            print(json.dumps(run(env, tmp, args)), flush=True)
         finally:
             server.down()
+
+
+@contextlib.contextmanager
+def _work_dir(keep: Path | None) -> Iterator[Path]:
+    if keep is not None:
+        keep.mkdir(parents=True)
+        yield keep
+        return
+    with tempfile.TemporaryDirectory(prefix="vaultk8s-bench-") as tmp:
+        yield Path(tmp)
 
 
 def run(env, tmp: Path, args) -> dict:
@@ -83,6 +97,7 @@ def run(env, tmp: Path, args) -> dict:
     if noop["report"]["changed"]:
         raise SystemExit("the no-op re-run changed something: " + json.dumps(noop["report"]["actions"][:3]))
     noop_floor = run_noop_floor(env, certs, out, threads)
+    write_floor = run_write_floor(out, tmp / "write-floor")
     cfssl = {"cfssl_s": None, "cfssl_skipped": "--no-cfssl"} if args.no_cfssl else run_cfssl(certs, tmp / "cfssl")
     actions = first["report"]["actions"]
     result = {
@@ -95,11 +110,13 @@ def run(env, tmp: Path, args) -> dict:
         **{k: v for k, v in cfssl.items()},
         "peak_rss_mb": max(first["peak_rss_mb"], noop["peak_rss_mb"]),
         "peak_rss_first_mb": first["peak_rss_mb"], "peak_rss_noop_mb": noop["peak_rss_mb"],
+        "write_floor_s": write_floor["write_floor_s"],
         "vaultk8s_over_floor": _ratio(first["seconds"], floor["floor_s"]),
+        "vaultk8s_over_floor_and_writes": _ratio(first["seconds"], floor["floor_s"] + write_floor["write_floor_s"]),
         "noop_over_floor": _ratio(noop["seconds"], noop_floor["noop_floor_s"]),
         "cfssl_over_vaultk8s": _ratio(cfssl["cfssl_s"], first["seconds"]),
         "phases_first_s": first["report"].get("phase_seconds"), "phases_noop_s": noop["report"].get("phase_seconds"),
-        "floor": floor["detail"], "noop_floor": noop_floor["detail"],
+        "floor": floor["detail"], "noop_floor": noop_floor["detail"], "write_floor": write_floor["detail"],
         "cpus": os.cpu_count(), "load_before": os.getloadavg()[0],
     }
     return result
@@ -209,6 +226,38 @@ def _read_and_parse(out: Path) -> int:
                 yaml.load(data, Loader=loader)
             count += 1
     return count
+
+
+def run_write_floor(out: Path, copy: Path) -> dict:
+    """The tree bootstrap wrote, made again by one thread in the plainest way: each directory,
+    file (same bytes and mode, then an fsync: vaultk8s's files are durable too) and symlink,
+    no temp files, no renames, no locks. Content is read before the clock starts."""
+    entries = []
+    for dirpath, dirnames, filenames in os.walk(out):
+        rel = Path(dirpath).relative_to(out)
+        entries.append(("dir", rel, None))
+        for name in sorted(dirnames + filenames):
+            path = Path(dirpath) / name
+            if path.is_symlink():
+                entries.append(("link", rel / name, os.readlink(path)))
+            elif path.is_file():
+                entries.append(("file", rel / name, (path.read_bytes(), path.stat().st_mode & 0o777)))
+    started = time.monotonic()
+    for kind, rel, value in entries:
+        target = copy / rel
+        if kind == "dir":
+            target.mkdir(mode=0o700, parents=True, exist_ok=True)
+        elif kind == "link":
+            os.symlink(value, target)
+        else:
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, value[1])
+            try:
+                os.write(fd, value[0])
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    counts = {k: sum(e[0] == k for e in entries) for k in ("dir", "file", "link")}
+    return {"write_floor_s": round(time.monotonic() - started, 2), "detail": counts}
 
 
 # --- vaultk8s -----------------------------------------------------------------------------------

@@ -49,6 +49,10 @@ Progress = Callable[[str, int], Callable[[], None]]  # (phase, total) -> advance
 # Concurrent Vault requests. Measured knee (bench/README.md): a bare client against a local
 # OpenBao signs fastest at 32 in flight (16: -12%, 64: -20%); role writes and reads flatten there.
 DEFAULT_WORKERS = 32
+# Threads writing node directories and kubeconfigs. Creating files costs kernel time that grows
+# faster than the writers: 1000 payloads took 5.8 s with 1 thread, 3.0-3.5 s with 4, 4.1 s with 8,
+# 5.3 s with 16 (bench/README.md). Vault's concurrency does not apply to the disk.
+FILE_WORKERS = 4
 
 
 @dataclass
@@ -101,7 +105,7 @@ def bootstrap(config: ClusterConfig, out: Path, gateway: VaultGateway, *, now: d
         crash_point("sa")
         report.actions.extend(sa_actions)
     certs = resolve_all(config)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
+    with ThreadPoolExecutor(max_workers=workers) as pool, ThreadPoolExecutor(max_workers=FILE_WORKERS) as files:
         # Roles are read in the pool while this thread checks the files on disk; the report keeps
         # the order roles-then-leaves.
         with report.phase("plan"):
@@ -118,10 +122,10 @@ def bootstrap(config: ClusterConfig, out: Path, gateway: VaultGateway, *, now: d
         report.actions.extend(sa_ops.plan_key_files(config, out, sa_keys))
         if not dry_run:
             with report.phase("node files"):
-                _write_nodes(config, out, cas, issued, sa_ops.key_files(sa_keys), pool)
+                _write_nodes(config, out, cas, issued, sa_ops.key_files(sa_keys), files)
             crash_point("nodes")
         with report.phase("kubeconfigs"):
-            report.actions.extend(_ensure_kubeconfigs(config, out, dry_run, pool))
+            report.actions.extend(_ensure_kubeconfigs(config, out, dry_run, files))
     crash_point("kubeconfigs")
     if not dry_run:
         _write_rbac(Path(out))
@@ -419,7 +423,7 @@ def _wait_all(futures: list[Future], feeding: list[Future] = ()) -> None:
 
 def _write_nodes(config: ClusterConfig, out: Path, cas: dict[str, CAState], issued: list[IssuedLeaf],
                  control_plane_files: dict[str, FileContent], pool: ThreadPoolExecutor) -> None:
-    """Nodes are independent directories, written in the pool (mostly fsync waits)."""
+    """Nodes are independent directories, written by a few threads (FILE_WORKERS)."""
     by_node: dict[str, list[IssuedLeaf]] = {}
     for leaf in issued:
         by_node.setdefault(leaf.cert.node, []).append(leaf)

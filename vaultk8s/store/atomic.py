@@ -55,7 +55,8 @@ def public(data: bytes) -> FileContent:
 def ensure_dir(path: Path) -> None:
     try:
         path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
-        os.chmod(path, DIR_MODE)
+        if stat.S_IMODE(path.stat().st_mode) != DIR_MODE:  # a chmod is a metadata write: only when needed
+            os.chmod(path, DIR_MODE)
     except OSError as err:
         raise StoreError(f"cannot create directory {path}: {err.strerror}") from None
 
@@ -89,7 +90,8 @@ def write_file(path: Path, content: FileContent) -> bool:
     try:
         _write_new(tmp, FileContent(content.data, KEY_MODE))
         crash_point("file-tmp")
-        os.chmod(tmp, content.mode)
+        if content.mode != KEY_MODE:
+            os.chmod(tmp, content.mode)
         os.replace(tmp, path)
         _fsync_dir(path.parent)
     except OSError as err:
@@ -169,7 +171,8 @@ class PayloadDir:
             os.mkdir(version, DIR_MODE)
             for rel, content in files.items():
                 target = version / rel
-                target.parent.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+                if "/" in rel:
+                    target.parent.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
                 _write_new(target, content)
             _fsync_dir(version)
             crash_point("payload-written")
@@ -265,6 +268,9 @@ def _write_new(path: Path, content: FileContent) -> None:
 
 
 def _swap_link(link: Path, target: str) -> None:
+    with contextlib.suppress(FileExistsError):
+        os.symlink(target, link)  # a new name: creating the link is already atomic
+        return
     tmp = link.parent / f".{link.name}.{secrets.token_hex(4)}.tmp"
     os.symlink(target, tmp)
     os.replace(tmp, link)
