@@ -30,6 +30,8 @@ def _conn_error(reason: Exception) -> requests.ConnectionError:
     (hv.VaultDown("Vault is sealed"), UNSENT),
     (hv.InternalServerError("local node not active but active cluster node not found"), UNSENT),
     (hv.InternalServerError("rpc error: code = Unavailable"), AMBIGUOUS),
+    (hv.InternalServerError("1 error occurred:\n\t* no default issuer currently configured\n\n"), None),
+    (hv.InternalServerError("1 error occurred:\n\t* unable to find PKI issuer for reference: nope"), None),
     (hv.BadGateway("bad gateway"), AMBIGUOUS),
     (hv.InvalidRequest("Waiting for the primary to upgrade from non-versioned to versioned data."), UNSENT),
     (hv.InvalidPath('no handler for route "x/roles/y". route entry not found.'), LAGGING),

@@ -42,6 +42,8 @@ _FIRST_DELAY, _MAX_DELAY = 0.25, 2.0
 _NO_LEADER = ("active cluster node not found", "local node not active", "node not active", "no active node")
 # A new KV v2 mount answers this (400) for a moment, on every node, before it takes any request.
 _KV_UPGRADING = ("upgrading from non-versioned to versioned", "waiting for the primary to upgrade")
+# OpenBao's PKI answers "not there" with a 500: an answer, not a fault; repeating it waited 45 s.
+_PKI_NOT_FOUND = ("no default issuer currently configured", "unable to find pki issuer")
 
 INDEX_HEADER = "X-Vault-Index"
 UNSENT, AMBIGUOUS, LAGGING = "unsent", "ambiguous", "lagging"
@@ -82,6 +84,8 @@ def classify(err: BaseException) -> str | None:
         return LAGGING
     if isinstance(err, (hv.InternalServerError, hv.BadGateway)):
         text = str(err).lower()
+        if any(m in text for m in _PKI_NOT_FOUND):
+            return None
         return UNSENT if any(m in text for m in _NO_LEADER) else AMBIGUOUS
     return None
 
