@@ -11,13 +11,13 @@ from pathlib import Path
 import typer
 
 from vaultk8s.agent.reload import ExecHook, SignalHook, parse_signal
-from vaultk8s.agent.runner import Agent, AgentSettings
 from vaultk8s.cli import common
 from vaultk8s.errors import ConfigError, shown
 from vaultk8s.ops.renew import node_output
-from vaultk8s.serve import HealthServer, Notifier, Watchdog
-from vaultk8s.serve.http import check_port, parse_listen_addr
 from vaultk8s.vault.gateway import VaultGateway
+
+# The runner (prometheus-client) and the HTTP server are imported by the command itself, so every
+# other command starts without them.
 
 
 def agent(
@@ -48,6 +48,9 @@ def agent(
     everything now; SIGTERM or SIGINT stop between rounds. Under systemd (NOTIFY_SOCKET set) it
     reports READY=1 after the first good round and pings WATCHDOG=1 while /healthz would be 200.
     """
+    from vaultk8s.agent.runner import Agent, AgentSettings
+    from vaultk8s.serve import HealthServer, Notifier, Watchdog
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s vaultk8s-agent %(levelname)s %(message)s")
     cluster = common.load(config)
     cluster.node(node)
@@ -99,6 +102,8 @@ def _hooks(exec_: list[str], pid_file: Path | None, reload_signal: str | None) -
 
 
 def _listen_addr(metrics_addr: str | None, metrics_port: int | None) -> tuple[str, int] | None:
+    from vaultk8s.serve.http import check_port, parse_listen_addr
+
     if metrics_addr is not None and metrics_port is not None:
         raise ConfigError("give --metrics-addr or --metrics-port, not both", "command line")
     if metrics_addr is not None:
