@@ -22,7 +22,7 @@ import pytest
 from tests.conftest import find_free_port
 from tests.helpers import converge
 from tests.helpers.cluster import cluster_doc, write_cluster
-from tests.helpers.ha import assert_one_clear_line, start_cli
+from tests.helpers.ha import assert_one_clear_line, reaped, start_cli
 from vaultk8s.config import load_config
 from vaultk8s.crashpoint import ENV
 from vaultk8s.dev import DevServer
@@ -89,9 +89,8 @@ def test_openbao_killed_during_bootstrap(crash_bao, tmp_path, mount_prefix):
         signed = _cert_count(view, mount)
         trigger = (("after s", round(rng.uniform(0.3, 1.5), 2)) if round_ % 2 == 0
                    else ("after certs", rng.randint(5, 60)))
-        proc = start_cli("bootstrap", "-c", str(path), "-o", str(out), *(["--force-renew"] if round_ % 2 else []),
-                         env=env)
-        try:
+        renew = ["--force-renew"] if round_ % 2 else []
+        with reaped(start_cli("bootstrap", "-c", str(path), "-o", str(out), *renew, env=env)) as proc:
             started = time.monotonic()
             while proc.poll() is None:
                 if trigger[0] == "after s" and time.monotonic() - started >= trigger[1]:
@@ -102,10 +101,6 @@ def test_openbao_killed_during_bootstrap(crash_bao, tmp_path, mount_prefix):
             mid_run = proc.poll() is None
             _kill_and_restart(server)
             _, stderr = proc.communicate(timeout=300)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(timeout=30)
         assert_one_clear_line(proc.returncode, stderr)
         outcomes.append((*trigger, "mid-run" if mid_run else "after the run", proc.returncode))
         converge.assert_pairs_match(out, path)

@@ -14,7 +14,7 @@ import pytest
 
 from tests.helpers import converge
 from tests.helpers.cluster import cluster_doc, run_cli, write_cluster
-from tests.helpers.ha import assert_one_clear_line, start_cli
+from tests.helpers.ha import assert_one_clear_line, reaped, start_cli
 from tests.helpers.policy import applied_cluster, cli
 from vaultk8s.agent.runner import Agent, AgentSettings
 from vaultk8s.config import load_config
@@ -59,17 +59,12 @@ def test_active_node_killed_in_the_middle_of_a_big_bootstrap(openbao_ha, tmp_pat
     active = openbao_ha.active()
     env = openbao_ha.env_for(active)
     out = tmp_path / "out"
-    proc = start_cli("bootstrap", "-c", str(path), "-o", str(out), env=env)
-    try:
+    with reaped(start_cli("bootstrap", "-c", str(path), "-o", str(out), env=env)) as proc:
         mount = load_config(path).mount("kubernetes-ca")
         _wait_until(lambda: proc.poll() is not None or _cert_count(openbao_ha, mount) >= 300, "300 certs signed")
         assert proc.poll() is None, f"bootstrap ended before the kill: {proc.stderr.read()[-2000:]}"
         openbao_ha.kill(active)
         _, stderr = proc.communicate(timeout=900)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=30)
     assert_one_clear_line(proc.returncode, stderr)
     survivor = openbao_ha.env_for(openbao_ha.active())
     sa_doc = converge.VaultView(survivor).sa_state(path)[0]
@@ -118,17 +113,12 @@ def test_step_down_during_policy_apply(openbao_ha, tmp_path, mount_prefix):
     path = write_cluster(tmp_path / "cluster.yaml", doc)
     env = openbao_ha.env_for(openbao_ha.standby())
     view = converge.VaultView(env)
-    proc = start_cli("policy", "apply", "-c", str(path), env=env)
-    try:
+    with reaped(start_cli("policy", "apply", "-c", str(path), env=env)) as proc:
         _wait_until(lambda: proc.poll() is not None or len(_entities(view)) >= 20, "20 entities written")
         assert proc.poll() is None, f"policy apply ended before the step-down: {proc.stderr.read()[-2000:]}"
         stepped = openbao_ha.step_down()
         assert stepped.returncode == 0, stepped.stderr
         _, stderr = proc.communicate(timeout=600)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=30)
     assert_one_clear_line(proc.returncode, stderr)
     rerun = cli(env, "policy", "apply", "-c", str(path))
     assert rerun.returncode == 0, rerun.stderr

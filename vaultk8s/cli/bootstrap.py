@@ -35,9 +35,8 @@ def bootstrap(
     if output is common.Output.json:
         common.print_json(report.to_dict())
         return
-    verb = "would" if dry_run else "did"
+    common.echo_actions(report.actions, dry_run)
     for action in report.actions:
-        typer.echo(f"{verb}: {action}")
         if action.reason == "CA changed":  # clients holding the old kubeconfig stop trusting the API server
             typer.echo(f"WARNING: {action.target} now embeds a different cluster CA: redistribute it", err=True)
     summary = f"{len(report.actions)} change(s), {report.kept} certificate(s) kept"

@@ -43,9 +43,7 @@ def rotate(
     if output is common.Output.json:
         common.print_json(report.to_dict())
         return
-    verb = "would" if dry_run else "did"
-    for action in report.actions:
-        typer.echo(f"{verb}: {action}")
+    common.echo_actions(report.actions, dry_run)
     for note in report.notes:
         typer.echo(f"NOTE: {note}", err=True)
     for target in report.stranded:

@@ -8,7 +8,7 @@ import sys
 from datetime import datetime, timedelta, timezone
 from enum import Enum
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import typer
 from rich.console import Console
@@ -55,6 +55,13 @@ def duration_flag(text: str, flag: str) -> timedelta:
 
 def print_json(data: Any) -> None:
     typer.echo(json.dumps(data, indent=2, sort_keys=False, default=str))
+
+
+def echo_actions(actions: Iterable[Any], dry_run: bool) -> None:
+    """One line per planned or applied action: `would: ...` on a dry run, `did: ...` otherwise."""
+    verb = "would" if dry_run else "did"
+    for action in actions:
+        typer.echo(f"{verb}: {action}")
 
 
 @contextlib.contextmanager
