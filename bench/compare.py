@@ -65,6 +65,8 @@ def main() -> None:
     parser.add_argument("--work-dir", type=Path, help="run in this new directory and keep it (default: a temp "
                         "directory, removed at the end; see bench/README.md on deleting before a run)")
     args = parser.parse_args()
+    if args.work_dir is not None and args.work_dir.exists():
+        parser.error(f"--work-dir {args.work_dir} already exists: give a new directory")
     with _work_dir(args.work_dir) as tmp:
         server = DevServer(tmp / "bao", port=find_free_port())
         env = server.up()
