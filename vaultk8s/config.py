@@ -15,21 +15,20 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from vaultk8s.durations import parse_duration
 from vaultk8s.errors import ConfigError, shown
+from vaultk8s.hostnames import is_dns_label, is_dns_subdomain, is_ip, url_port
+from vaultk8s.keytypes import LEAF_KEY_TYPES
 
 if TYPE_CHECKING:
     from vaultk8s.hsm.settings import HsmSettings
 
-KEY_TYPES = ("ec-p256", "ec-p384", "rsa-2048", "rsa-3072")
 DEFAULT_APISERVER_PORT = 6443
 
 # Sections other modules own; they validate their own contents, called from parse_config so that
 # every problem is found before anything is written.
 TOP_LEVEL_KEYS = {"cluster", "pki", "vault", "nodes", "hsm", "service_account", "policy", "kubeconfigs"}
 
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
-_DURATION_PART = re.compile(r"(\d+)(d|h|m|s)")
-_DURATION_UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
 _MOUNT_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -83,27 +82,6 @@ class ClusterConfig:
     def mount(self, ca_name: str) -> str:
         """The Vault mount path of a CA: the prefix lets several clusters share one Vault."""
         return f"{self.mount_prefix}{ca_name}"
-
-
-def parse_duration(text: Any) -> timedelta:
-    """Go-style durations as Kubernetes and Vault write them: 24h, 90m, 87600h, 1h30m, 30d."""
-    if isinstance(text, int) and not isinstance(text, bool):
-        return timedelta(seconds=text)
-    if not isinstance(text, str) or not text:
-        raise ValueError(f"{shown(text)} is not a duration such as 24h or 90m")
-    parts = _DURATION_PART.findall(text)
-    if "".join(n + u for n, u in parts) != text:
-        raise ValueError(f"{shown(text)} is not a duration such as 24h or 90m")
-    return timedelta(seconds=sum(int(n) * _DURATION_UNITS[u] for n, u in parts))
-
-
-def format_duration(delta: timedelta) -> str:
-    """Inverse of parse_duration for whole seconds, the form Vault's ttl parameters take."""
-    return f"{int(delta.total_seconds())}s"
-
-
-def is_dns_subdomain(name: str) -> bool:
-    return 0 < len(name) <= 253 and all(_DNS_LABEL.match(p) for p in name.split("."))
 
 
 MAX_CONFIG_BYTES = 32 * 1024 * 1024  # a 10,000-node cluster file is about 1 MB
@@ -210,8 +188,8 @@ def parse_config(data: Any, source: str = "cluster file") -> ClusterConfig:
     domain = _domain(cluster.get("domain", "cluster.local"), problems)
     apiserver_port = _port(cluster.get("apiserver_port", DEFAULT_APISERVER_PORT), problems)
     key_type = pki.get("key_type", "ec-p256")
-    if key_type not in KEY_TYPES:
-        problems.append(f"pki.key_type {shown(key_type)} is not one of {', '.join(KEY_TYPES)}")
+    if key_type not in LEAF_KEY_TYPES:
+        problems.append(f"pki.key_type {shown(key_type)} is not one of {', '.join(LEAF_KEY_TYPES)}")
     leaf_ttl = _ttl(pki.get("leaf_ttl", "24h"), "pki.leaf_ttl", problems)
     ca_ttl = _ttl(pki.get("ca_ttl", "87600h"), "pki.ca_ttl", problems)
     if leaf_ttl and ca_ttl and leaf_ttl >= ca_ttl:
@@ -290,7 +268,7 @@ def _unknown_keys(section: dict, where: str, known: set[str], problems: list[str
 
 
 def _cluster_name(value: Any, problems: list[str]) -> str:
-    if not isinstance(value, str) or not _DNS_LABEL.match(value):
+    if not isinstance(value, str) or not is_dns_label(value):
         problems.append(f"cluster.name {shown(value)} must be a DNS-1123 label (lower-case letters, digits, '-')")
         return ""
     return value
@@ -301,10 +279,7 @@ def _endpoint(value: Any, problems: list[str]) -> tuple[str, str]:
         problems.append("cluster.endpoint is required, e.g. https://10.0.0.10:6443")
         return "", ""
     parts = urlsplit(value)
-    try:
-        port = parts.port
-    except ValueError:
-        port = -1
+    port = url_port(parts)
     host = parts.hostname or ""
     if parts.scheme != "https" or not host or port == -1 or parts.path not in ("", "/"):
         problems.append(f"cluster.endpoint {shown(value)} must look like https://HOST:PORT")
@@ -443,10 +418,3 @@ def _role_collisions(nodes: tuple[NodeSpec, ...]) -> list[str]:
 
     return role_collisions([(n.name, n.control_plane) for n in nodes])
 
-
-def is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True

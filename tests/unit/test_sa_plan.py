@@ -145,10 +145,6 @@ def test_settings_problems_are_listed_one_per_line():
     assert any("at least 1h" in p for p in problems)
 
 
-def test_human_duration():
-    assert [sa.human_duration(timedelta(minutes=m)) for m in (0, 45, 60, 90, 2880)] == ["0m", "45m", "1h", "1h30m", "48h"]
-
-
 # --- destroying history after retire ------------------------------------------------------------
 
 def _history(*versions, destroyed=(), deleted=()):

@@ -9,8 +9,8 @@ from rich.console import Console
 from rich.table import Table
 
 from vaultk8s.cli import common
+from vaultk8s.durations import days_hours
 from vaultk8s.ops import sa as sa_ops
-from vaultk8s.ops.check import format_residual
 from vaultk8s.plan.sa import Phase
 from vaultk8s.vault.gateway import VaultGateway
 
@@ -60,7 +60,7 @@ def status(
     for k in result.keys:
         retire = k.retire_after.strftime("%Y-%m-%d %H:%M UTC") if k.retire_after else "-"
         table.add_row(k.id[:16], k.key_type, k.state, k.since.strftime("%Y-%m-%d %H:%M UTC"),
-                      format_residual(k.age_seconds), retire)
+                      days_hours(k.age_seconds), retire)
     console = Console(width=200)
     console.print(table)
     console.print(f"{result.kv_path} (KV version {result.kv_version}), grace period {result.grace_period}; "

@@ -14,6 +14,7 @@ from typing import Callable
 
 from vaultk8s import catalog, crypto
 from vaultk8s.crashpoint import crash_point
+from vaultk8s.durations import hours_minutes
 from vaultk8s.config import ClusterConfig
 from vaultk8s.errors import PlanRefused, VaultError
 from vaultk8s.plan import sa
@@ -246,7 +247,7 @@ def status(config: ClusterConfig, gateway: VaultGateway, *, now: datetime) -> SA
     if stored is None:
         raise PlanRefused(f"no service-account key in {where}: run `vaultk8s bootstrap` first")
     rows = tuple(_key_status(k, now, settings) for k in stored.keys.keys)
-    return SAStatus(where, stored.version, sa.human_duration(settings.grace_period),
+    return SAStatus(where, stored.version, hours_minutes(settings.grace_period),
                     sa.next_step(stored.keys), rows)
 
 

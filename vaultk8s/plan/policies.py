@@ -16,7 +16,8 @@ from typing import Any
 
 from vaultk8s import catalog
 from vaultk8s.catalog import IdentitySpec, Placement
-from vaultk8s.config import ClusterConfig, NodeSpec, format_duration, parse_duration
+from vaultk8s.config import ClusterConfig, NodeSpec
+from vaultk8s.durations import parse_duration, vault_ttl, whole_seconds
 from vaultk8s.errors import ConfigError, shown
 from vaultk8s.plan.resolve import resolve_all, role_name
 
@@ -361,10 +362,6 @@ def parse_policy(text: str) -> tuple[list[Grant], list[str]]:
 
 # --- machine auth ---------------------------------------------------------------------------------
 
-def _seconds(delta: timedelta) -> str:
-    return format_duration(delta)
-
-
 def _cidrs(node: NodeSpec, settings: PolicySettings) -> list[str]:
     if not settings.bind_cidrs:
         return []
@@ -378,12 +375,12 @@ def approle_params(config: ClusterConfig, node: NodeSpec) -> dict[str, Any]:
         "token_policies": node_policies(config, node),
         "token_no_default_policy": True,
         "token_type": "service",
-        "token_ttl": int(settings.token_ttl.total_seconds()),
-        "token_max_ttl": int(settings.token_max_ttl.total_seconds()),
+        "token_ttl": whole_seconds(settings.token_ttl),
+        "token_max_ttl": whole_seconds(settings.token_max_ttl),
         "token_num_uses": settings.token_num_uses,
         "token_bound_cidrs": cidrs,
         "secret_id_bound_cidrs": cidrs,
-        "secret_id_ttl": int(settings.secret_id_ttl.total_seconds()),
+        "secret_id_ttl": whole_seconds(settings.secret_id_ttl),
         "secret_id_num_uses": settings.secret_id_num_uses,
         "bind_secret_id": True,
     }
@@ -401,12 +398,12 @@ def signer_approle_params(config: ClusterConfig) -> dict[str, Any]:
         "token_policies": signer_policies(config),
         "token_no_default_policy": True,
         "token_type": "service",
-        "token_ttl": int(settings.token_ttl.total_seconds()),
-        "token_max_ttl": int(settings.token_max_ttl.total_seconds()),
+        "token_ttl": whole_seconds(settings.token_ttl),
+        "token_max_ttl": whole_seconds(settings.token_max_ttl),
         "token_num_uses": 0,
         "token_bound_cidrs": [],
         "secret_id_bound_cidrs": [],
-        "secret_id_ttl": int(settings.secret_id_ttl.total_seconds()),
+        "secret_id_ttl": whole_seconds(settings.secret_id_ttl),
         "secret_id_num_uses": settings.secret_id_num_uses,
         "bind_secret_id": True,
     }
@@ -419,7 +416,7 @@ def token_role_params(config: ClusterConfig, node: NodeSpec) -> dict[str, Any]:
         "allowed_entity_aliases": [entity_name(config, node.name)],
         "orphan": True,  # outlives the operator's token; bounded by its own max TTL instead
         "renewable": True,
-        "token_explicit_max_ttl": int(settings.token_max_ttl.total_seconds()),
+        "token_explicit_max_ttl": whole_seconds(settings.token_max_ttl),
         "token_num_uses": settings.token_num_uses,
         "token_no_default_policy": True,
         "token_bound_cidrs": _cidrs(node, settings),
@@ -433,7 +430,7 @@ def token_create_params(config: ClusterConfig, node: NodeSpec) -> dict[str, Any]
         "entity_alias": entity_name(config, node.name),
         "policies": node_policies(config, node),
         "no_default_policy": True,
-        "ttl": _seconds(settings.token_ttl),
+        "ttl": vault_ttl(settings.token_ttl),
         "num_uses": settings.token_num_uses,
         "display_name": f"node-{node.name}",
     }

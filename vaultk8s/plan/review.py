@@ -13,6 +13,7 @@ from typing import Any, Mapping
 
 from vaultk8s import catalog
 from vaultk8s.config import ClusterConfig
+from vaultk8s.durations import hours_or_seconds, whole_seconds
 from vaultk8s.plan import policies as pol
 from vaultk8s.plan.prune import PrunePlan
 from vaultk8s.plan.resolve import resolve_all
@@ -184,22 +185,8 @@ def _row(identity: str, mount: str, role: str, params: dict[str, Any] | None) ->
     ips = list(params.get("allowed_ip_sans_cidr") or [])
     ekus = [e for e, flag in (("server", "server_flag"), ("client", "client_flag")) if params.get(flag)]
     return MatrixRow(identity, mount, role, cn, ",".join(params.get("organization") or []) or "-",
-                     ",".join(domains[1:] + ips) or "-", "+".join(ekus) or "-", _ttl(params.get("max_ttl")))
-
-
-def _ttl(value: Any) -> str:
-    seconds = _seconds(value)
-    return f"{seconds // 3600}h" if seconds and seconds % 3600 == 0 else f"{seconds}s"
-
-
-def _seconds(value: Any) -> int:
-    if isinstance(value, int):
-        return value
-    from vaultk8s.config import parse_duration
-    try:
-        return int(parse_duration(str(value)).total_seconds())
-    except ValueError:
-        return 0
+                     ",".join(domains[1:] + ips) or "-", "+".join(ekus) or "-",
+                     hours_or_seconds(whole_seconds(params.get("max_ttl"))))
 
 
 def _lint_overlap(result: Review, config: ClusterConfig, used: dict[tuple[str, str], set[str]]) -> None:
@@ -271,6 +258,7 @@ def lint_role(params: dict[str, Any], desired: dict[str, Any] | None, ttl_bound:
         out.append((MEDIUM, "role is not derived from the catalog and cluster file"))
     elif sorted(params.get("organization") or []) != sorted(desired.get("organization") or []):
         out.append((HIGH, "O not pinned to the catalog's organization"))
-    if _seconds(params.get("max_ttl")) > ttl_bound or _seconds(params.get("max_ttl")) == 0:
+    max_ttl = whole_seconds(params.get("max_ttl"))
+    if max_ttl > ttl_bound or max_ttl == 0:
         out.append((HIGH, f"max_ttl above the configured bound ({ttl_bound}s)"))
     return out

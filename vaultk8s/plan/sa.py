@@ -18,7 +18,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from vaultk8s import crypto
-from vaultk8s.config import ClusterConfig, parse_duration
+from vaultk8s.config import ClusterConfig
+from vaultk8s.durations import hours_minutes, parse_duration
 from vaultk8s.errors import ConfigError, PlanRefused, shown
 
 SA_KEY_TYPES = ("rsa-2048", "ec-p256")
@@ -209,8 +210,8 @@ def retire(state: KeySet, now: datetime, grace: timedelta, force: bool = False) 
         left = retire_after(k, grace) - now
         raise PlanRefused(
             f"cannot retire key {k.id[:12]}: tokens it signed may be valid until "
-            f"{retire_after(k, grace):%Y-%m-%d %H:%M} UTC (grace period {human_duration(grace)}, "
-            f"{human_duration(left)} left); wait, or pass --force to break those tokens"
+            f"{retire_after(k, grace):%Y-%m-%d %H:%M} UTC (grace period {hours_minutes(grace)}, "
+            f"{hours_minutes(left)} left); wait, or pass --force to break those tokens"
         )
     ids = {k.id for k in previous}
     return KeySet(tuple(
@@ -266,12 +267,6 @@ def next_step(state: KeySet) -> str:
     if state.with_state(KeyState.PREVIOUS):
         return "retire (after the grace period)"
     return "stage (to begin a rotation)"
-
-
-def human_duration(delta: timedelta) -> str:
-    """48h, 1h30m, 45m: the cluster file's own notation, rounded down to minutes."""
-    hours, minutes = divmod(max(0, int(delta.total_seconds()) // 60), 60)
-    return (f"{hours}h" if hours else "") + (f"{minutes}m" if minutes or not hours else "")
 
 
 # --- the KV document ----------------------------------------------------------------------------
