@@ -188,7 +188,7 @@ def test_corrupt_key_in_kv(tmp_path, vault_env, mount_prefix, openbao):
 def test_check_and_set_refuses_a_racing_writer(tmp_path, vault_env, mount_prefix):
     cluster = write_cluster(tmp_path, mount_prefix, CONTROL_PLANE)
     run_cli(["bootstrap", "-c", str(cluster), "-o", str(tmp_path / "out")], vault_env)
-    settings = sa.resolve_settings(load_config(cluster))
+    settings = load_config(cluster).service_account
     gateway = VaultGateway.from_env(vault_env)
     stored = sa_ops.read_key_set(gateway, settings)
     staged = sa.stage(stored.keys, sa.new_key(rsa.generate_private_key(65537, 2048), datetime.now(timezone.utc)),

@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
-from vaultk8s.config import load_config, parse_config
+from vaultk8s.config import parse_config
 from vaultk8s.plan import policies as pol
 from vaultk8s.plan import prune
 from vaultk8s.plan.prune import Observed, plan_prune
@@ -16,10 +17,14 @@ ROOT = Path(__file__).resolve().parents[2]
 APPROLE_ACC, TOKEN_ACC = "auth_approle_1", "auth_token_1"
 
 
+def _example_doc() -> dict:
+    return yaml.safe_load((ROOT / "examples" / "cluster.yaml").read_text())
+
+
 def _config(prefix: str = "", drop: tuple[str, ...] = ()):
-    raw = load_config(ROOT / "examples" / "cluster.yaml").raw
-    nodes = {group: [n for n in raw["nodes"][group] if n["name"] not in drop] for group in raw["nodes"]}
-    return parse_config(raw | {"vault": {"mount_prefix": prefix}, "nodes": nodes})
+    doc = _example_doc()
+    nodes = {group: [n for n in doc["nodes"][group] if n["name"] not in drop] for group in doc["nodes"]}
+    return parse_config(doc | {"vault": {"mount_prefix": prefix}, "nodes": nodes})
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +99,7 @@ def test_candidates_need_the_scheme_and_a_removed_node(shrunk):
 def test_nested_prefix_cluster_is_never_ours():
     """Prefix "" names its node `x-node-a` like prefix "node-x/" names its node `a`: content decides."""
     mine = _config("")
-    other = parse_config(_config("").raw | {"vault": {"mount_prefix": "node-x/"},
+    other = parse_config(_example_doc() | {"vault": {"mount_prefix": "node-x/"},
                                              "nodes": {"control_plane": [{"name": "a", "ips": ["10.0.0.11"]}],
                                                        "workers": []}})
     name = pol.entity_name(other, "a")

@@ -7,7 +7,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from vaultk8s.config import parse_config
+from vaultk8s.config import SASettings, parse_config
 from vaultk8s.errors import ConfigError, PlanRefused
 from vaultk8s.plan import sa
 from vaultk8s.plan.sa import KeyState, Phase
@@ -132,13 +132,13 @@ def _config(section):
 
 
 def test_settings_defaults():
-    settings = sa.resolve_settings(_config(None))
-    assert settings == sa.SASettings("rsa-2048", "clusters/demo/vaultk8s", "demo/service-account", GRACE)
+    settings = _config(None).service_account
+    assert settings == SASettings("rsa-2048", "clusters/demo/vaultk8s", "demo/service-account", GRACE)
 
 
 def test_settings_problems_are_listed_one_per_line():
     with pytest.raises(ConfigError) as err:
-        sa.resolve_settings(_config({"key_type": "dsa", "grace_period": "10m", "kv_mount": "sys/x", "extra": 1}))
+        _config({"key_type": "dsa", "grace_period": "10m", "kv_mount": "sys/x", "extra": 1})
     problems = err.value.problems
     assert len(problems) == 4
     assert any("key_type 'dsa'" in p for p in problems)

@@ -15,7 +15,7 @@ from typing import Callable
 from vaultk8s import catalog, crypto
 from vaultk8s.crashpoint import crash_point
 from vaultk8s.durations import hours_minutes
-from vaultk8s.config import ClusterConfig
+from vaultk8s.config import ClusterConfig, SASettings
 from vaultk8s.errors import PlanRefused, VaultError
 from vaultk8s.plan import sa
 from vaultk8s.plan.actions import Action
@@ -49,7 +49,7 @@ class RotateReport:
 
 # --- Vault --------------------------------------------------------------------------------------
 
-def read_key_set(gateway: VaultGateway, settings: sa.SASettings) -> StoredKeySet | None:
+def read_key_set(gateway: VaultGateway, settings: SASettings) -> StoredKeySet | None:
     found = gateway.kv2_read(settings.kv_mount, settings.kv_path)
     if found is None:
         return None
@@ -63,7 +63,7 @@ def read_key_set(gateway: VaultGateway, settings: sa.SASettings) -> StoredKeySet
         ) from None
 
 
-def require_mount(gateway: VaultGateway, settings: sa.SASettings) -> None:
+def require_mount(gateway: VaultGateway, settings: SASettings) -> None:
     version = gateway.kv_version(settings.kv_mount)
     if version == "2":
         return
@@ -76,7 +76,18 @@ def require_mount(gateway: VaultGateway, settings: sa.SASettings) -> None:
                       "set service_account.kv_mount to a KV v2 mount")
 
 
-def _write_key_set(gateway: VaultGateway, settings: sa.SASettings, keys: sa.KeySet, cas: int) -> int:
+def _bootstrapped_key_set(gateway: VaultGateway, settings: SASettings) -> StoredKeySet:
+    """The stored key set, for the commands that need bootstrap to have made it."""
+    gateway.check_ready()
+    require_mount(gateway, settings)
+    stored = read_key_set(gateway, settings)
+    if stored is None:
+        raise PlanRefused(f"no service-account key in {settings.kv_mount}/data/{settings.kv_path}: "
+                          "run `vaultk8s bootstrap` first")
+    return stored
+
+
+def _write_key_set(gateway: VaultGateway, settings: SASettings, keys: sa.KeySet, cas: int) -> int:
     return gateway.kv2_write(settings.kv_mount, settings.kv_path, sa.to_document(keys), cas)
 
 
@@ -85,7 +96,7 @@ def _write_key_set(gateway: VaultGateway, settings: sa.SASettings, keys: sa.KeyS
 def ensure_key_set(config: ClusterConfig, gateway: VaultGateway, *, now: datetime, dry_run: bool,
                    make_key: KeyFactory = crypto.generate_key) -> tuple[sa.KeySet | None, list[Action]]:
     """Create the KV mount and the first key when absent; an existing key is never replaced."""
-    settings = sa.resolve_settings(config)
+    settings = config.service_account
     actions: list[Action] = []
     version = gateway.kv_version(settings.kv_mount)
     if version is None:
@@ -150,13 +161,8 @@ def rotate(config: ClusterConfig, out: Path, gateway: VaultGateway, phase: sa.Ph
 
     A phase that is already done changes nothing in Vault but still repairs files on disk.
     """
-    settings = sa.resolve_settings(config)
-    gateway.check_ready()
-    require_mount(gateway, settings)
-    stored = read_key_set(gateway, settings)
-    if stored is None:
-        raise PlanRefused(f"no service-account key in {settings.kv_mount}/data/{settings.kv_path}: "
-                          "run `vaultk8s bootstrap` first")
+    settings = config.service_account
+    stored = _bootstrapped_key_set(gateway, settings)
     needs_key = phase is sa.Phase.STAGE and stored.keys.staged is None
     new = sa.new_key(make_key(settings.key_type), now) if needs_key else None
     keys = sa.apply_phase(stored.keys, phase, now, settings.grace_period, new=new, force=force)
@@ -177,7 +183,7 @@ def rotate(config: ClusterConfig, out: Path, gateway: VaultGateway, phase: sa.Ph
     return RotateReport(phase, keys != stored.keys or bool(destroyed), version, keys, actions, destroyed)
 
 
-def _destroy_old_versions(gateway: VaultGateway, settings: sa.SASettings, keys: sa.KeySet, version: int,
+def _destroy_old_versions(gateway: VaultGateway, settings: SASettings, keys: sa.KeySet, version: int,
                           wrote: bool) -> tuple[int, ...]:
     """After retire: permanently destroy the versions older than `version` (KV keeps them otherwise).
 
@@ -239,19 +245,15 @@ class SAStatus:
 
 
 def status(config: ClusterConfig, gateway: VaultGateway, *, now: datetime) -> SAStatus:
-    settings = sa.resolve_settings(config)
-    gateway.check_ready()
-    require_mount(gateway, settings)
-    stored = read_key_set(gateway, settings)
+    settings = config.service_account
+    stored = _bootstrapped_key_set(gateway, settings)
     where = f"{settings.kv_mount}/data/{settings.kv_path}"
-    if stored is None:
-        raise PlanRefused(f"no service-account key in {where}: run `vaultk8s bootstrap` first")
     rows = tuple(_key_status(k, now, settings) for k in stored.keys.keys)
     return SAStatus(where, stored.version, hours_minutes(settings.grace_period),
                     sa.next_step(stored.keys), rows)
 
 
-def _key_status(key: sa.SAKey, now: datetime, settings: sa.SASettings) -> KeyStatus:
+def _key_status(key: sa.SAKey, now: datetime, settings: SASettings) -> KeyStatus:
     since = {sa.KeyState.STAGED: key.created, sa.KeyState.ACTIVE: key.activated,
              sa.KeyState.PREVIOUS: key.deactivated, sa.KeyState.RETIRED: key.retired}[key.state] or key.created
     retire_at = sa.retire_after(key, settings.grace_period) if key.state is sa.KeyState.PREVIOUS else None

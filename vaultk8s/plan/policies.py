@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any
 
 from vaultk8s import catalog
 from vaultk8s.catalog import IdentitySpec, Placement
-from vaultk8s.config import ClusterConfig, NodeSpec
-from vaultk8s.durations import parse_duration, vault_ttl, whole_seconds
-from vaultk8s.errors import ConfigError, shown
+from vaultk8s.config import ClusterConfig, NodeSpec, PolicySettings
+from vaultk8s.durations import vault_ttl, whole_seconds
+from vaultk8s.errors import shown
 from vaultk8s.plan.resolve import resolve_all, role_name
 
 NODE_TEMPLATE = "{{identity.entity.metadata.node}}"
@@ -40,66 +39,11 @@ _AGENT_PATHS = (
     ("auth/token/revoke-self", ("update",), "the agent drops its token on shutdown"),
 )
 
-_POLICY_KEYS = {"max_leaf_ttl", "token_ttl", "token_max_ttl", "token_num_uses", "secret_id_ttl",
-                "secret_id_num_uses", "bind_cidrs"}
-
-
-@dataclass(frozen=True)
-class PolicySettings:
-    """The `policy:` section of the cluster file: bounds on machine credentials and on leaves."""
-
-    max_leaf_ttl: timedelta
-    token_ttl: timedelta
-    token_max_ttl: timedelta
-    token_num_uses: int
-    secret_id_ttl: timedelta
-    secret_id_num_uses: int
-    bind_cidrs: bool
-
-
 @dataclass(frozen=True)
 class Grant:
     path: str
     capabilities: tuple[str, ...]
     comment: str = ""
-
-
-def policy_settings(config: ClusterConfig) -> PolicySettings:
-    section = config.raw.get("policy") or {}
-    problems: list[str] = []
-    if not isinstance(section, dict):
-        raise ConfigError("policy must be a mapping", "cluster file")
-    for key in sorted(set(section) - _POLICY_KEYS, key=str):
-        problems.append(f"unknown key policy.{key} (known: {', '.join(sorted(_POLICY_KEYS))})")
-
-    def ttl(key: str, default: str | timedelta) -> timedelta:
-        try:
-            value = default if key not in section else parse_duration(section[key])
-            return value if isinstance(value, timedelta) else parse_duration(value)
-        except ValueError as err:
-            problems.append(f"policy.{key}: {err}")
-            return timedelta(0)
-
-    def count(key: str, default: int) -> int:
-        value = section.get(key, default)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            problems.append(f"policy.{key} {shown(value)} must be a whole number >= 0 (0: unlimited)")
-            return default
-        return value
-
-    settings = PolicySettings(
-        max_leaf_ttl=ttl("max_leaf_ttl", config.leaf_ttl), token_ttl=ttl("token_ttl", "1h"),
-        token_max_ttl=ttl("token_max_ttl", "4h"), token_num_uses=count("token_num_uses", 64),
-        secret_id_ttl=ttl("secret_id_ttl", "720h"), secret_id_num_uses=count("secret_id_num_uses", 0),
-        bind_cidrs=bool(section.get("bind_cidrs", True)),
-    )
-    if settings.token_ttl > settings.token_max_ttl:
-        problems.append("policy.token_ttl must not exceed policy.token_max_ttl")
-    if not problems and settings.token_ttl <= timedelta(0):
-        problems.append("policy.token_ttl must be positive")
-    if problems:
-        raise ConfigError(problems, "cluster file")
-    return settings
 
 
 # --- names: everything global in Vault carries the cluster's mount prefix --------------------------
@@ -245,9 +189,7 @@ def _service_account_grants(config: ClusterConfig) -> list[Grant]:
     """The service-account key set: only this cluster's secret, read and check-and-set written, its
     metadata, and destroy of its old versions. No delete (metadata delete would drop the whole
     history including the current key), no undelete, no list, nothing else in the KV mount."""
-    from vaultk8s.plan.sa import resolve_settings
-
-    sa = resolve_settings(config)
+    sa = config.service_account
     return [
         Grant(f"sys/mounts/{sa.kv_mount}", ("create", "read", "update"), "enable and inspect the service-account KV mount"),
         Grant(f"{sa.kv_mount}/data/{sa.kv_path}", ("create", "read", "update"),
@@ -369,7 +311,7 @@ def _cidrs(node: NodeSpec, settings: PolicySettings) -> list[str]:
 
 
 def approle_params(config: ClusterConfig, node: NodeSpec) -> dict[str, Any]:
-    settings = policy_settings(config)
+    settings = config.policy
     cidrs = _cidrs(node, settings)
     return {
         "token_policies": node_policies(config, node),
@@ -393,7 +335,7 @@ def signer_policies(config: ClusterConfig) -> list[str]:
 def signer_approle_params(config: ClusterConfig) -> dict[str, Any]:
     """The CSR signer's AppRole role. It runs as a pod (no fixed IP to bind) and signs for as long
     as it runs (no use limit); its tokens are still short-lived and it logs in again."""
-    settings = policy_settings(config)
+    settings = config.policy
     return {
         "token_policies": signer_policies(config),
         "token_no_default_policy": True,
@@ -410,7 +352,7 @@ def signer_approle_params(config: ClusterConfig) -> dict[str, Any]:
 
 
 def token_role_params(config: ClusterConfig, node: NodeSpec) -> dict[str, Any]:
-    settings = policy_settings(config)
+    settings = config.policy
     return {
         "allowed_policies": node_policies(config, node),
         "allowed_entity_aliases": [entity_name(config, node.name)],
@@ -425,7 +367,7 @@ def token_role_params(config: ClusterConfig, node: NodeSpec) -> dict[str, Any]:
 
 
 def token_create_params(config: ClusterConfig, node: NodeSpec) -> dict[str, Any]:
-    settings = policy_settings(config)
+    settings = config.policy
     return {
         "entity_alias": entity_name(config, node.name),
         "policies": node_policies(config, node),

@@ -220,7 +220,7 @@ def _lint_role_collisions(result: Review, config: ClusterConfig) -> None:
 def _lint_roles(result: Review, config: ClusterConfig, roles: Mapping[tuple[str, str], dict[str, Any]],
                 used: dict[tuple[str, str], set[str]]) -> None:
     desired = {(r.mount, r.name): r.params for r in resolve_roles(resolve_all(config))}
-    bound = int(pol.policy_settings(config).max_leaf_ttl.total_seconds())
+    bound = whole_seconds(config.policy.max_leaf_ttl)
     for key, params in sorted(roles.items()):
         subject = f"{key[0]}/roles/{key[1]}"
         for severity, message in lint_role(params, desired.get(key), bound):

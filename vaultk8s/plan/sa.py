@@ -1,8 +1,8 @@
-"""The service-account key set: settings, the rotation state machine, and its KV document.
+"""The service-account key set: the rotation state machine and its KV document.
 
-Pure: no Vault, no files, and the clock is a parameter. A key moves
-staged -> active -> previous -> retired; kube-apiserver verifies with every staged, active and
-previous public key (sa.pub) and signs with the one active key (sa.key).
+Pure: no Vault, no files, and the clock is a parameter (the settings are config.service_account).
+A key moves staged -> active -> previous -> retired; kube-apiserver verifies with every staged,
+active and previous public key (sa.pub) and signs with the one active key (sa.key).
 """
 
 from __future__ import annotations
@@ -18,16 +18,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from vaultk8s import crypto
-from vaultk8s.config import ClusterConfig
-from vaultk8s.durations import hours_minutes, parse_duration
-from vaultk8s.errors import ConfigError, PlanRefused, shown
+from vaultk8s.durations import hours_minutes
+from vaultk8s.errors import PlanRefused
 
-SA_KEY_TYPES = ("rsa-2048", "ec-p256")
-DEFAULT_KEY_TYPE = "rsa-2048"
-DEFAULT_GRACE = timedelta(hours=48)
-# Projected tokens live 1h by default; a shorter grace would break pods that have not refreshed yet.
-MIN_GRACE = timedelta(hours=1)
-KV_SUFFIX = "vaultk8s"
 DOCUMENT_SCHEMA = 1
 # max_versions on the key-set secret: one rotation's states (before stage, staged, promoted) stay
 # readable for `bao kv rollback` until retire; retire destroys them (destroy_after_retire). It also
@@ -46,14 +39,6 @@ class Phase(str, Enum):
     STAGE = "stage"
     PROMOTE = "promote"
     RETIRE = "retire"
-
-
-@dataclass(frozen=True)
-class SASettings:
-    key_type: str
-    kv_mount: str
-    kv_path: str
-    grace_period: timedelta
 
 
 @dataclass(frozen=True)
@@ -91,41 +76,6 @@ class KeySet:
         order = {KeyState.ACTIVE: 0, KeyState.STAGED: 1, KeyState.PREVIOUS: 2}
         live = [k for k in self.keys if k.state in order]
         return tuple(sorted(live, key=lambda k: order[k.state]))
-
-
-# --- settings -----------------------------------------------------------------------------------
-
-def resolve_settings(config: ClusterConfig) -> SASettings:
-    """The `service_account:` section of the cluster file, every problem reported at once."""
-    section = config.raw.get("service_account") or {}
-    if not isinstance(section, dict):
-        raise ConfigError("service_account must be a mapping")
-    problems: list[str] = []
-    known = {"key_type", "kv_mount", "grace_period"}
-    for key in sorted(set(section) - known, key=str):
-        problems.append(f"unknown key service_account.{key} (known: {', '.join(sorted(known))})")
-    key_type = section.get("key_type", DEFAULT_KEY_TYPE)
-    if key_type not in SA_KEY_TYPES:
-        problems.append(f"service_account.key_type {shown(key_type)} is not one of {', '.join(SA_KEY_TYPES)}")
-    kv_mount = section.get("kv_mount", f"{config.mount_prefix}{KV_SUFFIX}")
-    if not isinstance(kv_mount, str) or not _is_mount_path(kv_mount):
-        problems.append(f"service_account.kv_mount {shown(kv_mount)} must be a Vault path such as clusters/demo/vaultk8s")
-    grace = DEFAULT_GRACE
-    try:
-        grace = parse_duration(section.get("grace_period", "48h"))
-        if grace < MIN_GRACE:
-            problems.append("service_account.grace_period must be at least 1h, the default projected token lifetime")
-    except ValueError as err:
-        problems.append(f"service_account.grace_period: {err}")
-    if problems:
-        raise ConfigError(problems)
-    return SASettings(key_type, kv_mount.strip("/"), f"{config.name}/service-account", grace)
-
-
-def _is_mount_path(path: str) -> bool:
-    segments = path.strip("/").split("/")
-    ok = all(s and s not in (".", "..") and all(c.isalnum() or c in "-_." for c in s) for s in segments)
-    return ok and segments[0] not in ("sys", "auth", "identity", "cubbyhole")
 
 
 # --- keys ---------------------------------------------------------------------------------------
