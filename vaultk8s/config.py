@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 from urllib.parse import urlsplit
 
 import yaml
@@ -276,10 +276,19 @@ def _unknown_keys(section: dict, where: str, known: set[str], problems: list[str
 
 
 def _cluster_name(value: Any, problems: list[str]) -> str:
-    if not isinstance(value, str) or not is_dns_label(value):
-        problems.append(f"cluster.name {shown(value)} must be a DNS-1123 label (lower-case letters, digits, '-')")
-        return ""
-    return value
+    return _dns_name(value, is_dns_label, problems,
+                     f"cluster.name {shown(value)} must be a DNS-1123 label (lower-case letters, digits, '-')")
+
+
+def _domain(value: Any, problems: list[str]) -> str:
+    return _dns_name(value, is_dns_subdomain, problems, f"cluster.domain {shown(value)} must be a DNS name such as cluster.local")
+
+
+def _dns_name(value: Any, valid: Callable[[str], bool], problems: list[str], problem: str) -> str:
+    if isinstance(value, str) and valid(value):
+        return value
+    problems.append(problem)
+    return ""
 
 
 def _endpoint(value: Any, problems: list[str]) -> tuple[str, str]:
@@ -315,13 +324,6 @@ def _service_cidr(value: Any, problems: list[str]):
     if network.num_addresses < 4:
         problems.append(f"cluster.service_cidr {shown(value)} is too small")
     return network
-
-
-def _domain(value: Any, problems: list[str]) -> str:
-    if not isinstance(value, str) or not is_dns_subdomain(value):
-        problems.append(f"cluster.domain {shown(value)} must be a DNS name such as cluster.local")
-        return ""
-    return value
 
 
 def _port(value: Any, problems: list[str]) -> int:
