@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from vaultk8s.config import SASettings, parse_config
 from vaultk8s.errors import ConfigError, PlanRefused
 from vaultk8s.plan import sa
-from vaultk8s.plan.sa import KeyState, Phase
+from vaultk8s.plan.sa import KeyState, SARotationPhase
 
 T0 = datetime(2030, 1, 1, tzinfo=timezone.utc)
 GRACE = timedelta(hours=48)
@@ -85,10 +85,10 @@ def test_retire_waits_for_the_grace_period_unless_forced(steady):
 def test_document_round_trip(steady):
     promoted = sa.promote(sa.stage(steady, _key(), T0), T0 + timedelta(minutes=5))
     assert sa.from_document(sa.to_document(promoted)) == promoted
-    assert sa.apply_phase(promoted, Phase.RETIRE, T0, GRACE, force=True).keys[0].state is KeyState.RETIRED
+    assert sa.apply_phase(promoted, SARotationPhase.RETIRE, T0, GRACE, force=True).keys[0].state is KeyState.RETIRED
 
 
-def test_key_id_is_kube_apiservers_kid(steady):
+def test_jwt_kid_is_kube_apiservers_kid(steady):
     key = steady.active
     assert len(key.id) == 43 and "=" not in key.id  # base64url(sha256) without padding
 
@@ -165,7 +165,7 @@ def test_retire_destroys_every_older_version_still_holding_data(steady):
 def test_history_is_kept_until_a_key_is_retired(steady, phases):
     state = steady
     for phase in phases:
-        state = sa.apply_phase(state, Phase(phase), T0, GRACE, new=_key())
+        state = sa.apply_phase(state, SARotationPhase(phase), T0, GRACE, new=_key())
     assert not sa.cleans_history(state)
     assert sa.destroy_after_retire(state, 3, _history(1, 2, 3)) == ()
 

@@ -11,13 +11,13 @@ from rich.table import Table
 from vaultk8s.cli import common
 from vaultk8s.durations import days_hours
 from vaultk8s.ops import sa as sa_ops
-from vaultk8s.plan.sa import Phase
+from vaultk8s.plan.sa import SARotationPhase
 from vaultk8s.vault.gateway import VaultGateway
 
 app = typer.Typer(no_args_is_help=True)
 
 
-PhaseOption = common.str_choices("PhaseOption", [p.value for p in Phase])
+PhaseOption = common.str_choices("PhaseOption", [p.value for p in SARotationPhase])
 
 
 @app.command("rotate")
@@ -35,7 +35,8 @@ def rotate(
     node's pki/. Restart kube-apiserver and kube-controller-manager to load them.
     """
     cluster = common.load(config)
-    report = sa_ops.rotate(cluster, out, VaultGateway.from_env(), Phase(phase.value), now=common.now(), force=force)
+    report = sa_ops.rotate(cluster, out, VaultGateway.from_env(), SARotationPhase(phase.value), now=common.now(),
+                           force=force)
     if output is common.Output.json:
         common.print_json(report.to_dict())
         return

@@ -34,7 +34,7 @@ class StoredKeySet:
 
 @dataclass
 class RotateReport:
-    phase: sa.Phase
+    phase: sa.SARotationPhase
     changed: bool
     kv_version: int
     keys: sa.KeySet
@@ -155,7 +155,7 @@ def write_key_files(config: ClusterConfig, out: Path, keys: sa.KeySet) -> None:
 
 # --- rotation -----------------------------------------------------------------------------------
 
-def rotate(config: ClusterConfig, out: Path, gateway: VaultGateway, phase: sa.Phase, *, now: datetime,
+def rotate(config: ClusterConfig, out: Path, gateway: VaultGateway, phase: sa.SARotationPhase, *, now: datetime,
            force: bool = False, make_key: KeyFactory = crypto.generate_key) -> RotateReport:
     """One rotation phase: check-and-set the key set in Vault, then refresh every control plane's files.
 
@@ -163,7 +163,7 @@ def rotate(config: ClusterConfig, out: Path, gateway: VaultGateway, phase: sa.Ph
     """
     settings = config.service_account
     stored = _bootstrapped_key_set(gateway, settings)
-    needs_key = phase is sa.Phase.STAGE and stored.keys.staged is None
+    needs_key = phase is sa.SARotationPhase.STAGE and stored.keys.staged is None
     new = sa.new_key(make_key(settings.key_type), now) if needs_key else None
     keys = sa.apply_phase(stored.keys, phase, now, settings.grace_period, new=new, force=force)
     check_writable(Path(out))  # after the refusals (they touch nothing), before Vault changes
@@ -175,7 +175,7 @@ def rotate(config: ClusterConfig, out: Path, gateway: VaultGateway, phase: sa.Ph
     actions.extend(plan_key_files(config, out, keys))
     write_key_files(config, out, keys)
     destroyed: tuple[int, ...] = ()
-    if phase is sa.Phase.RETIRE:
+    if phase is sa.SARotationPhase.RETIRE:
         destroyed = _destroy_old_versions(gateway, settings, keys, version, wrote=keys != stored.keys)
     if destroyed:
         actions.append(Action("destroy-kv-versions", f"{settings.kv_mount}/destroy/{settings.kv_path}",
@@ -204,10 +204,10 @@ def _destroy_old_versions(gateway: VaultGateway, settings: SASettings, keys: sa.
     return doomed
 
 
-def _describe(phase: sa.Phase, keys: sa.KeySet) -> str:
-    if phase is sa.Phase.STAGE:
+def _describe(phase: sa.SARotationPhase, keys: sa.KeySet) -> str:
+    if phase is sa.SARotationPhase.STAGE:
         return f"staged key {keys.staged.id[:12]}"
-    if phase is sa.Phase.PROMOTE:
+    if phase is sa.SARotationPhase.PROMOTE:
         return f"key {keys.active.id[:12]} now signs"
     return "previous key(s) retired"
 

@@ -35,12 +35,6 @@ class KeyState(str, Enum):
     RETIRED = "retired"  # nowhere on disk; its private key is dropped
 
 
-class Phase(str, Enum):
-    STAGE = "stage"
-    PROMOTE = "promote"
-    RETIRE = "retire"
-
-
 @dataclass(frozen=True)
 class SAKey:
     id: str  # kube-apiserver's kid: base64url(sha256(PKIX DER of the public key))
@@ -80,7 +74,8 @@ class KeySet:
 
 # --- keys ---------------------------------------------------------------------------------------
 
-def key_id(public_key) -> str:
+def jwt_kid(public_key) -> str:
+    """The `kid` kube-apiserver puts in the JWT header of tokens this key signs (its SAKey.id)."""
     der = public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     return base64.urlsafe_b64encode(hashlib.sha256(der).digest()).rstrip(b"=").decode()
 
@@ -88,7 +83,7 @@ def key_id(public_key) -> str:
 def new_key(private: crypto.PrivateKey, now: datetime, state: KeyState = KeyState.STAGED) -> SAKey:
     public = private.public_key()
     return SAKey(
-        id=key_id(public), key_type=crypto.key_type_of(public), state=state, created=now,
+        id=jwt_kid(public), key_type=crypto.key_type_of(public), state=state, created=now,
         public_pem=public.public_bytes(serialization.Encoding.PEM,
                                        serialization.PublicFormat.SubjectPublicKeyInfo).decode(),
         private_pem=crypto.key_pem(private).decode(),
@@ -110,6 +105,14 @@ def key_pem(keys: KeySet) -> bytes:
 
 
 # --- the state machine --------------------------------------------------------------------------
+
+class SARotationPhase(str, Enum):
+    """The steps of `vaultk8s sa rotate --phase`, in order; apply_phase runs one."""
+
+    STAGE = "stage"
+    PROMOTE = "promote"
+    RETIRE = "retire"
+
 
 def stage(state: KeySet, new: SAKey | None, now: datetime) -> KeySet:
     """Add a verification-only key. A no-op when a key is already staged (new may then be None)."""
@@ -170,11 +173,11 @@ def retire(state: KeySet, now: datetime, grace: timedelta, force: bool = False) 
     ))
 
 
-def apply_phase(state: KeySet, phase: Phase, now: datetime, grace: timedelta,
+def apply_phase(state: KeySet, phase: SARotationPhase, now: datetime, grace: timedelta,
                 new: SAKey | None = None, force: bool = False) -> KeySet:
-    if phase is Phase.STAGE:
+    if phase is SARotationPhase.STAGE:
         return stage(state, new, now)
-    if phase is Phase.PROMOTE:
+    if phase is SARotationPhase.PROMOTE:
         return promote(state, now)
     return retire(state, now, grace, force)
 
@@ -279,7 +282,7 @@ def _key_from_item(item: Any, index: int) -> SAKey:
             raise ValueError(f"{where} has an unreadable {name} time") from None
     if times["created"] is None:
         raise ValueError(f"{where} has no created time")
-    return SAKey(id=key_id(public), key_type=crypto.key_type_of(public), state=state,
+    return SAKey(id=jwt_kid(public), key_type=crypto.key_type_of(public), state=state,
                  public_pem=str(item["public_pem"]), private_pem=private_pem, **times)
 
 
