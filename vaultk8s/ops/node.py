@@ -48,9 +48,7 @@ def write_credentials(config: ClusterConfig, node_name: str, out: Path, gateway:
     if role_id is None:
         raise PlanRefused(f"no AppRole role for node {node.name}: run `vaultk8s policy apply` first")
     report = CredentialsReport(node.name)
-    _write(out, ROLE_ID_FILE, role_id, report)
-    _write(out, MOUNT_FILE, am, report)
-    _write_secret_id(out, gateway.generate_secret_id(am, role, wrap_ttl_seconds), bool(wrap_ttl_seconds), report)
+    _write_login(out, gateway, am, role, role_id, wrap_ttl_seconds, report)
     if token:
         params = machine_auth.token_create_params(config, node)
         made = gateway.create_token(naming.entity_name(config, node.name), params)
@@ -69,10 +67,16 @@ def write_signer_credentials(config: ClusterConfig, out: Path, gateway: VaultGat
     if role_id is None:
         raise PlanRefused("no AppRole role for the CSR signer: an admin runs `vaultk8s policy apply` first")
     report = CredentialsReport(grants.CSR_SIGNER)
-    _write(out, ROLE_ID_FILE, role_id, report)
-    _write(out, MOUNT_FILE, am, report)
-    _write_secret_id(out, gateway.generate_secret_id(am, role, wrap_ttl_seconds), bool(wrap_ttl_seconds), report)
+    _write_login(out, gateway, am, role, role_id, wrap_ttl_seconds, report)
     return report
+
+
+def _write_login(out: Path, gateway: VaultGateway, mount: str, role: str, role_id: str,
+                 wrap_ttl_seconds: int | None, report: CredentialsReport) -> None:
+    """role_id, the mount and a new secret_id (response-wrapped if asked): what `login_from_dir` reads."""
+    _write(out, ROLE_ID_FILE, role_id, report)
+    _write(out, MOUNT_FILE, mount, report)
+    _write_secret_id(out, gateway.generate_secret_id(mount, role, wrap_ttl_seconds), bool(wrap_ttl_seconds), report)
 
 
 def _write_secret_id(out: Path, value: str, wrapped: bool, report: CredentialsReport) -> None:
