@@ -258,7 +258,7 @@ def parse_config(data: Any, source: str = "cluster file") -> ClusterConfig:
 
 def _section(data: dict, key: str, problems: list[str], required: bool = False,
              blank_is_absent: bool = False) -> dict:
-    """blank_is_absent: an empty value (`policy:` with nothing, `[]`, `""`) means all defaults."""
+    """blank_is_absent: any empty value ([], "", false) counts as no section, so all defaults."""
     value = data.get(key)
     if value is None or (blank_is_absent and not value):
         if required:
