@@ -1,36 +1,45 @@
-"""The cluster file: parsing and full validation before anything touches Vault or disk.
+"""The cluster file: its whole schema, parsed and validated once, before anything touches Vault or disk.
 
-Every problem found is collected, so an operator fixes the file in one pass.
+Every section becomes a typed, frozen field of ClusterConfig; nothing else reads the file. Every
+problem found is collected, so an operator fixes the file in one pass.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 from urllib.parse import urlsplit
 
 import yaml
 
+from vaultk8s.durations import parse_duration
 from vaultk8s.errors import ConfigError, shown
+from vaultk8s.hostnames import is_dns_label, is_dns_subdomain, is_ip, url_port
+from vaultk8s.keytypes import LEAF_KEY_TYPES, ROOT_KEY_TYPES, SA_KEY_TYPES
 
 if TYPE_CHECKING:
     from vaultk8s.hsm.settings import HsmSettings
 
-KEY_TYPES = ("ec-p256", "ec-p384", "rsa-2048", "rsa-3072")
 DEFAULT_APISERVER_PORT = 6443
 
-# Sections other modules own; they validate their own contents, called from parse_config so that
-# every problem is found before anything is written.
 TOP_LEVEL_KEYS = {"cluster", "pki", "vault", "nodes", "hsm", "service_account", "policy", "kubeconfigs"}
+_POLICY_KEYS = {"max_leaf_ttl", "token_ttl", "token_max_ttl", "token_num_uses", "secret_id_ttl",
+                "secret_id_num_uses", "bind_cidrs"}
+_SA_KEYS = {"key_type", "kv_mount", "grace_period"}
+_HSM_KEYS = ("module", "token_label", "token_serial", "pin_env", "pin_file", "key_type")
 
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
-_DURATION_PART = re.compile(r"(\d+)(d|h|m|s)")
-_DURATION_UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+DEFAULT_SA_KEY_TYPE = "rsa-2048"
+DEFAULT_SA_GRACE = timedelta(hours=48)
+# Projected tokens live 1h by default; a shorter grace would break pods that have not refreshed yet.
+MIN_SA_GRACE = timedelta(hours=1)
+SA_KV_SUFFIX = "vaultk8s"
+
 _MOUNT_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_RESERVED_MOUNTS = ("sys", "auth", "identity", "cubbyhole")
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -41,6 +50,29 @@ class NodeSpec:
     ips: tuple[IPAddress, ...]
     sans: tuple[str, ...] = ()
     control_plane: bool = False
+
+
+@dataclass(frozen=True)
+class PolicySettings:
+    """The `policy:` section: bounds on machine credentials and on leaves."""
+
+    max_leaf_ttl: timedelta
+    token_ttl: timedelta
+    token_max_ttl: timedelta
+    token_num_uses: int
+    secret_id_ttl: timedelta
+    secret_id_num_uses: int
+    bind_cidrs: bool
+
+
+@dataclass(frozen=True)
+class SASettings:
+    """The `service_account:` section: where the key set lives in Vault KV, and its rotation bounds."""
+
+    key_type: str
+    kv_mount: str
+    kv_path: str
+    grace_period: timedelta
 
 
 @dataclass(frozen=True)
@@ -56,10 +88,11 @@ class ClusterConfig:
     mount_prefix: str
     control_plane: tuple[NodeSpec, ...]
     workers: tuple[NodeSpec, ...]
+    policy: PolicySettings
+    service_account: SASettings
     apiserver_port: int = DEFAULT_APISERVER_PORT
     hsm: HsmSettings | None = None  # set: root keys live in a PKCS#11 token, Vault holds intermediates
     embed_client_certs: bool = False  # kubeadm-shaped: every kubeconfig embeds its client cert and key
-    raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def nodes(self) -> tuple[NodeSpec, ...]:
@@ -83,27 +116,6 @@ class ClusterConfig:
     def mount(self, ca_name: str) -> str:
         """The Vault mount path of a CA: the prefix lets several clusters share one Vault."""
         return f"{self.mount_prefix}{ca_name}"
-
-
-def parse_duration(text: Any) -> timedelta:
-    """Go-style durations as Kubernetes and Vault write them: 24h, 90m, 87600h, 1h30m, 30d."""
-    if isinstance(text, int) and not isinstance(text, bool):
-        return timedelta(seconds=text)
-    if not isinstance(text, str) or not text:
-        raise ValueError(f"{shown(text)} is not a duration such as 24h or 90m")
-    parts = _DURATION_PART.findall(text)
-    if "".join(n + u for n, u in parts) != text:
-        raise ValueError(f"{shown(text)} is not a duration such as 24h or 90m")
-    return timedelta(seconds=sum(int(n) * _DURATION_UNITS[u] for n, u in parts))
-
-
-def format_duration(delta: timedelta) -> str:
-    """Inverse of parse_duration for whole seconds, the form Vault's ttl parameters take."""
-    return f"{int(delta.total_seconds())}s"
-
-
-def is_dns_subdomain(name: str) -> bool:
-    return 0 < len(name) <= 253 and all(_DNS_LABEL.match(p) for p in name.split("."))
 
 
 MAX_CONFIG_BYTES = 32 * 1024 * 1024  # a 10,000-node cluster file is about 1 MB
@@ -210,8 +222,8 @@ def parse_config(data: Any, source: str = "cluster file") -> ClusterConfig:
     domain = _domain(cluster.get("domain", "cluster.local"), problems)
     apiserver_port = _port(cluster.get("apiserver_port", DEFAULT_APISERVER_PORT), problems)
     key_type = pki.get("key_type", "ec-p256")
-    if key_type not in KEY_TYPES:
-        problems.append(f"pki.key_type {shown(key_type)} is not one of {', '.join(KEY_TYPES)}")
+    if key_type not in LEAF_KEY_TYPES:
+        problems.append(f"pki.key_type {shown(key_type)} is not one of {', '.join(LEAF_KEY_TYPES)}")
     leaf_ttl = _ttl(pki.get("leaf_ttl", "24h"), "pki.leaf_ttl", problems)
     ca_ttl = _ttl(pki.get("ca_ttl", "87600h"), "pki.ca_ttl", problems)
     if leaf_ttl and ca_ttl and leaf_ttl >= ca_ttl:
@@ -231,50 +243,24 @@ def parse_config(data: Any, source: str = "cluster file") -> ClusterConfig:
         problems.append(f"kubeconfigs.embed_client_certs must be true or false, not {shown(embed)}")
 
     problems.extend(_name_length_problems(control_plane + workers))
-
-    config = ClusterConfig(
-        name=name, endpoint=endpoint, endpoint_host=endpoint_host, service_cidr=service_cidr,
-        domain=domain, key_type=key_type, leaf_ttl=leaf_ttl, ca_ttl=ca_ttl,
-        mount_prefix=mount_prefix, control_plane=control_plane, workers=workers,
-        apiserver_port=apiserver_port, hsm=hsm, embed_client_certs=embed is True, raw=data,
-    )
-    problems.extend(_owned_section_problems(config))
+    service_account = _service_account(_section(data, "service_account", problems, blank_is_absent=True),
+                                       name, mount_prefix, problems)
+    policy = _policy(_section(data, "policy", problems, blank_is_absent=True), leaf_ttl, problems)
     if problems:
         raise ConfigError(problems, source)
-    return config
+    return ClusterConfig(
+        name=name, endpoint=endpoint, endpoint_host=endpoint_host, service_cidr=service_cidr,
+        domain=domain, key_type=key_type, leaf_ttl=leaf_ttl, ca_ttl=ca_ttl,
+        mount_prefix=mount_prefix, control_plane=control_plane, workers=workers, policy=policy,
+        service_account=service_account, apiserver_port=apiserver_port, hsm=hsm, embed_client_certs=embed is True,
+    )
 
 
-def _owned_section_problems(config: ClusterConfig) -> list[str]:
-    """The `service_account:` and `policy:` sections, checked now rather than when first used."""
-    # Imported here: these plan modules import this one.
-    from vaultk8s.plan.policies import policy_settings
-    from vaultk8s.plan.sa import resolve_settings
-
-    problems: list[str] = []
-    for validate in (resolve_settings, policy_settings):
-        try:
-            validate(config)
-        except ConfigError as err:
-            problems.extend(err.problems)
-    return problems
-
-
-def _hsm(value: Any, problems: list[str]) -> HsmSettings | None:
-    if value is None:
-        return None
-    # Imported here: vaultk8s.hsm loads pkcs11, which clusters without an HSM need not install.
-    from vaultk8s.hsm.settings import parse_hsm_block
-
-    try:
-        return parse_hsm_block(value)
-    except ConfigError as err:
-        problems.extend(err.problems)
-        return None
-
-
-def _section(data: dict, key: str, problems: list[str], required: bool = False) -> dict:
+def _section(data: dict, key: str, problems: list[str], required: bool = False,
+             blank_is_absent: bool = False) -> dict:
+    """blank_is_absent: any empty value ([], "", false) counts as no section, so all defaults."""
     value = data.get(key)
-    if value is None:
+    if value is None or (blank_is_absent and not value):
         if required:
             problems.append(f"missing section {shown(key)}")
         return {}
@@ -290,10 +276,19 @@ def _unknown_keys(section: dict, where: str, known: set[str], problems: list[str
 
 
 def _cluster_name(value: Any, problems: list[str]) -> str:
-    if not isinstance(value, str) or not _DNS_LABEL.match(value):
-        problems.append(f"cluster.name {shown(value)} must be a DNS-1123 label (lower-case letters, digits, '-')")
-        return ""
-    return value
+    return _dns_name(value, is_dns_label, problems,
+                     f"cluster.name {shown(value)} must be a DNS-1123 label (lower-case letters, digits, '-')")
+
+
+def _domain(value: Any, problems: list[str]) -> str:
+    return _dns_name(value, is_dns_subdomain, problems, f"cluster.domain {shown(value)} must be a DNS name such as cluster.local")
+
+
+def _dns_name(value: Any, valid: Callable[[str], bool], problems: list[str], problem: str) -> str:
+    if isinstance(value, str) and valid(value):
+        return value
+    problems.append(problem)
+    return ""
 
 
 def _endpoint(value: Any, problems: list[str]) -> tuple[str, str]:
@@ -301,10 +296,7 @@ def _endpoint(value: Any, problems: list[str]) -> tuple[str, str]:
         problems.append("cluster.endpoint is required, e.g. https://10.0.0.10:6443")
         return "", ""
     parts = urlsplit(value)
-    try:
-        port = parts.port
-    except ValueError:
-        port = -1
+    port = url_port(parts)
     host = parts.hostname or ""
     if parts.scheme != "https" or not host or port == -1 or parts.path not in ("", "/"):
         problems.append(f"cluster.endpoint {shown(value)} must look like https://HOST:PORT")
@@ -334,13 +326,6 @@ def _service_cidr(value: Any, problems: list[str]):
     return network
 
 
-def _domain(value: Any, problems: list[str]) -> str:
-    if not isinstance(value, str) or not is_dns_subdomain(value):
-        problems.append(f"cluster.domain {shown(value)} must be a DNS name such as cluster.local")
-        return ""
-    return value
-
-
 def _port(value: Any, problems: list[str]) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or not 0 < value < 65536:
         problems.append(f"cluster.apiserver_port {shown(value)} must be a port number")
@@ -348,11 +333,17 @@ def _port(value: Any, problems: list[str]) -> int:
     return value
 
 
-def _ttl(value: Any, where: str, problems: list[str]) -> timedelta | None:
+def _duration(value: Any, where: str, problems: list[str]) -> timedelta | None:
     try:
-        ttl = parse_duration(value)
+        return parse_duration(value)
     except ValueError as err:
         problems.append(f"{where}: {err}")
+        return None
+
+
+def _ttl(value: Any, where: str, problems: list[str]) -> timedelta | None:
+    ttl = _duration(value, where, problems)
+    if ttl is None:
         return None
     if ttl <= timedelta(0):
         problems.append(f"{where} must be positive")
@@ -370,7 +361,7 @@ def _mount_prefix(value: Any, problems: list[str]) -> str:
     if not all(_MOUNT_SEGMENT.match(s) for s in segments) or any(s in (".", "..") for s in segments):
         problems.append(f"vault.mount_prefix {shown(value)} may only hold path segments of letters, digits, '-', '_', '.'")
         return ""
-    if segments[0] in ("sys", "auth", "identity", "cubbyhole"):
+    if segments[0] in _RESERVED_MOUNTS:
         problems.append(f"vault.mount_prefix {shown(value)} collides with Vault's reserved path {segments[0]}/")
     return value
 
@@ -432,6 +423,121 @@ def _check_unique(nodes: tuple[NodeSpec, ...], problems: list[str]) -> None:
             seen_ips[ip] = node.name
 
 
+def _service_account(section: dict, cluster_name: str, mount_prefix: str, problems: list[str]) -> SASettings:
+    _unknown_keys(section, "service_account", _SA_KEYS, problems)
+    key_type = section.get("key_type", DEFAULT_SA_KEY_TYPE)
+    if key_type not in SA_KEY_TYPES:
+        problems.append(f"service_account.key_type {shown(key_type)} is not one of {', '.join(SA_KEY_TYPES)}")
+    kv_mount = section.get("kv_mount", f"{mount_prefix}{SA_KV_SUFFIX}")
+    if not isinstance(kv_mount, str) or not _is_kv_mount(kv_mount):
+        problems.append(f"service_account.kv_mount {shown(kv_mount)} must be a Vault path such as clusters/demo/vaultk8s")
+        kv_mount = ""
+    grace = DEFAULT_SA_GRACE
+    if "grace_period" in section:
+        parsed = _duration(section["grace_period"], "service_account.grace_period", problems)
+        if parsed is not None and parsed < MIN_SA_GRACE:
+            problems.append("service_account.grace_period must be at least 1h, the default projected token lifetime")
+        grace = DEFAULT_SA_GRACE if parsed is None else parsed
+    return SASettings(key_type, kv_mount.strip("/"), f"{cluster_name}/service-account", grace)
+
+
+def _is_kv_mount(path: str) -> bool:
+    segments = path.strip("/").split("/")
+    ok = all(s and s not in (".", "..") and all(c.isalnum() or c in "-_." for c in s) for s in segments)
+    return ok and segments[0] not in _RESERVED_MOUNTS
+
+
+def _policy(section: dict, leaf_ttl: timedelta | None, problems: list[str]) -> PolicySettings:
+    found: list[str] = []  # the last check runs only if nothing else in this section is wrong
+    _unknown_keys(section, "policy", _POLICY_KEYS, found)
+
+    def ttl(key: str, default: timedelta) -> timedelta:
+        if key not in section:
+            return default
+        value = _duration(section[key], f"policy.{key}", found)
+        return timedelta(0) if value is None else value
+
+    def count(key: str, default: int) -> int:
+        value = section.get(key, default)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            found.append(f"policy.{key} {shown(value)} must be a whole number >= 0 (0: unlimited)")
+            return default
+        return value
+
+    settings = PolicySettings(
+        max_leaf_ttl=ttl("max_leaf_ttl", leaf_ttl or timedelta(0)), token_ttl=ttl("token_ttl", timedelta(hours=1)),
+        token_max_ttl=ttl("token_max_ttl", timedelta(hours=4)), token_num_uses=count("token_num_uses", 64),
+        secret_id_ttl=ttl("secret_id_ttl", timedelta(hours=720)), secret_id_num_uses=count("secret_id_num_uses", 0),
+        bind_cidrs=bool(section.get("bind_cidrs", True)),
+    )
+    if settings.token_ttl > settings.token_max_ttl:
+        found.append("policy.token_ttl must not exceed policy.token_max_ttl")
+    if not found and settings.token_ttl <= timedelta(0):
+        found.append("policy.token_ttl must be positive")
+    problems.extend(found)
+    return settings
+
+
+def _hsm(value: Any, problems: list[str]) -> HsmSettings | None:
+    """The `hsm:` block (docs/hsm.md). A PIN written in it is refused, never echoed."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        problems.append("hsm: must be a mapping with module, token_label/token_serial, pin_env/pin_file and key_type")
+        return None
+    found = _hsm_problems(value)
+    if found:
+        problems.extend(found)
+        return None
+    # Imported here: vaultk8s.hsm loads pkcs11, which clusters without an HSM need not install.
+    from vaultk8s.hsm.settings import HsmSettings
+
+    return HsmSettings(
+        module=Path(value["module"]),
+        token_label=value.get("token_label"),
+        token_serial=value.get("token_serial"),
+        pin_env=value.get("pin_env"),
+        pin_file=Path(value["pin_file"]) if value.get("pin_file") is not None else None,
+        key_type=value["key_type"],
+    )
+
+
+def _hsm_problems(data: dict) -> list[str]:
+    problems = []
+    for key in data:
+        if key == "pin":
+            # Never echo the value: it is a secret that should not be in the file at all.
+            problems.append("hsm.pin: the PIN does not belong in the cluster file; "
+                            "use pin_env (an environment variable) or pin_file (mode 0600)")
+        elif key not in _HSM_KEYS:
+            problems.append(f"hsm.{key}: unknown key (expected: {', '.join(_HSM_KEYS)})")
+    for key in _HSM_KEYS:
+        value = data.get(key)
+        if value is not None and (not isinstance(value, str) or not value.strip()):
+            problems.append(f"hsm.{key}: must be a non-empty string")
+    if data.get("module") is None:
+        problems.append("hsm.module: required (path to the PKCS#11 module, "
+                        "e.g. /usr/lib/softhsm/libsofthsm2.so)")
+    problems += _exactly_one(data, "token_label", "token_serial", "select the token")
+    problems += _exactly_one(data, "pin_env", "pin_file", "supply the PIN")
+    pin_env = data.get("pin_env")
+    if isinstance(pin_env, str) and pin_env and not pin_env.isidentifier():
+        problems.append(f"hsm.pin_env: {shown(pin_env)} is not a valid environment variable name")
+    key_type = data.get("key_type")
+    if key_type is None:
+        problems.append(f"hsm.key_type: required (one of {', '.join(ROOT_KEY_TYPES)})")
+    elif key_type not in ROOT_KEY_TYPES:
+        problems.append(f"hsm.key_type: {shown(key_type)} is not one of {', '.join(ROOT_KEY_TYPES)}")
+    return problems
+
+
+def _exactly_one(data: dict, first: str, second: str, purpose: str) -> list[str]:
+    given = [key for key in (first, second) if data.get(key) is not None]
+    if len(given) == 1:
+        return []
+    return [f"hsm: set exactly one of {first} or {second} to {purpose} (got {len(given)})"]
+
+
 def _name_length_problems(nodes: tuple[NodeSpec, ...]) -> list[str]:
     from vaultk8s.catalog import common_name_overflows  # the catalog decides common names
 
@@ -443,10 +549,3 @@ def _role_collisions(nodes: tuple[NodeSpec, ...]) -> list[str]:
 
     return role_collisions([(n.name, n.control_plane) for n in nodes])
 
-
-def is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True

@@ -12,25 +12,29 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from vaultk8s.catalog import Usage
+from vaultk8s.keytypes import KEY_TYPES
 
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+
+_CURVES = {curve.name: curve for curve in (ec.SECP256R1, ec.SECP384R1)}
+_CURVE_KEY_TYPES = {spec.curve: spec.name for spec in KEY_TYPES.values() if spec.curve}
 
 _EKU = {Usage.SERVER: ExtendedKeyUsageOID.SERVER_AUTH, Usage.CLIENT: ExtendedKeyUsageOID.CLIENT_AUTH}
 
 
 def generate_key(key_type: str) -> PrivateKey:
-    if key_type == "ec-p256":
-        return ec.generate_private_key(ec.SECP256R1())
-    if key_type == "ec-p384":
-        return ec.generate_private_key(ec.SECP384R1())
-    if key_type.startswith("rsa-"):
-        return rsa.generate_private_key(public_exponent=65537, key_size=int(key_type[4:]))
-    raise ValueError(f"unknown key type {key_type!r}")
+    spec = KEY_TYPES.get(key_type)
+    if spec is None:
+        raise ValueError(f"unknown key type {key_type!r}")
+    if spec.curve is not None:
+        return ec.generate_private_key(_CURVES[spec.curve]())
+    return rsa.generate_private_key(public_exponent=65537, key_size=spec.bits)
 
 
 def key_type_of(public_key) -> str:
+    """The key type name of a public key; an unknown curve by its own name, any RSA size as rsa-<bits>."""
     if isinstance(public_key, ec.EllipticCurvePublicKey):
-        return {"secp256r1": "ec-p256", "secp384r1": "ec-p384"}.get(public_key.curve.name, public_key.curve.name)
+        return _CURVE_KEY_TYPES.get(public_key.curve.name, public_key.curve.name)
     if isinstance(public_key, rsa.RSAPublicKey):
         return f"rsa-{public_key.key_size}"
     return type(public_key).__name__

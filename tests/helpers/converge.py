@@ -15,7 +15,6 @@ from vaultk8s.config import load_config
 from vaultk8s.ops.bootstrap import bootstrap as ops_bootstrap
 from vaultk8s.ops.check import check_out_dir
 from vaultk8s.vault.gateway import VaultGateway
-from vaultk8s.plan import sa
 from vaultk8s.plan.resolve import resolve_all
 
 
@@ -38,7 +37,7 @@ class VaultView:
 
     def sa_state(self, config_path: Path) -> tuple[dict, int]:
         """(the key set document, how many KV versions exist) of the service-account secret."""
-        settings = sa.resolve_settings(load_config(config_path))
+        settings = load_config(config_path).service_account
         data = self.get(f"{settings.kv_mount}/data/{settings.kv_path}").get("data") or {}
         meta = self.get(f"{settings.kv_mount}/metadata/{settings.kv_path}").get("data") or {}
         return data.get("data") or {}, len(meta.get("versions") or {})

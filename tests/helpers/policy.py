@@ -53,7 +53,7 @@ def make_token(env: dict[str, str], policies: list[str]) -> str:
 
 def applied_cluster(env: dict[str, str], tmp_path: Path, prefix: str, **overrides):
     """policy apply (admin) then bootstrap with an operator-only token: returns (path, config, operator token)."""
-    from vaultk8s.plan.policies import policy_name
+    from vaultk8s.plan.naming import policy_name
 
     path, config = write_cluster(tmp_path, prefix, **overrides)
     applied = cli(env, "policy", "apply", "-c", str(path))
@@ -72,9 +72,9 @@ def write_node_credentials(env, path, node, out, operator):
 
 def approle_login(env, config, out):
     """A plain AppRole login over HTTP with the files `node credentials` wrote."""
-    from vaultk8s.plan import policies as pol
+    from vaultk8s.plan import naming
 
-    return call(env, "", "POST", f"auth/{pol.approle_mount(config)}/login",
+    return call(env, "", "POST", f"auth/{naming.approle_mount(config)}/login",
                 {"role_id": (out / "role_id").read_text(), "secret_id": (out / "secret_id").read_text()})
 
 

@@ -21,7 +21,7 @@ from vaultk8s.errors import VaultError
 from vaultk8s.hsm import HsmRootAuthority, open_token
 from vaultk8s.ops import ca_rotation as ops
 from vaultk8s.ops.renew import renew_node
-from vaultk8s.plan.ca_rotation import Phase
+from vaultk8s.plan.ca_rotation import CARotationPhase
 from vaultk8s.plan.resolve import resolve_all
 from vaultk8s.store.atomic import public, secret
 from vaultk8s.store.layout import NodeOutput
@@ -192,7 +192,7 @@ def test_rotation_phases(cluster, vault_env, tmp_path, ca):
 
     # A later run, after the last leaf of the old root expired, deletes it (and its key).
     later = datetime.now(timezone.utc) + config.leaf_ttl + timedelta(hours=1)
-    report = ops.rotate(config, out, gateway, ca, Phase.RETIRE, now=later)
+    report = ops.rotate(config, out, gateway, ca, CARotationPhase.RETIRE, now=later)
     assert [a.kind for a in report.actions] == ["delete-issuer", "delete-key"]
     assert [i["role"] for i in _status(cluster, vault_env, ca)["issuers"]] == ["current"]
 

@@ -20,7 +20,7 @@ from vaultk8s.agent.runner import Agent, AgentSettings
 from vaultk8s.config import load_config
 from vaultk8s.errors import PlanRefused
 from vaultk8s.ops.renew import node_output
-from vaultk8s.plan.policies import entity_name
+from vaultk8s.plan.naming import entity_name
 from vaultk8s.vault.gateway import VaultGateway
 
 pytestmark = pytest.mark.integration

@@ -32,7 +32,7 @@ from vaultk8s.hsm import (
     refresh_module,
 )
 from vaultk8s.hsm.devtoken import _init_token
-from vaultk8s.hsm.keys import key_id
+from vaultk8s.hsm.keys import cka_id
 
 DEFAULT_CA_NAMES = tuple(ca.name for ca in catalog.CAS)
 
@@ -77,7 +77,7 @@ def test_three_distinct_non_extractable_root_keys(dev_token):
     with open_token(_settings()) as session:
         report = HsmRootAuthority(session, "ec-p256").status(DEFAULT_CA_NAMES)
         for ca in DEFAULT_CA_NAMES:
-            private = session.get_key(pkcs11.ObjectClass.PRIVATE_KEY, id=key_id(ca))
+            private = session.get_key(pkcs11.ObjectClass.PRIVATE_KEY, id=cka_id(ca))
             with pytest.raises(pkcs11.exceptions.AttributeSensitive):
                 private[pkcs11.Attribute.VALUE]
             assert private[pkcs11.Attribute.TOKEN] and private[pkcs11.Attribute.PRIVATE]
@@ -242,7 +242,7 @@ def test_duplicate_token_label_refused(dev_token):
 
 def _delete(session, object_class, ca):
     for obj in session.get_objects({pkcs11.Attribute.CLASS: object_class,
-                                    pkcs11.Attribute.ID: key_id(ca)}):
+                                    pkcs11.Attribute.ID: cka_id(ca)}):
         obj.destroy()
 
 

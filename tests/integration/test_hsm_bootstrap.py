@@ -27,7 +27,7 @@ from vaultk8s.cli import main
 from vaultk8s.config import ClusterConfig, load_config
 from vaultk8s.errors import HsmError, PlanRefused, VaultError
 from vaultk8s.hsm import SOFTHSM_MODULE, HsmRootAuthority, open_token, refresh_module
-from vaultk8s.hsm.keys import key_id
+from vaultk8s.hsm.keys import cka_id
 from vaultk8s.ops.bootstrap import BootstrapReport, bootstrap
 from vaultk8s.vault.gateway import VaultGateway
 
@@ -149,7 +149,7 @@ def test_first_bootstrap_makes_intermediates(cluster):
 def test_root_keys_stay_in_the_token(cluster):
     with open_token(cluster.config.hsm) as session:
         privates = list(session.get_objects({pkcs11.Attribute.CLASS: pkcs11.ObjectClass.PRIVATE_KEY}))
-        assert sorted(p[pkcs11.Attribute.ID] for p in privates) == sorted(key_id(cluster.config.hsm_scope + n) for n in CA_NAMES)
+        assert sorted(p[pkcs11.Attribute.ID] for p in privates) == sorted(cka_id(cluster.config.hsm_scope + n) for n in CA_NAMES)
         for private in privates:
             assert private[pkcs11.Attribute.EXTRACTABLE] is False
             assert private[pkcs11.Attribute.SENSITIVE] is True

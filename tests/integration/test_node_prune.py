@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from vaultk8s.plan import policies as pol
+from vaultk8s.plan import naming
 
 from tests.helpers.policy import (CLUSTER, applied_cluster, approle_login, call, can_sign, cli, make_token,
                                    write_cluster, write_node_credentials)
@@ -23,8 +23,8 @@ def _exists(env, path):
 
 
 def _leftovers(config, node):
-    name = pol.entity_name(config, node)
-    return [f"auth/{pol.approle_mount(config)}/role/{pol.approle_role(node)}", f"auth/token/roles/{name}",
+    name = naming.entity_name(config, node)
+    return [f"auth/{naming.approle_mount(config)}/role/{naming.approle_role(node)}", f"auth/token/roles/{name}",
             f"identity/entity/name/{name}"]
 
 
@@ -36,7 +36,7 @@ def test_removed_node_is_pruned_and_other_cluster_untouched(vault_env, tmp_path,
     # also matches B's `vaultk8s-<a>node-b-node-worker-2` (node "b-node-worker-2" for A). Content decides.
     other = {"name": "other", "endpoint": "https://10.0.0.10:6443"}
     path_b, config_b, operator_b = applied_cluster(vault_env, tmp_path / "b", f"{mount_prefix}node-b/", cluster=other)
-    assert pol.entity_name(config_b, "worker-2").startswith(pol.entity_name(config, ""))
+    assert naming.entity_name(config_b, "worker-2").startswith(naming.entity_name(config, ""))
 
     w1, w2, b2 = tmp_path / "w1", tmp_path / "w2", tmp_path / "b2"
     write_node_credentials(vault_env, path, "worker-1", w1, operator)
@@ -50,14 +50,14 @@ def test_removed_node_is_pruned_and_other_cluster_untouched(vault_env, tmp_path,
     # worker-2 leaves cluster A's file
     workers = [w for w in CLUSTER["nodes"]["workers"] if w["name"] != "worker-2"]
     write_cluster(tmp_path / "a", mount_prefix, nodes={**CLUSTER["nodes"], "workers": workers})
-    auditor = make_token(vault_env, [pol.policy_name(config, "auditor")])
+    auditor = make_token(vault_env, [naming.policy_name(config, "auditor")])
     drift = cli(vault_env, "policy", "diff", "-c", str(path), token=auditor)
     assert drift.returncode == 1, drift.stdout + drift.stderr
     for target in _leftovers(config, "worker-2"):
         assert target in drift.stdout, drift.stdout
     for target in _leftovers(config_b, "worker-2") + _leftovers(config, "worker-1"):
         assert f" {target} " not in drift.stdout  # never planned for deletion
-    assert f"note: kept identity/entity/name/{pol.entity_name(config_b, 'worker-2')}" in drift.stdout
+    assert f"note: kept identity/entity/name/{naming.entity_name(config_b, 'worker-2')}" in drift.stdout
 
     planned = cli(vault_env, "policy", "apply", "-c", str(path), "--dry-run", "--output", "json")
     assert planned.returncode == 0, planned.stderr

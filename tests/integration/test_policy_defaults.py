@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from vaultk8s.config import load_config
-from vaultk8s.plan import policies as pol
+from vaultk8s.plan import naming
 
 from tests.helpers.policy import call, cli, make_token
 
@@ -39,7 +39,7 @@ def cluster(tmp_path, mount_prefix):
 def test_bound_cidrs_are_what_the_defaults_write(vault_env, cluster):
     path, config = cluster
     assert cli(vault_env, "policy", "apply", "-c", str(path)).returncode == 0
-    role = call(vault_env, vault_env["VAULT_TOKEN"], "GET", f"auth/{pol.approle_mount(config)}/role/node-worker-6")
+    role = call(vault_env, vault_env["VAULT_TOKEN"], "GET", f"auth/{naming.approle_mount(config)}/role/node-worker-6")
     assert role.json()["data"]["token_bound_cidrs"] == ["fd00:10::106"]  # how OpenBao normalises it
 
 
@@ -51,7 +51,7 @@ def test_diff_is_clean_right_after_apply_with_defaults(vault_env, cluster):
     assert again.returncode == 0 and "no changes" in again.stdout, again.stdout
     diff = cli(vault_env, "policy", "diff", "-c", str(path))
     assert diff.returncode == 0, diff.stdout + diff.stderr
-    auditor = make_token(vault_env, [pol.policy_name(config, "auditor")])
+    auditor = make_token(vault_env, [naming.policy_name(config, "auditor")])
     assert cli(vault_env, "policy", "diff", "-c", str(path), token=auditor).returncode == 0
 
 
@@ -59,7 +59,7 @@ def test_a_changed_node_ip_is_still_drift(vault_env, cluster):
     """Normalising must not hide a real change: another address is drift, and apply repairs it."""
     path, config = cluster
     assert cli(vault_env, "policy", "apply", "-c", str(path)).returncode == 0
-    role = f"auth/{pol.approle_mount(config)}/role/node-worker-6"
+    role = f"auth/{naming.approle_mount(config)}/role/node-worker-6"
     assert call(vault_env, vault_env["VAULT_TOKEN"], "POST", role, {"token_bound_cidrs": ["fd00:10::107/128"]}).ok
     drift = cli(vault_env, "policy", "diff", "-c", str(path))
     assert drift.returncode == 1 and "token_bound_cidrs" in drift.stdout
@@ -70,7 +70,7 @@ def test_a_changed_node_ip_is_still_drift(vault_env, cluster):
 def test_review_with_defaults_has_no_high_findings(vault_env, cluster):
     path, config = cluster
     assert cli(vault_env, "policy", "apply", "-c", str(path)).returncode == 0
-    auditor = make_token(vault_env, [pol.policy_name(config, "auditor")])
+    auditor = make_token(vault_env, [naming.policy_name(config, "auditor")])
     review = cli(vault_env, "policy", "review", "-c", str(path), "--output", "json", token=auditor)
     assert review.returncode == 0, review.stdout + review.stderr
     assert json.loads(review.stdout)["high"] == 0

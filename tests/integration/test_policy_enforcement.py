@@ -9,7 +9,7 @@ import pytest
 from cryptography.x509.oid import NameOID
 
 from vaultk8s import catalog, crypto
-from vaultk8s.plan import policies as pol
+from vaultk8s.plan import grants, naming
 from vaultk8s.plan.resolve import resolve_cert
 
 from tests.helpers.policy import applied_cluster, call, cli, make_token
@@ -64,10 +64,10 @@ def test_every_identity_gets_exactly_its_own_certificates(vault_env, cluster, tm
     for token in (worker, worker_plain):
         for rc in _allowed_signs(config, "worker-1", ("node",)):
             _assert_signs(vault_env, token, rc)
-    for rc in _allowed_signs(config, "cp-1", pol.node_policy_kinds(config.node("cp-1"))):
+    for rc in _allowed_signs(config, "cp-1", grants.node_policy_kinds(config.node("cp-1"))):
         _assert_signs(vault_env, cp, rc)
     for kind, cert_name in (("cluster-admin", "admin"), ("break-glass", "super-admin")):
-        token = make_token(vault_env, [pol.policy_name(config, kind)])
+        token = make_token(vault_env, [naming.policy_name(config, kind)])
         _assert_signs(vault_env, token, resolve_cert(catalog.cert(cert_name), config.node("cp-1"), config))
     for mount in (config.mount(ca.name) for ca in catalog.CAS):
         for suffix in ("cert/ca_chain", "issuer/default/json", "crl/pem"):
@@ -102,18 +102,18 @@ def _forbidden_for_worker(config):
         ("GET", f"{k}/roles/kubelet-client-worker-1", None),
         ("POST", f"{k}/revoke", {"serial_number": "00"}),
         ("GET", "sys/mounts", None),
-        ("POST", f"sys/policies/acl/{pol.policy_name(config, 'node')}", {"policy": ""}),
+        ("POST", f"sys/policies/acl/{naming.policy_name(config, 'node')}", {"policy": ""}),
         ("POST", "auth/token/create", {}),
-        ("POST", f"identity/entity/name/{pol.entity_name(config, 'worker-1')}", {"metadata": {"node": "worker-2"}}),
-        ("GET", f"auth/{pol.approle_mount(config)}/role/node-worker-2/role-id", None),
-        ("POST", f"auth/{pol.approle_mount(config)}/role/node-worker-2/secret-id", {}),
+        ("POST", f"identity/entity/name/{naming.entity_name(config, 'worker-1')}", {"metadata": {"node": "worker-2"}}),
+        ("GET", f"auth/{naming.approle_mount(config)}/role/node-worker-2/role-id", None),
+        ("POST", f"auth/{naming.approle_mount(config)}/role/node-worker-2/secret-id", {}),
     ]
 
 
 def test_worker_is_denied_everything_else(vault_env, cluster, tmp_path):
     path, config, operator = cluster
     worker = _approle_token(vault_env, path, "worker-1", tmp_path / "w1", operator)
-    auditor = make_token(vault_env, [pol.policy_name(config, "auditor")])
+    auditor = make_token(vault_env, [naming.policy_name(config, "auditor")])
     for method, target, data in _forbidden_for_worker(config):
         assert call(vault_env, worker, method, target, data).status_code == 403, f"worker: {method} {target}"
     for method, target, data in _forbidden_for_worker(config):
@@ -162,6 +162,6 @@ def test_bound_cidrs_refuse_login_from_elsewhere(vault_env, tmp_path, mount_pref
     out = tmp_path / "w1"
     made = cli(vault_env, "node", "credentials", "-c", str(path), "--node", "worker-1", "--out", str(out), token=operator)
     assert made.returncode == 0, made.stderr
-    resp = call(vault_env, "", "POST", f"auth/{pol.approle_mount(config)}/login",
+    resp = call(vault_env, "", "POST", f"auth/{naming.approle_mount(config)}/login",
                 {"role_id": (out / "role_id").read_text(), "secret_id": (out / "secret_id").read_text()})
     assert resp.status_code in (400, 403), resp.text  # we are 127.0.0.1, not 10.0.1.1

@@ -32,7 +32,7 @@ def _sign(key_pem: bytes, subject: str) -> str:
     now = datetime.now(timezone.utc)
     claims = {"iss": "https://kubernetes.default.svc.cluster.local", "sub": subject, "aud": ["api"],
               "iat": now, "exp": now + timedelta(hours=1)}
-    return jwt.encode(claims, key, algorithm=alg, headers={"kid": sa.key_id(key.public_key())})
+    return jwt.encode(claims, key, algorithm=alg, headers={"kid": sa.jwt_kid(key.public_key())})
 
 
 def _verifies(token: str, pub_pem: bytes) -> bool:
@@ -135,8 +135,8 @@ def test_retire_after_the_grace_period_without_force(tmp_path, vault_env, mount_
     gateway = VaultGateway.from_env(vault_env)
     now = datetime.now(timezone.utc)
     with pytest.raises(PlanRefused, match="1h59m left|2h left"):
-        sa_ops.rotate(config, out, gateway, sa.Phase.RETIRE, now=now)
-    report = sa_ops.rotate(config, out, gateway, sa.Phase.RETIRE, now=now + timedelta(hours=2, minutes=1))
+        sa_ops.rotate(config, out, gateway, sa.SARotationPhase.RETIRE, now=now)
+    report = sa_ops.rotate(config, out, gateway, sa.SARotationPhase.RETIRE, now=now + timedelta(hours=2, minutes=1))
     assert report.changed and _files(out)[1].count(b"BEGIN PUBLIC KEY") == 1
 
 
@@ -188,7 +188,7 @@ def test_corrupt_key_in_kv(tmp_path, vault_env, mount_prefix, openbao):
 def test_check_and_set_refuses_a_racing_writer(tmp_path, vault_env, mount_prefix):
     cluster = write_cluster(tmp_path, mount_prefix, CONTROL_PLANE)
     run_cli(["bootstrap", "-c", str(cluster), "-o", str(tmp_path / "out")], vault_env)
-    settings = sa.resolve_settings(load_config(cluster))
+    settings = load_config(cluster).service_account
     gateway = VaultGateway.from_env(vault_env)
     stored = sa_ops.read_key_set(gateway, settings)
     staged = sa.stage(stored.keys, sa.new_key(rsa.generate_private_key(65537, 2048), datetime.now(timezone.utc)),
@@ -252,7 +252,7 @@ def test_retire_destroys_old_versions_holding_the_retired_private_key(tmp_path, 
     mount, path = f"{mount_prefix}vaultk8s", "it/service-account"
     meta, _ = _history(vault_env, mount, path)
     assert meta["max_versions"] == sa.KV_MAX_VERSIONS
-    old_id = sa.key_id(serialization.load_pem_private_key(_files(out)[0], None).public_key())
+    old_id = sa.jwt_kid(serialization.load_pem_private_key(_files(out)[0], None).public_key())
 
     results = []
     retired = _rotate_fully(lambda phase, *extra: results.append(_rotate(cluster, out, vault_env, phase, *extra))
@@ -268,7 +268,7 @@ def test_retire_destroys_old_versions_holding_the_retired_private_key(tmp_path, 
     assert _history(vault_env, mount, path)[0] == meta and tree_state(out) == before
 
     # a second rotation: the first one's active key is the one retired now
-    second_id = sa.key_id(serialization.load_pem_private_key(_files(out)[0], None).public_key())
+    second_id = sa.jwt_kid(serialization.load_pem_private_key(_files(out)[0], None).public_key())
     _rotate_fully(lambda phase, *extra: _rotate(cluster, out, vault_env, phase, *extra))
     meta = _assert_only_active_private_key(vault_env, mount, path, second_id, _files(out)[0])
     assert meta["current_version"] == 7
@@ -278,7 +278,7 @@ def test_a_failed_destroy_is_finished_by_rerunning_retire(tmp_path, vault_env, m
     cluster = write_cluster(tmp_path, mount_prefix, CONTROL_PLANE)
     out = tmp_path / "out"
     run_cli(["bootstrap", "-c", str(cluster), "-o", str(out)], vault_env)
-    old_id = sa.key_id(serialization.load_pem_private_key(_files(out)[0], None).public_key())
+    old_id = sa.jwt_kid(serialization.load_pem_private_key(_files(out)[0], None).public_key())
     _rotate(cluster, out, vault_env, "stage")
     _rotate(cluster, out, vault_env, "promote")
     config = load_config(cluster)
@@ -290,7 +290,7 @@ def test_a_failed_destroy_is_finished_by_rerunning_retire(tmp_path, vault_env, m
     with monkeypatch.context() as patch:
         patch.setattr(gateway, "kv2_destroy", refuse)
         with pytest.raises(VaultError) as err:
-            sa_ops.rotate(config, out, gateway, sa.Phase.RETIRE, now=datetime.now(timezone.utc), force=True)
+            sa_ops.rotate(config, out, gateway, sa.SARotationPhase.RETIRE, now=datetime.now(timezone.utc), force=True)
     message = str(err.value)
     assert "\n" not in message and "PRIVATE" not in message
     assert "node files written" in message and "re-run `vaultk8s sa rotate --phase retire`" in message
@@ -298,7 +298,7 @@ def test_a_failed_destroy_is_finished_by_rerunning_retire(tmp_path, vault_env, m
     mount, path = f"{mount_prefix}vaultk8s", "it/service-account"
     assert len(_history(vault_env, mount, path)[1]) > 1  # old versions (the retired key) still there
 
-    report = sa_ops.rotate(config, out, gateway, sa.Phase.RETIRE, now=datetime.now(timezone.utc))
+    report = sa_ops.rotate(config, out, gateway, sa.SARotationPhase.RETIRE, now=datetime.now(timezone.utc))
     assert report.changed and report.destroyed_versions == (2, 3)
     _assert_only_active_private_key(vault_env, mount, path, old_id, _files(out)[0])
 
@@ -309,7 +309,7 @@ def test_operator_token_can_rotate_and_destroy_but_nothing_broader(tmp_path, vau
     mount, secret = f"{mount_prefix}vaultk8s", "pol/service-account"
     meta, _ = _history(vault_env, mount, secret)
     assert meta["max_versions"] == sa.KV_MAX_VERSIONS  # bootstrap ran with the operator token
-    old_id = sa.key_id(serialization.load_pem_private_key(_files(out)[0], None).public_key())
+    old_id = sa.jwt_kid(serialization.load_pem_private_key(_files(out)[0], None).public_key())
 
     def rotate(phase, *extra):
         result = policy_helpers.cli(vault_env, "sa", "rotate", "-c", str(path), "-o", str(out), "--phase", phase,

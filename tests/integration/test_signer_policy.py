@@ -9,7 +9,7 @@ import stat
 import pytest
 
 from vaultk8s import catalog, crypto
-from vaultk8s.plan import policies as pol
+from vaultk8s.plan import machine_auth
 
 from tests.helpers.policy import applied_cluster, call, cli
 
@@ -33,7 +33,7 @@ def test_signer_credential_signs_only_kubelet_roles(vault_env, tmp_path, mount_p
     assert (out / "secret_id").read_text() not in made.stdout + made.stderr
     token = _login(vault_env, out)
     looked = call(vault_env, token, "GET", "auth/token/lookup-self").json()["data"]
-    assert sorted(looked["policies"]) == pol.signer_policies(config)
+    assert sorted(looked["policies"]) == machine_auth.signer_policies(config)
 
     csr = crypto.build_csr(crypto.generate_key("ec-p256"), "system:node:worker-1", "system:nodes", (), ())
     allowed = {f"kubelet-{kind}-{n.name}" for kind in ("client", "serving") for n in config.nodes}

@@ -12,7 +12,7 @@ from cryptography.x509.oid import NameOID
 
 from vaultk8s.errors import PlanRefused
 from vaultk8s.plan import ca_rotation as plan
-from vaultk8s.plan.ca_rotation import IssuerView, LeafView, Phase, State
+from vaultk8s.plan.ca_rotation import IssuerView, LeafView, CARotationPhase, State
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=timezone.utc)
 TTL = timedelta(hours=24)
@@ -70,52 +70,52 @@ def test_state_follows_issuer_names_and_the_default():
 
 
 def test_stage_from_idle_makes_the_next_generation_and_rerun_is_a_noop():
-    kinds = [(a.kind, a.target) for a in _plan(Phase.STAGE, [_old()]).actions]
+    kinds = [(a.kind, a.target) for a in _plan(CARotationPhase.STAGE, [_old()]).actions]
     assert kinds == [("generate-root", f"{MOUNT}/issuer/root-g2"), ("cross-sign", f"{MOUNT}/issuer/cross-g2"),
                      ("chain-issuer", f"{MOUNT}/issuer/root")]
-    assert _plan(Phase.STAGE, _staged()).actions == []
+    assert _plan(CARotationPhase.STAGE, _staged()).actions == []
 
 
 def test_an_interrupted_stage_is_completed_not_repeated():
-    kinds = [a.kind for a in _plan(Phase.STAGE, [_old(), _new()]).actions]
+    kinds = [a.kind for a in _plan(CARotationPhase.STAGE, [_old(), _new()]).actions]
     assert kinds == ["cross-sign", "chain-issuer"]
     with pytest.raises(PlanRefused, match="stage did not finish"):
-        _plan(Phase.SWITCH, [_old(), _new()])
+        _plan(CARotationPhase.SWITCH, [_old(), _new()])
 
 
 def test_phase_order_is_enforced():
     with pytest.raises(PlanRefused, match="nothing staged"):
-        _plan(Phase.SWITCH, [_old()])
+        _plan(CARotationPhase.SWITCH, [_old()])
     with pytest.raises(PlanRefused, match="nothing to retire"):
-        _plan(Phase.RETIRE, [_old()])
+        _plan(CARotationPhase.RETIRE, [_old()])
     with pytest.raises(PlanRefused, match="not switched yet"):
-        _plan(Phase.RETIRE, _staged())
+        _plan(CARotationPhase.RETIRE, _staged())
     with pytest.raises(PlanRefused, match="finish this rotation"):
-        _plan(Phase.STAGE, _switched())
+        _plan(CARotationPhase.STAGE, _switched())
 
 
 def test_switch_sets_the_default_then_only_converges_leaves():
-    result = _plan(Phase.SWITCH, _staged())
+    result = _plan(CARotationPhase.SWITCH, _staged())
     assert [a.kind for a in result.actions] == ["set-default"] and result.converge_leaves
-    again = _plan(Phase.SWITCH, _switched())
+    again = _plan(CARotationPhase.SWITCH, _switched())
     assert again.actions == [] and again.converge_leaves
 
 
 def test_retire_refuses_while_a_leaf_chains_to_the_old_root_and_names_it():
     with pytest.raises(PlanRefused, match="1 certificate.*cp-1/pki/etcd/server.crt"):
-        _plan(Phase.RETIRE, _switched(), [OLD_LEAF, NEW_LEAF])
-    forced = _plan(Phase.RETIRE, _switched(), [OLD_LEAF, NEW_LEAF], force=True)
+        _plan(CARotationPhase.RETIRE, _switched(), [OLD_LEAF, NEW_LEAF])
+    forced = _plan(CARotationPhase.RETIRE, _switched(), [OLD_LEAF, NEW_LEAF], force=True)
     assert forced.stranded == ("cp-1/pki/etcd/server.crt",)
 
 
 def test_retire_keeps_the_old_root_until_its_last_leaf_expired():
-    result = _plan(Phase.RETIRE, _switched(), [NEW_LEAF])
+    result = _plan(CARotationPhase.RETIRE, _switched(), [NEW_LEAF])
     assert [a.kind for a in result.actions] == ["chain-issuer", "retire-issuer", "delete-issuer"]
     assert result.retired_as == "retired-g1-until-20261202t120000z"
     retired = IssuerView("id-old", result.retired_as, OLD, "k-old", frozenset({"crl-signing", "read-only"}))
     after = [retired, _new(default=True)]
-    assert _plan(Phase.RETIRE, after).actions == []
-    later = _plan(Phase.RETIRE, after, now=NOW + TTL)
+    assert _plan(CARotationPhase.RETIRE, after).actions == []
+    later = _plan(CARotationPhase.RETIRE, after, now=NOW + TTL)
     assert [(a.kind, a.target) for a in later.actions] == [
         ("delete-issuer", f"{MOUNT}/issuer/{result.retired_as}"), ("delete-key", f"{MOUNT}/key/k-old")]
 

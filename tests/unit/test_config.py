@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from vaultk8s.config import load_config, parse_config, parse_duration
+from vaultk8s.config import load_config, parse_config
 from vaultk8s.errors import ConfigError
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "cluster.yaml"
@@ -86,17 +86,6 @@ def test_missing_sections_and_unknown_top_level():
 
 def test_not_a_mapping():
     assert _problems(["a"]) == ["must be a YAML mapping with cluster, pki, vault and nodes"]
-
-
-@pytest.mark.parametrize("text,seconds", [("24h", 86400), ("90m", 5400), ("1h30m", 5400), ("30d", 2592000), (60, 60)])
-def test_parse_duration(text, seconds):
-    assert parse_duration(text) == timedelta(seconds=seconds)
-
-
-@pytest.mark.parametrize("text", ["", "h", "24", "1.5h", "-1h", "24h ", True])
-def test_parse_duration_rejects(text):
-    with pytest.raises(ValueError):
-        parse_duration(text)
 
 
 def test_node_names_that_would_share_a_role_are_rejected():

@@ -6,17 +6,22 @@ import dataclasses
 from pathlib import Path
 
 import pytest
+import yaml
 
 from vaultk8s import catalog
 from vaultk8s.config import load_config, parse_config
 from vaultk8s.errors import ConfigError
 from vaultk8s.ops.policy import review_offline
-from vaultk8s.plan import policies as pol
+from vaultk8s.plan import grants, hcl, machine_auth, naming
 from vaultk8s.plan.resolve import resolve_all
 from vaultk8s.plan.review import review
 from vaultk8s.plan.roles import resolve_roles
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def _example_doc() -> dict:
+    return yaml.safe_load((ROOT / "examples" / "cluster.yaml").read_text())
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +30,7 @@ def config():
 
 
 def _texts(config, **overrides):
-    texts = {k: pol.render_policy(k, config) for k in pol.policy_kinds()}
+    texts = {k: hcl.render_policy(k, config) for k in grants.policy_kinds()}
     texts.update(overrides)
     return texts
 
@@ -35,15 +40,15 @@ def _roles(config):
 
 
 def test_committed_policies_match_render(config):
-    rendered = pol.render_policies(config)
+    rendered = hcl.render_policies(config)
     committed = {p.name: p.read_text() for p in (ROOT / "policies").glob("*.hcl")}
     assert committed == rendered, "policies/ drifted: run `vaultk8s policy render -c examples/cluster.yaml`"
 
 
 def test_render_is_deterministic_and_sorted(config):
-    assert pol.render_policies(config) == pol.render_policies(config)
-    for kind in pol.policy_kinds():
-        paths = [g.path for g in pol.parse_policy(pol.render_policy(kind, config))[0]]
+    assert hcl.render_policies(config) == hcl.render_policies(config)
+    for kind in grants.policy_kinds():
+        paths = [g.path for g in hcl.parse_policy(hcl.render_policy(kind, config))[0]]
         assert paths == sorted(paths)
 
 
@@ -60,12 +65,12 @@ def test_committed_policies_review_clean(config):
 
 
 def test_node_grants_are_templated_never_globbed(config):
-    node_hcl = pol.render_policy("node", config)
+    node_hcl = hcl.render_policy("node", config)
     assert "kubernetes-ca/sign/kubelet-client-{{identity.entity.metadata.node}}" in node_hcl
-    for kind in pol.policy_kinds():
-        if kind in (pol.OPERATOR, pol.AUDITOR):
+    for kind in grants.policy_kinds():
+        if kind in (grants.OPERATOR, grants.AUDITOR):
             continue
-        for grant in pol.parse_policy(pol.render_policy(kind, config))[0]:
+        for grant in hcl.parse_policy(hcl.render_policy(kind, config))[0]:
             assert "*" not in grant.path and "+" not in grant.path
             assert "sudo" not in grant.capabilities
             assert "/issue/" not in grant.path
@@ -73,10 +78,10 @@ def test_node_grants_are_templated_never_globbed(config):
 
 def test_worker_credential_carries_no_control_plane_policy(config):
     worker, cp = config.node("worker-1"), config.node("cp-1")
-    assert pol.node_policy_kinds(worker) == ("agent", "node")
-    assert "control-plane-etcd" in pol.node_policy_kinds(cp)
+    assert grants.node_policy_kinds(worker) == ("agent", "node")
+    assert "control-plane-etcd" in grants.node_policy_kinds(cp)
     for node in config.nodes:
-        assert not {"cluster-admin", "break-glass", "operator"} & set(pol.node_policy_kinds(node))
+        assert not {"cluster-admin", "break-glass", "operator"} & set(grants.node_policy_kinds(node))
 
 
 WEAKENED = {
@@ -100,13 +105,13 @@ WEAKENED = {
 
 @pytest.mark.parametrize("name", sorted(WEAKENED))
 def test_weakened_node_policy_is_flagged_high(config, name):
-    weakened = pol.render_policy("node", config) + "\n" + WEAKENED[name] + "\n"
+    weakened = hcl.render_policy("node", config) + "\n" + WEAKENED[name] + "\n"
     result = review(config, _texts(config, node=weakened), _roles(config))
     assert result.high, name
 
 
 def test_wildcard_inside_own_mount_is_reported(config):
-    weakened = pol.render_policy("node", config) + '\npath "kubernetes-ca/sign/kubelet-*" { capabilities = ["update"] }\n'
+    weakened = hcl.render_policy("node", config) + '\npath "kubernetes-ca/sign/kubelet-*" { capabilities = ["update"] }\n'
     result = review(config, _texts(config, node=weakened), _roles(config))
     assert any(f.subject == "kubernetes-ca/sign/kubelet-*" and "wildcard" in f.message for f in result.findings)
 
@@ -114,7 +119,7 @@ def test_wildcard_inside_own_mount_is_reported(config):
 def test_extra_operator_power_is_high_but_rendered_operator_is_info(config):
     clean = review(config, _texts(config), _roles(config))
     assert all(f.severity == "info" for f in clean.findings if f.identity == "operator")
-    weakened = pol.render_policy("operator", config) + '\npath "sys/*" { capabilities = ["sudo", "update"] }\n'
+    weakened = hcl.render_policy("operator", config) + '\npath "sys/*" { capabilities = ["sudo", "update"] }\n'
     result = review(config, _texts(config, operator=weakened), _roles(config))
     assert {f.subject for f in result.high} == {"sys/*"}
 
@@ -141,32 +146,32 @@ def test_unused_role_is_reported(config):
 
 
 def test_prefix_is_in_every_name_and_path():
-    data = load_config(ROOT / "examples" / "cluster.yaml").raw | {"vault": {"mount_prefix": "clusters/demo/"}}
+    data = _example_doc() | {"vault": {"mount_prefix": "clusters/demo/"}}
     config = parse_config(data)
-    assert pol.policy_name(config, "node") == "vaultk8s-clusters-demo-node"
-    assert pol.approle_mount(config) == "clusters/demo/approle"
-    for kind in pol.policy_kinds():
-        for grant in pol.grants_for(kind, config):
+    assert naming.policy_name(config, "node") == "vaultk8s-clusters-demo-node"
+    assert naming.approle_mount(config) == "clusters/demo/approle"
+    for kind in grants.policy_kinds():
+        for grant in grants.grants_for(kind, config):
             if grant.path == "identity/entity/name":  # the auditor lists names to find removed nodes
-                assert kind == pol.AUDITOR and grant.capabilities == ("list",)
+                assert kind == grants.AUDITOR and grant.capabilities == ("list",)
                 continue
             assert "clusters/demo/" in grant.path or grant.path.startswith(("auth/token/", "sys/auth", "sys/policies/acl/vaultk8s-clusters-demo-", "identity/entity/name/vaultk8s-clusters-demo-"))
 
 
 def test_policy_section_is_validated():
-    data = load_config(ROOT / "examples" / "cluster.yaml").raw | {"policy": {"token_ttl": "5h", "token_max_ttl": "1h", "bogus": 1}}
+    data = _example_doc() | {"policy": {"token_ttl": "5h", "token_max_ttl": "1h", "bogus": 1}}
     with pytest.raises(ConfigError, match="bogus.*|token_ttl"):
-        pol.policy_settings(parse_config(data))
+        parse_config(data)
 
 
 def test_bound_cidrs_are_node_ips(config):
-    params = pol.approle_params(config, config.node("worker-1"))
+    params = machine_auth.approle_params(config, config.node("worker-1"))
     assert params["secret_id_bound_cidrs"] == params["token_bound_cidrs"] == ["10.0.1.1/32"]
     assert params["token_no_default_policy"] and params["token_num_uses"] > 0
 
 
 def test_node_name_that_collides_with_a_shared_role_is_high():
-    data = load_config(ROOT / "examples" / "cluster.yaml").raw
+    data = _example_doc()
     bad = data | {"nodes": {"control_plane": [{"name": "kubelet-client", "ips": ["10.0.0.11"]}]}}
     with pytest.raises(ConfigError, match="rename the node"):
         parse_config(bad)  # the cluster file rejects it; review still catches it in a config built otherwise
@@ -177,7 +182,7 @@ def test_node_name_that_collides_with_a_shared_role_is_high():
 
 
 def test_operator_service_account_grants_are_exactly_the_key_sets_paths(config):
-    kv = [g for g in pol.grants_for(pol.OPERATOR, config) if g.path.startswith("vaultk8s/")]
+    kv = [g for g in grants.grants_for(grants.OPERATOR, config) if g.path.startswith("vaultk8s/")]
     assert {(g.path, tuple(sorted(g.capabilities))) for g in kv} == {
         ("vaultk8s/data/demo/service-account", ("create", "read", "update")),
         ("vaultk8s/metadata/demo/service-account", ("create", "read", "update")),
@@ -186,11 +191,11 @@ def test_operator_service_account_grants_are_exactly_the_key_sets_paths(config):
 
 
 def test_csr_signer_signs_exactly_every_nodes_kubelet_roles(config):
-    signs = {g.path for g in pol.grants_for(pol.CSR_SIGNER, config) if "/sign/" in g.path}
+    signs = {g.path for g in grants.grants_for(grants.CSR_SIGNER, config) if "/sign/" in g.path}
     assert signs == {f"kubernetes-ca/sign/{c}-{n.name}" for c in ("kubelet-client", "kubelet-serving")
                      for n in config.nodes}
-    assert pol.CSR_SIGNER not in {k for n in config.nodes for k in pol.node_policy_kinds(n)}
-    params = pol.signer_approle_params(config)
+    assert grants.CSR_SIGNER not in {k for n in config.nodes for k in grants.node_policy_kinds(n)}
+    params = machine_auth.signer_approle_params(config)
     assert params["token_policies"] == ["vaultk8s-agent", "vaultk8s-csr-signer"] and params["token_no_default_policy"]
 
 
@@ -203,6 +208,6 @@ def test_csr_signer_signs_exactly_every_nodes_kubelet_roles(config):
 def test_csr_signer_beyond_kubelet_roles_is_high(config, extra):
     clean = review(config, _texts(config), _roles(config))
     assert not clean.high
-    assert any(f.identity == pol.CSR_SIGNER and f.severity == "info" for f in clean.findings)
-    weakened = pol.render_policy(pol.CSR_SIGNER, config) + "\n" + extra + "\n"
-    assert review(config, _texts(config, **{pol.CSR_SIGNER: weakened}), _roles(config)).high
+    assert any(f.identity == grants.CSR_SIGNER and f.severity == "info" for f in clean.findings)
+    weakened = hcl.render_policy(grants.CSR_SIGNER, config) + "\n" + extra + "\n"
+    assert review(config, _texts(config, **{grants.CSR_SIGNER: weakened}), _roles(config)).high

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
-from vaultk8s.config import load_config, parse_config
-from vaultk8s.plan import policies as pol
-from vaultk8s.plan import prune
+from vaultk8s.config import parse_config
+from vaultk8s.plan import grants, hcl, machine_auth, naming, prune
 from vaultk8s.plan.prune import Observed, plan_prune
 from vaultk8s.plan.review import HIGH, MEDIUM, review
 
@@ -16,10 +16,14 @@ ROOT = Path(__file__).resolve().parents[2]
 APPROLE_ACC, TOKEN_ACC = "auth_approle_1", "auth_token_1"
 
 
+def _example_doc() -> dict:
+    return yaml.safe_load((ROOT / "examples" / "cluster.yaml").read_text())
+
+
 def _config(prefix: str = "", drop: tuple[str, ...] = ()):
-    raw = load_config(ROOT / "examples" / "cluster.yaml").raw
-    nodes = {group: [n for n in raw["nodes"][group] if n["name"] not in drop] for group in raw["nodes"]}
-    return parse_config(raw | {"vault": {"mount_prefix": prefix}, "nodes": nodes})
+    doc = _example_doc()
+    nodes = {group: [n for n in doc["nodes"][group] if n["name"] not in drop] for group in doc["nodes"]}
+    return parse_config(doc | {"vault": {"mount_prefix": prefix}, "nodes": nodes})
 
 
 @pytest.fixture(scope="module")
@@ -35,12 +39,12 @@ def shrunk():
 def _written(config, node_name, approle_acc=APPROLE_ACC, token_acc=TOKEN_ACC):
     """What `policy apply` wrote for one node, as Vault returns it."""
     node = config.node(node_name)
-    name = pol.entity_name(config, node_name)
-    entity = {"name": name, "metadata": pol.entity_metadata(config, node),
+    name = naming.entity_name(config, node_name)
+    entity = {"name": name, "metadata": machine_auth.entity_metadata(config, node),
               "aliases": [{"mount_accessor": approle_acc, "name": "some-role-id"},
                           {"mount_accessor": token_acc, "name": name}]}
-    return ({pol.approle_role(node_name): pol.approle_params(config, node)},
-            {name: pol.token_role_params(config, node)}, {name: entity})
+    return ({naming.approle_role(node_name): machine_auth.approle_params(config, node)},
+            {name: machine_auth.token_role_params(config, node)}, {name: entity})
 
 
 def _observed(config, nodes, **extra):
@@ -94,20 +98,20 @@ def test_candidates_need_the_scheme_and_a_removed_node(shrunk):
 def test_nested_prefix_cluster_is_never_ours():
     """Prefix "" names its node `x-node-a` like prefix "node-x/" names its node `a`: content decides."""
     mine = _config("")
-    other = parse_config(_config("").raw | {"vault": {"mount_prefix": "node-x/"},
+    other = parse_config(_example_doc() | {"vault": {"mount_prefix": "node-x/"},
                                              "nodes": {"control_plane": [{"name": "a", "ips": ["10.0.0.11"]}],
                                                        "workers": []}})
-    name = pol.entity_name(other, "a")
+    name = naming.entity_name(other, "a")
     assert name == "vaultk8s-node-x-node-a" and prune.candidate_entity_names(mine, [name]) == [name]
     node = other.node("a")
-    entity = {"metadata": pol.entity_metadata(other, node),
+    entity = {"metadata": machine_auth.entity_metadata(other, node),
               "aliases": [{"mount_accessor": "other_approle", "name": "rid"}]}
-    plan = plan_prune(mine, Observed(token_roles={name: pol.token_role_params(other, node)},
+    plan = plan_prune(mine, Observed(token_roles={name: machine_auth.token_role_params(other, node)},
                                      entities={name: entity}, approle_accessor=APPROLE_ACC, token_accessor=TOKEN_ACC))
     assert plan.stale == ()
     assert {s.kind for s in plan.skipped} == {prune.TOKEN_ROLE, prune.ENTITY}
     # and the other cluster never sees this cluster's nodes as its own
-    assert prune.candidate_entity_names(other, [pol.entity_name(mine, "worker-1")]) == []
+    assert prune.candidate_entity_names(other, [naming.entity_name(mine, "worker-1")]) == []
 
 
 @pytest.mark.parametrize("change, needle", [
@@ -124,7 +128,7 @@ def test_foreign_approle_role_on_a_shared_mount_is_kept(full, shrunk, change, ne
 
 def test_token_role_bound_to_other_aliases_is_kept(full, shrunk):
     _, t, _ = _written(full, "worker-2")
-    name = pol.entity_name(full, "worker-2")
+    name = naming.entity_name(full, "worker-2")
     t[name]["allowed_entity_aliases"] = [name, "alice"]
     plan = plan_prune(shrunk, Observed(token_roles=t))
     assert plan.stale == () and "allowed_entity_aliases" in plan.skipped[0].reason
@@ -156,7 +160,7 @@ def test_prefixed_cluster_prunes_only_its_own_names():
 
 
 def test_review_flags_leftovers_high_and_kept_lookalikes_medium(full, shrunk):
-    texts = {k: pol.render_policy(k, shrunk) for k in pol.policy_kinds()}
+    texts = {k: hcl.render_policy(k, shrunk) for k in grants.policy_kinds()}
     plan = plan_prune(shrunk, _observed(full, [n.name for n in full.nodes]))
     result = review(shrunk, texts, {}, plan)
     flagged = [f for f in result.high if f.identity == "node@worker-2"]

@@ -7,10 +7,10 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from vaultk8s.config import parse_config
+from vaultk8s.config import SASettings, parse_config
 from vaultk8s.errors import ConfigError, PlanRefused
 from vaultk8s.plan import sa
-from vaultk8s.plan.sa import KeyState, Phase
+from vaultk8s.plan.sa import KeyState, SARotationPhase
 
 T0 = datetime(2030, 1, 1, tzinfo=timezone.utc)
 GRACE = timedelta(hours=48)
@@ -85,10 +85,10 @@ def test_retire_waits_for_the_grace_period_unless_forced(steady):
 def test_document_round_trip(steady):
     promoted = sa.promote(sa.stage(steady, _key(), T0), T0 + timedelta(minutes=5))
     assert sa.from_document(sa.to_document(promoted)) == promoted
-    assert sa.apply_phase(promoted, Phase.RETIRE, T0, GRACE, force=True).keys[0].state is KeyState.RETIRED
+    assert sa.apply_phase(promoted, SARotationPhase.RETIRE, T0, GRACE, force=True).keys[0].state is KeyState.RETIRED
 
 
-def test_key_id_is_kube_apiservers_kid(steady):
+def test_jwt_kid_is_kube_apiservers_kid(steady):
     key = steady.active
     assert len(key.id) == 43 and "=" not in key.id  # base64url(sha256) without padding
 
@@ -132,21 +132,17 @@ def _config(section):
 
 
 def test_settings_defaults():
-    settings = sa.resolve_settings(_config(None))
-    assert settings == sa.SASettings("rsa-2048", "clusters/demo/vaultk8s", "demo/service-account", GRACE)
+    settings = _config(None).service_account
+    assert settings == SASettings("rsa-2048", "clusters/demo/vaultk8s", "demo/service-account", GRACE)
 
 
 def test_settings_problems_are_listed_one_per_line():
     with pytest.raises(ConfigError) as err:
-        sa.resolve_settings(_config({"key_type": "dsa", "grace_period": "10m", "kv_mount": "sys/x", "extra": 1}))
+        _config({"key_type": "dsa", "grace_period": "10m", "kv_mount": "sys/x", "extra": 1})
     problems = err.value.problems
     assert len(problems) == 4
     assert any("key_type 'dsa'" in p for p in problems)
     assert any("at least 1h" in p for p in problems)
-
-
-def test_human_duration():
-    assert [sa.human_duration(timedelta(minutes=m)) for m in (0, 45, 60, 90, 2880)] == ["0m", "45m", "1h", "1h30m", "48h"]
 
 
 # --- destroying history after retire ------------------------------------------------------------
@@ -169,7 +165,7 @@ def test_retire_destroys_every_older_version_still_holding_data(steady):
 def test_history_is_kept_until_a_key_is_retired(steady, phases):
     state = steady
     for phase in phases:
-        state = sa.apply_phase(state, Phase(phase), T0, GRACE, new=_key())
+        state = sa.apply_phase(state, SARotationPhase(phase), T0, GRACE, new=_key())
     assert not sa.cleans_history(state)
     assert sa.destroy_after_retire(state, 3, _history(1, 2, 3)) == ()
 

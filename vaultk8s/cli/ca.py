@@ -11,13 +11,13 @@ from rich.table import Table
 from vaultk8s import catalog
 from vaultk8s.cli import common
 from vaultk8s.ops import ca_rotation as ops
-from vaultk8s.plan.ca_rotation import Phase
+from vaultk8s.plan.ca_rotation import CARotationPhase
 from vaultk8s.vault.gateway import VaultGateway
 
 app = typer.Typer(no_args_is_help=True)
 
 CAOption = common.str_choices("CAOption", [c.name for c in catalog.CAS])
-PhaseOption = common.str_choices("PhaseOption", [p.value for p in Phase])
+PhaseOption = common.str_choices("PhaseOption", [p.value for p in CARotationPhase])
 
 
 @app.command("rotate")
@@ -38,7 +38,7 @@ def rotate(
     retire (etcd members, one at a time): see docs/ca-rotation.md.
     """
     cluster = common.load(config)
-    report = ops.rotate(cluster, out, VaultGateway.from_env(), ca.value, Phase(phase.value), now=common.now(),
+    report = ops.rotate(cluster, out, VaultGateway.from_env(), ca.value, CARotationPhase(phase.value), now=common.now(),
                         dry_run=dry_run, force=force)
     if output is common.Output.json:
         common.print_json(report.to_dict())

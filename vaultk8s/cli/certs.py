@@ -9,7 +9,8 @@ from rich.console import Console
 from rich.table import Table
 
 from vaultk8s.cli import common
-from vaultk8s.ops.check import check_out_dir, format_residual
+from vaultk8s.durations import days_hours
+from vaultk8s.ops.check import check_out_dir
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -32,7 +33,7 @@ def check(
         for r in rows:
             status = ", ".join(r.problems) or ("renewal due" if r.renewal_due else "ok")
             expires = r.not_after.strftime("%Y-%m-%d %H:%M UTC") if r.not_after else "-"
-            table.add_row(r.node, r.file, expires, format_residual(r.residual_seconds), r.ca, status)
+            table.add_row(r.node, r.file, expires, days_hours(r.residual_seconds), r.ca, status)
         Console(width=200).print(table)
     if bad:
         raise typer.Exit(1)

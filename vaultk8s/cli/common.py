@@ -14,7 +14,8 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from vaultk8s.config import ClusterConfig, load_config, parse_duration
+from vaultk8s.config import ClusterConfig, load_config
+from vaultk8s.durations import parse_duration
 from vaultk8s.errors import ConfigError
 
 

@@ -9,15 +9,15 @@ from rich.console import Console
 from rich.table import Table
 
 from vaultk8s.cli import common
+from vaultk8s.durations import days_hours
 from vaultk8s.ops import sa as sa_ops
-from vaultk8s.ops.check import format_residual
-from vaultk8s.plan.sa import Phase
+from vaultk8s.plan.sa import SARotationPhase
 from vaultk8s.vault.gateway import VaultGateway
 
 app = typer.Typer(no_args_is_help=True)
 
 
-PhaseOption = common.str_choices("PhaseOption", [p.value for p in Phase])
+PhaseOption = common.str_choices("PhaseOption", [p.value for p in SARotationPhase])
 
 
 @app.command("rotate")
@@ -35,7 +35,8 @@ def rotate(
     node's pki/. Restart kube-apiserver and kube-controller-manager to load them.
     """
     cluster = common.load(config)
-    report = sa_ops.rotate(cluster, out, VaultGateway.from_env(), Phase(phase.value), now=common.now(), force=force)
+    report = sa_ops.rotate(cluster, out, VaultGateway.from_env(), SARotationPhase(phase.value), now=common.now(),
+                           force=force)
     if output is common.Output.json:
         common.print_json(report.to_dict())
         return
@@ -60,7 +61,7 @@ def status(
     for k in result.keys:
         retire = k.retire_after.strftime("%Y-%m-%d %H:%M UTC") if k.retire_after else "-"
         table.add_row(k.id[:16], k.key_type, k.state, k.since.strftime("%Y-%m-%d %H:%M UTC"),
-                      format_residual(k.age_seconds), retire)
+                      days_hours(k.age_seconds), retire)
     console = Console(width=200)
     console.print(table)
     console.print(f"{result.kv_path} (KV version {result.kv_version}), grace period {result.grace_period}; "

@@ -21,6 +21,7 @@ from pkcs11.util.rsa import encode_rsa_public_key
 
 from vaultk8s.errors import HsmError
 from vaultk8s.hsm.openssl import drain_openssl_errors
+from vaultk8s.keytypes import KEY_TYPES, ROOT_KEY_TYPES, KeyTypeSpec
 
 
 @dataclass(frozen=True)
@@ -37,21 +38,20 @@ class KeySpec:
         return self.generate, self.sign
 
 
-# SoftHSM offers only raw CKM_ECDSA for EC, so EC digests are computed locally.
-KEY_SPECS = {
-    "ec-p256": KeySpec("ec-p256", KeyType.EC, 256, "secp256r1", hashes.SHA256,
-                       Mechanism.EC_KEY_PAIR_GEN, Mechanism.ECDSA),
-    "ec-p384": KeySpec("ec-p384", KeyType.EC, 384, "secp384r1", hashes.SHA384,
-                       Mechanism.EC_KEY_PAIR_GEN, Mechanism.ECDSA),
-    **{f"rsa-{bits}": KeySpec(f"rsa-{bits}", KeyType.RSA, bits, None, hashes.SHA256,
-                              Mechanism.RSA_PKCS_KEY_PAIR_GEN, Mechanism.SHA256_RSA_PKCS)
-       for bits in (2048, 3072, 4096)},
-}
-
-_CURVES = {"secp256r1": ec.SECP256R1, "secp384r1": ec.SECP384R1}
+def _key_spec(key_type: KeyTypeSpec) -> KeySpec:
+    # SoftHSM offers only raw CKM_ECDSA for EC, so EC digests are computed locally.
+    if key_type.curve is not None:
+        digest = hashes.SHA256 if key_type.bits <= 256 else hashes.SHA384
+        return KeySpec(key_type.name, KeyType.EC, key_type.bits, key_type.curve, digest,
+                       Mechanism.EC_KEY_PAIR_GEN, Mechanism.ECDSA)
+    return KeySpec(key_type.name, KeyType.RSA, key_type.bits, None, hashes.SHA256,
+                   Mechanism.RSA_PKCS_KEY_PAIR_GEN, Mechanism.SHA256_RSA_PKCS)
 
 
-def key_id(ca_name: str) -> bytes:
+KEY_SPECS = {name: _key_spec(KEY_TYPES[name]) for name in ROOT_KEY_TYPES}
+
+
+def cka_id(ca_name: str) -> bytes:
     """A stable CKA_ID per CA, so the same key is found on every run."""
     return hashlib.sha256(f"vaultk8s:{ca_name}".encode()).digest()[:16]
 
@@ -84,7 +84,7 @@ def find_one(session: pkcs11.Session, object_class: ObjectClass, ident: bytes):
 
 def generate_keypair(session: pkcs11.Session, spec: KeySpec, ca_name: str):
     """Generate a non-extractable signing keypair inside the token; returns (public, private)."""
-    common = {"id": key_id(ca_name), "label": key_label(ca_name), "store": True,
+    common = {"id": cka_id(ca_name), "label": key_label(ca_name), "store": True,
               "capabilities": MechanismFlag.SIGN | MechanismFlag.VERIFY,
               "public_template": {Attribute.TOKEN: True, Attribute.PRIVATE: False},
               "private_template": {Attribute.TOKEN: True, Attribute.PRIVATE: True,

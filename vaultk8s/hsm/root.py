@@ -24,9 +24,9 @@ from vaultk8s.hsm.keys import (
     KEY_SPECS,
     KeySpec,
     check_mechanisms,
+    cka_id,
     find_one,
     generate_keypair,
-    key_id,
     key_label,
     public_key_of,
     token_signer,
@@ -40,7 +40,7 @@ NOT_BEFORE_SKEW = timedelta(minutes=5)
 @dataclass(frozen=True)
 class RootKeyStatus:
     ca_name: str
-    key_id: str
+    key_id: str  # the CKA_ID, hex (named so in `hsm status --output json`)
     key_found: bool
     key_type: str | None = None
     sensitive: bool | None = None
@@ -103,7 +103,7 @@ class HsmRootAuthority:
                            "key; restore the key from the HSM backup or remove the certificate")
         if root.private is None and root.public is not None:
             raise HsmError(f"{ca_name}: the token holds a public key without its private key "
-                           f"(CKA_ID {key_id(self._scoped(ca_name)).hex()}); remove it before creating a root")
+                           f"(CKA_ID {cka_id(self._scoped(ca_name)).hex()}); remove it before creating a root")
         if root.private is not None:
             self._check_key_type(ca_name, root.private)
         if root.cert is not None:
@@ -174,7 +174,7 @@ class HsmRootAuthority:
     # -- finding and checking -------------------------------------------------------------
 
     def _find(self, ca_name: str) -> _Root:
-        ident = key_id(self._scoped(ca_name))
+        ident = cka_id(self._scoped(ca_name))
         try:
             private = find_one(self._session, ObjectClass.PRIVATE_KEY, ident)
             public = find_one(self._session, ObjectClass.PUBLIC_KEY, ident)
@@ -203,7 +203,7 @@ class HsmRootAuthority:
 
     def _status_of(self, ca_name: str) -> RootKeyStatus:
         root = self._find(ca_name)
-        ident = key_id(self._scoped(ca_name)).hex()
+        ident = cka_id(self._scoped(ca_name)).hex()
         key_fields = {}
         if root.private is not None:
             key_fields = {
@@ -255,7 +255,7 @@ class HsmRootAuthority:
                 Attribute.TOKEN: True,
                 Attribute.PRIVATE: False,
                 Attribute.MODIFIABLE: False,
-                Attribute.ID: key_id(self._scoped(ca_name)),
+                Attribute.ID: cka_id(self._scoped(ca_name)),
                 Attribute.LABEL: key_label(self._scoped(ca_name)),
                 Attribute.SUBJECT: cert.subject.public_bytes(),
                 Attribute.ISSUER: cert.issuer.public_bytes(),

@@ -55,7 +55,7 @@ class RotationReport:
                 "stranded": self.stranded, "notes": self.notes, "actions": [a.to_dict() for a in self.actions]}
 
 
-def rotate(config: ClusterConfig, out: Path, gateway: VaultGateway, ca_name: str, phase: plan.Phase, *,
+def rotate(config: ClusterConfig, out: Path, gateway: VaultGateway, ca_name: str, phase: plan.CARotationPhase, *,
            now: datetime, dry_run: bool = False, force: bool = False) -> RotationReport:
     out = Path(out)
     ca = catalog.ca(ca_name)

@@ -118,11 +118,3 @@ def _key_problems(node: NodeOutput, spec: catalog.CertSpec, cert) -> list[str]:
 
 def _residual(cert, now: datetime) -> int:
     return max(0, int((cert.not_valid_after_utc - now).total_seconds()))
-
-
-def format_residual(seconds: int | None) -> str:
-    if seconds is None:
-        return "-"
-    days, rest = divmod(seconds, 86400)
-    hours, rest = divmod(rest, 3600)
-    return f"{days}d{hours}h" if days else f"{hours}h{rest // 60}m"

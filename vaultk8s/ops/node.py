@@ -13,7 +13,7 @@ from pathlib import Path
 
 from vaultk8s.config import ClusterConfig
 from vaultk8s.errors import PlanRefused, StoreError, VaultError
-from vaultk8s.plan import policies as pol
+from vaultk8s.plan import grants, machine_auth, naming
 from vaultk8s.store.atomic import check_writable, read_file, secret, write_file
 from vaultk8s.vault.gateway import VaultGateway
 
@@ -40,19 +40,18 @@ def write_credentials(config: ClusterConfig, node_name: str, out: Path, gateway:
     out = Path(out)
     check_writable(out)
     gateway.check_ready()
-    am, role = pol.approle_mount(config), pol.approle_role(node.name)
-    if gateway.read_entity(pol.entity_name(config, node.name)) is None:
+    am, role = naming.approle_mount(config), naming.approle_role(node.name)
+    if gateway.read_entity(naming.entity_name(config, node.name)) is None:
         raise PlanRefused(f"node {node.name} has no identity in Vault (new, or revoked): "
                           "an admin runs `vaultk8s policy apply` first")
     role_id = gateway.role_id(am, role)
     if role_id is None:
         raise PlanRefused(f"no AppRole role for node {node.name}: run `vaultk8s policy apply` first")
     report = CredentialsReport(node.name)
-    _write(out, ROLE_ID_FILE, role_id, report)
-    _write(out, MOUNT_FILE, am, report)
-    _write_secret_id(out, gateway.generate_secret_id(am, role, wrap_ttl_seconds), bool(wrap_ttl_seconds), report)
+    _write_login(out, gateway, am, role, role_id, wrap_ttl_seconds, report)
     if token:
-        made = gateway.create_token(pol.entity_name(config, node.name), pol.token_create_params(config, node))
+        params = machine_auth.token_create_params(config, node)
+        made = gateway.create_token(naming.entity_name(config, node.name), params)
         _write(out, TOKEN_FILE, made, report)
     return report
 
@@ -63,15 +62,21 @@ def write_signer_credentials(config: ClusterConfig, out: Path, gateway: VaultGat
     out = Path(out)
     check_writable(out)
     gateway.check_ready()
-    am, role = pol.approle_mount(config), pol.CSR_SIGNER_APPROLE_ROLE
+    am, role = naming.approle_mount(config), naming.CSR_SIGNER_APPROLE_ROLE
     role_id = gateway.role_id(am, role)
     if role_id is None:
         raise PlanRefused("no AppRole role for the CSR signer: an admin runs `vaultk8s policy apply` first")
-    report = CredentialsReport(pol.CSR_SIGNER)
-    _write(out, ROLE_ID_FILE, role_id, report)
-    _write(out, MOUNT_FILE, am, report)
-    _write_secret_id(out, gateway.generate_secret_id(am, role, wrap_ttl_seconds), bool(wrap_ttl_seconds), report)
+    report = CredentialsReport(grants.CSR_SIGNER)
+    _write_login(out, gateway, am, role, role_id, wrap_ttl_seconds, report)
     return report
+
+
+def _write_login(out: Path, gateway: VaultGateway, mount: str, role: str, role_id: str,
+                 wrap_ttl_seconds: int | None, report: CredentialsReport) -> None:
+    """role_id, the mount and a new secret_id (response-wrapped if asked): what `login_from_dir` reads."""
+    _write(out, ROLE_ID_FILE, role_id, report)
+    _write(out, MOUNT_FILE, mount, report)
+    _write_secret_id(out, gateway.generate_secret_id(mount, role, wrap_ttl_seconds), bool(wrap_ttl_seconds), report)
 
 
 def _write_secret_id(out: Path, value: str, wrapped: bool, report: CredentialsReport) -> None:
@@ -150,12 +155,12 @@ def revoke(config: ClusterConfig, node_name: str, gateway: VaultGateway, *, toke
     """
     node = config.node(node_name)
     gateway.check_ready()
-    am, role = pol.approle_mount(config), pol.approle_role(node.name)
+    am, role = naming.approle_mount(config), naming.approle_role(node.name)
     report = RevokeReport(node.name)
     for accessor in gateway.list_secret_id_accessors(am, role):
         gateway.destroy_secret_id_accessor(am, role, accessor)
         report.secret_ids_destroyed += 1
-    name = pol.entity_name(config, node.name)
+    name = naming.entity_name(config, node.name)
     if tokens and gateway.read_entity(name) is not None:
         gateway.delete_entity(name)
         report.entity_deleted = True

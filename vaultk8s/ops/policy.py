@@ -18,8 +18,7 @@ from typing import Any
 from vaultk8s import catalog
 from vaultk8s.config import ClusterConfig, NodeSpec
 from vaultk8s.errors import PlanRefused, StoreError, VaultError
-from vaultk8s.plan import policies as pol
-from vaultk8s.plan import prune
+from vaultk8s.plan import grants, hcl, machine_auth, naming, prune
 from vaultk8s.plan.actions import Action
 from vaultk8s.plan.review import Review, review
 from vaultk8s.plan.resolve import resolve_all
@@ -57,7 +56,7 @@ def render_to_dir(config: ClusterConfig, directory: Path) -> list[str]:
 
 
 def render_policies_sorted(config: ClusterConfig) -> list[tuple[str, str]]:
-    return sorted(pol.render_policies(config).items())
+    return sorted(hcl.render_policies(config).items())
 
 
 def read_dir(directory: Path) -> dict[str, str | None]:
@@ -65,7 +64,7 @@ def read_dir(directory: Path) -> dict[str, str | None]:
     if not Path(directory).is_dir():
         raise StoreError(f"policy directory {directory} does not exist: run `vaultk8s policy render`")
     texts = {}
-    for kind in pol.policy_kinds():
+    for kind in grants.policy_kinds():
         data = read_file(Path(directory) / f"{kind}.hcl")
         texts[kind] = data.decode() if data is not None else None
     return texts
@@ -82,15 +81,15 @@ def apply(config: ClusterConfig, gateway: VaultGateway, *, dry_run: bool = False
     _prune_removed_nodes(config, gateway, report, dry_run, accessor, token_accessor)
     for node in config.nodes:
         _ensure_node(config, node, gateway, report, dry_run, accessor, token_accessor)
-    _ensure_params(gateway, f"auth/{pol.approle_mount(config)}/role/{pol.CSR_SIGNER_APPROLE_ROLE}",
-                   pol.signer_approle_params(config), report, dry_run, "write-approle", accessor is not None)
+    _ensure_params(gateway, f"auth/{naming.approle_mount(config)}/role/{naming.CSR_SIGNER_APPROLE_ROLE}",
+                   machine_auth.signer_approle_params(config), report, dry_run, "write-approle", accessor is not None)
     return report
 
 
 def _ensure_policies(config: ClusterConfig, gateway: VaultGateway, report: PolicyReport, dry_run: bool) -> None:
-    for kind in pol.policy_kinds():
-        name = pol.policy_name(config, kind)
-        want = pol.render_policy(kind, config)
+    for kind in grants.policy_kinds():
+        name = naming.policy_name(config, kind)
+        want = hcl.render_policy(kind, config)
         have = gateway.read_policy(name)
         if have is not None and have.strip() == want.strip():
             continue
@@ -103,7 +102,7 @@ def _ensure_policies(config: ClusterConfig, gateway: VaultGateway, report: Polic
 
 def _ensure_approle_mount(config: ClusterConfig, gateway: VaultGateway, report: PolicyReport,
                           dry_run: bool) -> str | None:
-    mount = pol.approle_mount(config)
+    mount = naming.approle_mount(config)
     found = gateway.auth_accessor(mount)
     if found is not None:
         if found[0] != "approle":
@@ -134,7 +133,7 @@ _DELETE_WHY = {prune.APPROLE_ROLE: "its secret_ids stop logging in",
 def observe_prune(config: ClusterConfig, gateway: VaultGateway, approle_accessor: str | None,
                   token_accessor: str | None) -> prune.PrunePlan:
     """Read what removed nodes left behind (names listed, candidates read) and plan the deletions."""
-    mount = pol.approle_mount(config)
+    mount = naming.approle_mount(config)
     roles = gateway.list_approle_roles(mount) if approle_accessor is not None else []
     observed = prune.Observed(
         approle_roles={n: gateway.read_approle_role(mount, n) for n in prune.candidate_approle_roles(config, roles)},
@@ -157,24 +156,24 @@ def _prune_removed_nodes(config: ClusterConfig, gateway: VaultGateway, report: P
         if dry_run:
             continue
         if item.kind == prune.APPROLE_ROLE:
-            gateway.delete_approle_role(pol.approle_mount(config), pol.approle_role(item.node))
+            gateway.delete_approle_role(naming.approle_mount(config), naming.approle_role(item.node))
         elif item.kind == prune.TOKEN_ROLE:
-            gateway.delete_token_role(pol.entity_name(config, item.node))
+            gateway.delete_token_role(naming.entity_name(config, item.node))
         else:
-            gateway.delete_entity(pol.entity_name(config, item.node))
+            gateway.delete_entity(naming.entity_name(config, item.node))
 
 
 def _ensure_node(config: ClusterConfig, node: NodeSpec, gateway: VaultGateway, report: PolicyReport,
                  dry_run: bool, accessor: str | None, token_accessor: str) -> None:
-    am, role = pol.approle_mount(config), pol.approle_role(node.name)
-    _ensure_params(gateway, f"auth/{am}/role/{role}", pol.approle_params(config, node), report, dry_run,
+    am, role = naming.approle_mount(config), naming.approle_role(node.name)
+    _ensure_params(gateway, f"auth/{am}/role/{role}", machine_auth.approle_params(config, node), report, dry_run,
                    "write-approle", accessor is not None)
-    token_role = pol.entity_name(config, node.name)
-    _ensure_params(gateway, f"auth/token/roles/{token_role}", pol.token_role_params(config, node), report,
+    token_role = naming.entity_name(config, node.name)
+    _ensure_params(gateway, f"auth/token/roles/{token_role}", machine_auth.token_role_params(config, node), report,
                    dry_run, "write-token-role", True)
-    name = pol.entity_name(config, node.name)
+    name = naming.entity_name(config, node.name)
     entity = gateway.read_entity(name)
-    metadata = pol.entity_metadata(config, node)
+    metadata = machine_auth.entity_metadata(config, node)
     if entity is None or (entity.get("metadata") or {}) != metadata or entity.get("disabled"):
         report.actions.append(Action("write-entity", name, f"identity with metadata node={node.name}"))
         if not dry_run:
@@ -218,7 +217,7 @@ def _ensure_params(gateway: VaultGateway, path: str, want: dict[str, Any], repor
 
 def review_offline(config: ClusterConfig, directory: Path | None) -> Review:
     """Lint policies/ (or the rendering) against the desired roles: what a PR would apply."""
-    texts = read_dir(directory) if directory else {k: pol.render_policy(k, config) for k in pol.policy_kinds()}
+    texts = read_dir(directory) if directory else {k: hcl.render_policy(k, config) for k in grants.policy_kinds()}
     roles = {(r.mount, r.name): r.params for r in resolve_roles(resolve_all(config))}
     return review(config, texts, roles)
 
@@ -226,13 +225,13 @@ def review_offline(config: ClusterConfig, directory: Path | None) -> Review:
 def review_vault(config: ClusterConfig, gateway: VaultGateway) -> Review:
     """Lint what is in effect: the policies and every role on the cluster's CA mounts as Vault has them."""
     gateway.check_ready()
-    texts = {kind: gateway.read_policy(pol.policy_name(config, kind)) for kind in pol.policy_kinds()}
+    texts = {kind: gateway.read_policy(naming.policy_name(config, kind)) for kind in grants.policy_kinds()}
     roles: dict[tuple[str, str], dict[str, Any]] = {}
     for ca in catalog.CAS:
         mount = config.mount(ca.name)
         for name in gateway.list_roles(mount):
             roles[(mount, name)] = gateway.read_role(mount, name) or {}
-    found = gateway.auth_accessor(pol.approle_mount(config))
+    found = gateway.auth_accessor(naming.approle_mount(config))
     approle_accessor = found[1] if found is not None and found[0] == "approle" else None
     leftovers = observe_prune(config, gateway, approle_accessor, _token_accessor(gateway))
     return review(config, texts, roles, leftovers)

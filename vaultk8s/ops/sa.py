@@ -14,7 +14,8 @@ from typing import Callable
 
 from vaultk8s import catalog, crypto
 from vaultk8s.crashpoint import crash_point
-from vaultk8s.config import ClusterConfig
+from vaultk8s.durations import hours_minutes
+from vaultk8s.config import ClusterConfig, SASettings
 from vaultk8s.errors import PlanRefused, VaultError
 from vaultk8s.plan import sa
 from vaultk8s.plan.actions import Action
@@ -33,7 +34,7 @@ class StoredKeySet:
 
 @dataclass
 class RotateReport:
-    phase: sa.Phase
+    phase: sa.SARotationPhase
     changed: bool
     kv_version: int
     keys: sa.KeySet
@@ -48,7 +49,7 @@ class RotateReport:
 
 # --- Vault --------------------------------------------------------------------------------------
 
-def read_key_set(gateway: VaultGateway, settings: sa.SASettings) -> StoredKeySet | None:
+def read_key_set(gateway: VaultGateway, settings: SASettings) -> StoredKeySet | None:
     found = gateway.kv2_read(settings.kv_mount, settings.kv_path)
     if found is None:
         return None
@@ -62,7 +63,7 @@ def read_key_set(gateway: VaultGateway, settings: sa.SASettings) -> StoredKeySet
         ) from None
 
 
-def require_mount(gateway: VaultGateway, settings: sa.SASettings) -> None:
+def require_mount(gateway: VaultGateway, settings: SASettings) -> None:
     version = gateway.kv_version(settings.kv_mount)
     if version == "2":
         return
@@ -75,7 +76,18 @@ def require_mount(gateway: VaultGateway, settings: sa.SASettings) -> None:
                       "set service_account.kv_mount to a KV v2 mount")
 
 
-def _write_key_set(gateway: VaultGateway, settings: sa.SASettings, keys: sa.KeySet, cas: int) -> int:
+def _bootstrapped_key_set(gateway: VaultGateway, settings: SASettings) -> StoredKeySet:
+    """The stored key set, for the commands that need bootstrap to have made it."""
+    gateway.check_ready()
+    require_mount(gateway, settings)
+    stored = read_key_set(gateway, settings)
+    if stored is None:
+        raise PlanRefused(f"no service-account key in {settings.kv_mount}/data/{settings.kv_path}: "
+                          "run `vaultk8s bootstrap` first")
+    return stored
+
+
+def _write_key_set(gateway: VaultGateway, settings: SASettings, keys: sa.KeySet, cas: int) -> int:
     return gateway.kv2_write(settings.kv_mount, settings.kv_path, sa.to_document(keys), cas)
 
 
@@ -84,7 +96,7 @@ def _write_key_set(gateway: VaultGateway, settings: sa.SASettings, keys: sa.KeyS
 def ensure_key_set(config: ClusterConfig, gateway: VaultGateway, *, now: datetime, dry_run: bool,
                    make_key: KeyFactory = crypto.generate_key) -> tuple[sa.KeySet | None, list[Action]]:
     """Create the KV mount and the first key when absent; an existing key is never replaced."""
-    settings = sa.resolve_settings(config)
+    settings = config.service_account
     actions: list[Action] = []
     version = gateway.kv_version(settings.kv_mount)
     if version is None:
@@ -143,20 +155,15 @@ def write_key_files(config: ClusterConfig, out: Path, keys: sa.KeySet) -> None:
 
 # --- rotation -----------------------------------------------------------------------------------
 
-def rotate(config: ClusterConfig, out: Path, gateway: VaultGateway, phase: sa.Phase, *, now: datetime,
+def rotate(config: ClusterConfig, out: Path, gateway: VaultGateway, phase: sa.SARotationPhase, *, now: datetime,
            force: bool = False, make_key: KeyFactory = crypto.generate_key) -> RotateReport:
     """One rotation phase: check-and-set the key set in Vault, then refresh every control plane's files.
 
     A phase that is already done changes nothing in Vault but still repairs files on disk.
     """
-    settings = sa.resolve_settings(config)
-    gateway.check_ready()
-    require_mount(gateway, settings)
-    stored = read_key_set(gateway, settings)
-    if stored is None:
-        raise PlanRefused(f"no service-account key in {settings.kv_mount}/data/{settings.kv_path}: "
-                          "run `vaultk8s bootstrap` first")
-    needs_key = phase is sa.Phase.STAGE and stored.keys.staged is None
+    settings = config.service_account
+    stored = _bootstrapped_key_set(gateway, settings)
+    needs_key = phase is sa.SARotationPhase.STAGE and stored.keys.staged is None
     new = sa.new_key(make_key(settings.key_type), now) if needs_key else None
     keys = sa.apply_phase(stored.keys, phase, now, settings.grace_period, new=new, force=force)
     check_writable(Path(out))  # after the refusals (they touch nothing), before Vault changes
@@ -168,7 +175,7 @@ def rotate(config: ClusterConfig, out: Path, gateway: VaultGateway, phase: sa.Ph
     actions.extend(plan_key_files(config, out, keys))
     write_key_files(config, out, keys)
     destroyed: tuple[int, ...] = ()
-    if phase is sa.Phase.RETIRE:
+    if phase is sa.SARotationPhase.RETIRE:
         destroyed = _destroy_old_versions(gateway, settings, keys, version, wrote=keys != stored.keys)
     if destroyed:
         actions.append(Action("destroy-kv-versions", f"{settings.kv_mount}/destroy/{settings.kv_path}",
@@ -176,7 +183,7 @@ def rotate(config: ClusterConfig, out: Path, gateway: VaultGateway, phase: sa.Ph
     return RotateReport(phase, keys != stored.keys or bool(destroyed), version, keys, actions, destroyed)
 
 
-def _destroy_old_versions(gateway: VaultGateway, settings: sa.SASettings, keys: sa.KeySet, version: int,
+def _destroy_old_versions(gateway: VaultGateway, settings: SASettings, keys: sa.KeySet, version: int,
                           wrote: bool) -> tuple[int, ...]:
     """After retire: permanently destroy the versions older than `version` (KV keeps them otherwise).
 
@@ -197,10 +204,10 @@ def _destroy_old_versions(gateway: VaultGateway, settings: sa.SASettings, keys: 
     return doomed
 
 
-def _describe(phase: sa.Phase, keys: sa.KeySet) -> str:
-    if phase is sa.Phase.STAGE:
+def _describe(phase: sa.SARotationPhase, keys: sa.KeySet) -> str:
+    if phase is sa.SARotationPhase.STAGE:
         return f"staged key {keys.staged.id[:12]}"
-    if phase is sa.Phase.PROMOTE:
+    if phase is sa.SARotationPhase.PROMOTE:
         return f"key {keys.active.id[:12]} now signs"
     return "previous key(s) retired"
 
@@ -238,19 +245,15 @@ class SAStatus:
 
 
 def status(config: ClusterConfig, gateway: VaultGateway, *, now: datetime) -> SAStatus:
-    settings = sa.resolve_settings(config)
-    gateway.check_ready()
-    require_mount(gateway, settings)
-    stored = read_key_set(gateway, settings)
+    settings = config.service_account
+    stored = _bootstrapped_key_set(gateway, settings)
     where = f"{settings.kv_mount}/data/{settings.kv_path}"
-    if stored is None:
-        raise PlanRefused(f"no service-account key in {where}: run `vaultk8s bootstrap` first")
     rows = tuple(_key_status(k, now, settings) for k in stored.keys.keys)
-    return SAStatus(where, stored.version, sa.human_duration(settings.grace_period),
+    return SAStatus(where, stored.version, hours_minutes(settings.grace_period),
                     sa.next_step(stored.keys), rows)
 
 
-def _key_status(key: sa.SAKey, now: datetime, settings: sa.SASettings) -> KeyStatus:
+def _key_status(key: sa.SAKey, now: datetime, settings: SASettings) -> KeyStatus:
     since = {sa.KeyState.STAGED: key.created, sa.KeyState.ACTIVE: key.activated,
              sa.KeyState.PREVIOUS: key.deactivated, sa.KeyState.RETIRED: key.retired}[key.state] or key.created
     retire_at = sa.retire_after(key, settings.grace_period) if key.state is sa.KeyState.PREVIOUS else None

@@ -32,7 +32,9 @@ _UNTIL_FORMAT = "%Y%m%dt%H%M%Sz"
 SHOWN_LEAVES = 5  # a refusal names this many leaves, then counts the rest
 
 
-class Phase(str, Enum):
+class CARotationPhase(str, Enum):
+    """The steps of `vaultk8s ca rotate --phase`, in order; plan_rotation plans one."""
+
     STAGE = "stage"
     SWITCH = "switch"
     RETIRE = "retire"
@@ -203,13 +205,13 @@ class RotationPlan:
     retired_as: str | None = None  # retire: the old root's new name (it records the deletion time)
 
 
-def plan_rotation(mount: str, ca_label: str, phase: Phase, issuers: list[IssuerView], leaves: list[LeafView],
+def plan_rotation(mount: str, ca_label: str, phase: CARotationPhase, issuers: list[IssuerView], leaves: list[LeafView],
                   now: datetime, leaf_ttl: timedelta, force: bool = False, hsm: bool = False) -> RotationPlan:
     """hsm: roots in the token, so stage makes a new token root and a new Vault intermediate."""
     rotation = classify(mount, issuers)
-    if phase is Phase.STAGE:
+    if phase is CARotationPhase.STAGE:
         return RotationPlan(rotation, _plan_stage(mount, ca_label, rotation, issuers, hsm))
-    if phase is Phase.SWITCH:
+    if phase is CARotationPhase.SWITCH:
         return RotationPlan(rotation, _plan_switch(mount, ca_label, rotation, issuers), converge_leaves=True)
     return _plan_retire(mount, ca_label, rotation, issuers, leaves, now, leaf_ttl, force)
 

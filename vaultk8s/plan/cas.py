@@ -12,8 +12,8 @@ from vaultk8s import crypto
 from vaultk8s.catalog import CASpec
 from vaultk8s.config import ClusterConfig
 from vaultk8s.errors import PlanRefused
+from vaultk8s.keytypes import vault_key_params
 from vaultk8s.plan.actions import Action
-from vaultk8s.plan.roles import _KEY_PARAMS
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ def mount_ttl_seconds(config: ClusterConfig) -> int:
 
 
 def root_params(ca: CASpec, config: ClusterConfig) -> dict[str, Any]:
-    key_type, key_bits = _KEY_PARAMS[config.key_type]
+    key_type, key_bits = vault_key_params(config.key_type)
     return {
         "common_name": ca.common_name, "key_type": key_type, "key_bits": key_bits,
         "ttl": f"{mount_ttl_seconds(config)}s", "issuer_name": "root", "key_name": "root",
@@ -51,7 +51,7 @@ def root_params(ca: CASpec, config: ClusterConfig) -> dict[str, Any]:
 def intermediate_params(ca: CASpec, config: ClusterConfig) -> dict[str, Any]:
     """The Vault-held intermediate signs leaves, so it takes the leaf key type (pki.key_type),
     as the Vault-held root does without an HSM; hsm.key_type is for the roots in the token."""
-    key_type, key_bits = _KEY_PARAMS[config.key_type]
+    key_type, key_bits = vault_key_params(config.key_type)
     return {
         "common_name": f"{ca.common_name}-intermediate", "key_type": key_type, "key_bits": key_bits,
         "key_name": "intermediate", "exclude_cn_from_sans": True,

@@ -19,6 +19,7 @@ from cryptography.x509.oid import NameOID
 from vaultk8s import catalog
 from vaultk8s.config import ClusterConfig, NodeSpec
 from vaultk8s.crypto import cert_pem, is_self_signed, key_type_of, load_certs
+from vaultk8s.hostnames import is_ip
 from vaultk8s.plan.resolve import resolve_cert
 
 CLIENT_SIGNER = "kubernetes.io/kube-apiserver-client-kubelet"
@@ -189,19 +190,11 @@ def _check_sans(signer_name: str, request: x509.CertificateSigningRequest, node:
         raise Refusal("UnexpectedSANs", "only DNS and IP subject alternative names are allowed")
     if not dns and not ips:
         raise Refusal("NoSANs", "a kubelet serving certificate needs the node's name or an IP")
-    owned_dns = {node.name, *(s for s in node.sans if not _is_ip(s))}
-    owned_ips = {*node.ips, *(ipaddress.ip_address(s) for s in node.sans if _is_ip(s))}
+    owned_dns = {node.name, *(s for s in node.sans if not is_ip(s))}
+    owned_ips = {*node.ips, *(ipaddress.ip_address(s) for s in node.sans if is_ip(s))}
     foreign = [d for d in dns if d not in owned_dns] + [str(ip) for ip in ips if ip not in owned_ips]
     if foreign:
         raise Refusal("SANNotOwned", f"node {node.name} does not own {', '.join(foreign)}")
-
-
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
 
 
 def status_certificate(leaf_pem: str, ca_chain_pems: list[str]) -> bytes:

@@ -24,13 +24,13 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from vaultk8s.config import ClusterConfig
-from vaultk8s.plan import policies as pol
+from vaultk8s.plan.grants import policy_kinds
+from vaultk8s.plan.naming import (NODE_METADATA_KEY, approle_mount, entity_name, node_of_approle_role,
+                                  node_of_entity_name, policy_name)
 
 APPROLE_ROLE = "approle-role"
 TOKEN_ROLE = "token-role"
 ENTITY = "entity"
-
-_ROLE_PREFIX = "node-"
 
 
 @dataclass(frozen=True)
@@ -68,21 +68,7 @@ class PrunePlan:
     skipped: tuple[Skipped, ...] = ()
 
 
-# --- names ----------------------------------------------------------------------------------------
-
-def _entity_prefix(config: ClusterConfig) -> str:
-    return pol.entity_name(config, "")
-
-
-def node_of_approle_role(name: str) -> str | None:
-    return (name[len(_ROLE_PREFIX):] or None) if name.startswith(_ROLE_PREFIX) else None
-
-
-def node_of_entity_name(config: ClusterConfig, name: str) -> str | None:
-    """The node a token role / entity name would belong to under this cluster's scheme, or None."""
-    prefix = _entity_prefix(config)
-    return (name[len(prefix):] or None) if name.startswith(prefix) else None
-
+# --- candidates: names of nodes no longer in the cluster file --------------------------------------
 
 def _removed(config: ClusterConfig, node: str | None) -> bool:
     return node is not None and node not in {n.name for n in config.nodes}
@@ -104,7 +90,7 @@ def candidate_entity_names(config: ClusterConfig, names: list[str]) -> list[str]
 # --- ownership ------------------------------------------------------------------------------------
 
 def _own_policies(config: ClusterConfig) -> set[str]:
-    return {pol.policy_name(config, kind) for kind in pol.policy_kinds()}
+    return {policy_name(config, kind) for kind in policy_kinds()}
 
 
 def _policies_problem(config: ClusterConfig, policies: Any) -> str | None:
@@ -134,8 +120,8 @@ def token_role_problem(config: ClusterConfig, name: str, data: Mapping[str, Any]
 def entity_problem(config: ClusterConfig, name: str, data: Mapping[str, Any],
                    approle_accessor: str | None, token_accessor: str | None) -> str | None:
     metadata = data.get("metadata") or {}
-    node = metadata.get(pol.NODE_METADATA_KEY)
-    if not node or pol.entity_name(config, str(node)) != name:
+    node = metadata.get(NODE_METADATA_KEY)
+    if not node or entity_name(config, str(node)) != name:
         return f"metadata node={node!r} does not give this name under this cluster's prefix"
     if metadata.get("cluster") != config.name:
         return f"metadata cluster={metadata.get('cluster')!r}, not {config.name!r}"
@@ -153,7 +139,7 @@ def plan_prune(config: ClusterConfig, observed: Observed) -> PrunePlan:
     tokens), entity (live tokens lose their templated paths; OpenBao refuses tokens whose entity is gone)."""
     stale: list[Stale] = []
     skipped: list[Skipped] = []
-    mount = pol.approle_mount(config)
+    mount = approle_mount(config)
 
     def consider(kind: str, node: str | None, path: str, data: Mapping[str, Any] | None, problem) -> None:
         if data is None or node is None:

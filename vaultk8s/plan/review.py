@@ -13,7 +13,10 @@ from typing import Any, Mapping
 
 from vaultk8s import catalog
 from vaultk8s.config import ClusterConfig
-from vaultk8s.plan import policies as pol
+from vaultk8s.durations import hours_or_seconds, whole_seconds
+from vaultk8s.plan.grants import AUDITOR, OPERATOR, Grant, grants_for, node_policy_kinds, policy_kinds
+from vaultk8s.plan.hcl import parse_policy
+from vaultk8s.plan.naming import NODE_TEMPLATE, approle_mount, policy_name
 from vaultk8s.plan.prune import PrunePlan
 from vaultk8s.plan.resolve import resolve_all
 from vaultk8s.plan.roles import resolve_roles
@@ -33,7 +36,7 @@ _FORBIDDEN_SEGMENTS = {
     "keys": "key management can import or replace CA keys",
     "config": "config endpoints change the CA's behaviour",
 }
-_PRIVILEGED = (pol.OPERATOR, pol.AUDITOR)
+_PRIVILEGED = (OPERATOR, AUDITOR)
 _TEMPLATE = re.compile(r"\{\{([^}]*)\}\}")
 
 
@@ -78,13 +81,13 @@ def review(config: ClusterConfig, policy_texts: Mapping[str, str | None],
     result = Review()
     mounts = {config.mount(ca.name) for ca in catalog.CAS}
     used: dict[tuple[str, str], set[str]] = {}
-    for kind in pol.policy_kinds():
+    for kind in policy_kinds():
         text = policy_texts.get(kind)
         if text is None:
-            result.findings.append(Finding(MEDIUM, kind, pol.policy_name(config, kind), "policy missing"))
+            result.findings.append(Finding(MEDIUM, kind, policy_name(config, kind), "policy missing"))
             continue
-        expected = {(g.path, tuple(sorted(g.capabilities))) for g in pol.grants_for(kind, config)}
-        grants, leftovers = pol.parse_policy(text)
+        expected = {(g.path, tuple(sorted(g.capabilities))) for g in grants_for(kind, config)}
+        grants, leftovers = parse_policy(text)
         for piece in leftovers:
             result.findings.append(Finding(HIGH, kind, piece, "policy text outside plain path/capabilities "
                                                               "blocks (parameters, deny lists): review by hand"))
@@ -96,9 +99,9 @@ def review(config: ClusterConfig, policy_texts: Mapping[str, str | None],
                 if by_design:
                     severity, message = INFO, f"{kind}, by design: {message}"
                 result.findings.append(Finding(severity, kind, grant.path, message))
-            if kind != pol.OPERATOR and (grant.path, tuple(sorted(grant.capabilities))) not in expected:
+            if kind != OPERATOR and (grant.path, tuple(sorted(grant.capabilities))) not in expected:
                 result.findings.append(Finding(MEDIUM, kind, grant.path, "not generated from the catalog"))
-            if kind != pol.OPERATOR:
+            if kind != OPERATOR:
                 _collect_signing(grant, kind, config, mounts, used)
     _matrix(result, used, roles)
     _lint_overlap(result, config, used)
@@ -109,7 +112,7 @@ def review(config: ClusterConfig, policy_texts: Mapping[str, str | None],
     return result
 
 
-def lint_grant(grant: pol.Grant, config: ClusterConfig, mounts: set[str], kind: str) -> list[tuple[str, str]]:
+def lint_grant(grant: Grant, config: ClusterConfig, mounts: set[str], kind: str) -> list[tuple[str, str]]:
     """(severity, message) for one path block."""
     path, caps = grant.path, set(grant.capabilities)
     out: list[tuple[str, str]] = []
@@ -120,22 +123,22 @@ def lint_grant(grant: pol.Grant, config: ClusterConfig, mounts: set[str], kind: 
     globs = [i for i in (path.find("*"), path.find("+")) if i >= 0]
     if globs:
         head = path[:min(globs)]
-        inside = any(head.startswith(f"{m}/") for m in mounts) or head.startswith(f"auth/{pol.approle_mount(config)}/")
+        inside = any(head.startswith(f"{m}/") for m in mounts) or head.startswith(f"auth/{approle_mount(config)}/")
         # Any glob in a signing identity's policy reaches roles it was never given (other nodes,
         # other components), so it is high even inside one mount.
         out.append((HIGH, "glob crosses CA mounts or leaves this cluster") if not inside
                    else (HIGH, "wildcard path: matches roles of other identities"))
     for match in _TEMPLATE.findall(path):
-        if match.strip() != pol.NODE_TEMPLATE.strip("{}"):
+        if match.strip() != NODE_TEMPLATE.strip("{}"):
             out.append((HIGH, f"template {{{{{match}}}}} is not the node metadata vaultk8s sets"))
     segments = path.split("/")
     for mount in mounts:
         if path.startswith(f"{mount}/"):
             rest = path[len(mount) + 1:].split("/")
             out += _lint_pki_path(rest, caps)
-    if path.startswith("auth/token/create") and "/" not in path[len("auth/token/create/"):] and kind != pol.OPERATOR:
+    if path.startswith("auth/token/create") and "/" not in path[len("auth/token/create/"):] and kind != OPERATOR:
         out.append((HIGH, "can mint tokens"))
-    if segments[0] == "identity" and caps & _WRITE_CAPS and kind != pol.OPERATOR:
+    if segments[0] == "identity" and caps & _WRITE_CAPS and kind != OPERATOR:
         out.append((HIGH, "can change identities (node metadata)"))
     return out
 
@@ -151,7 +154,7 @@ def _lint_pki_path(rest: list[str], caps: set[str]) -> list[tuple[str, str]]:
     return []
 
 
-def _collect_signing(grant: pol.Grant, kind: str, config: ClusterConfig, mounts: set[str],
+def _collect_signing(grant: Grant, kind: str, config: ClusterConfig, mounts: set[str],
                      used: dict[tuple[str, str], set[str]]) -> None:
     """Expand node templates per node that carries this kind, recording (mount, role) -> identities."""
     for mount in mounts:
@@ -160,10 +163,10 @@ def _collect_signing(grant: pol.Grant, kind: str, config: ClusterConfig, mounts:
             if not grant.path.startswith(prefix) or not set(grant.capabilities) & {"create", "update"}:
                 continue
             role = grant.path[len(prefix):]
-            if pol.NODE_TEMPLATE in role:
+            if NODE_TEMPLATE in role:
                 for node in config.nodes:
-                    if kind in pol.node_policy_kinds(node):
-                        used.setdefault((mount, role.replace(pol.NODE_TEMPLATE, node.name)), set()).add(
+                    if kind in node_policy_kinds(node):
+                        used.setdefault((mount, role.replace(NODE_TEMPLATE, node.name)), set()).add(
                             f"{kind}@{node.name}")
             else:
                 used.setdefault((mount, role), set()).add(kind)
@@ -184,28 +187,14 @@ def _row(identity: str, mount: str, role: str, params: dict[str, Any] | None) ->
     ips = list(params.get("allowed_ip_sans_cidr") or [])
     ekus = [e for e, flag in (("server", "server_flag"), ("client", "client_flag")) if params.get(flag)]
     return MatrixRow(identity, mount, role, cn, ",".join(params.get("organization") or []) or "-",
-                     ",".join(domains[1:] + ips) or "-", "+".join(ekus) or "-", _ttl(params.get("max_ttl")))
-
-
-def _ttl(value: Any) -> str:
-    seconds = _seconds(value)
-    return f"{seconds // 3600}h" if seconds and seconds % 3600 == 0 else f"{seconds}s"
-
-
-def _seconds(value: Any) -> int:
-    if isinstance(value, int):
-        return value
-    from vaultk8s.config import parse_duration
-    try:
-        return int(parse_duration(str(value)).total_seconds())
-    except ValueError:
-        return 0
+                     ",".join(domains[1:] + ips) or "-", "+".join(ekus) or "-",
+                     hours_or_seconds(whole_seconds(params.get("max_ttl"))))
 
 
 def _lint_overlap(result: Review, config: ClusterConfig, used: dict[tuple[str, str], set[str]]) -> None:
     # A signer acting for every node (csr-signer) shares the nodes' kubelet roles by design, and
     # only those: on any other role it counts like any identity.
-    signer_paths = {i.name: {g.path for g in pol.grants_for(i.name, config)}
+    signer_paths = {i.name: {g.path for g in grants_for(i.name, config)}
                     for i in catalog.IDENTITIES if i.every_node}
     for (mount, role), identities in sorted(used.items()):
         kinds = {i.split("@")[0] for i in identities}
@@ -233,7 +222,7 @@ def _lint_role_collisions(result: Review, config: ClusterConfig) -> None:
 def _lint_roles(result: Review, config: ClusterConfig, roles: Mapping[tuple[str, str], dict[str, Any]],
                 used: dict[tuple[str, str], set[str]]) -> None:
     desired = {(r.mount, r.name): r.params for r in resolve_roles(resolve_all(config))}
-    bound = int(pol.policy_settings(config).max_leaf_ttl.total_seconds())
+    bound = whole_seconds(config.policy.max_leaf_ttl)
     for key, params in sorted(roles.items()):
         subject = f"{key[0]}/roles/{key[1]}"
         for severity, message in lint_role(params, desired.get(key), bound):
@@ -271,6 +260,7 @@ def lint_role(params: dict[str, Any], desired: dict[str, Any] | None, ttl_bound:
         out.append((MEDIUM, "role is not derived from the catalog and cluster file"))
     elif sorted(params.get("organization") or []) != sorted(desired.get("organization") or []):
         out.append((HIGH, "O not pinned to the catalog's organization"))
-    if _seconds(params.get("max_ttl")) > ttl_bound or _seconds(params.get("max_ttl")) == 0:
+    max_ttl = whole_seconds(params.get("max_ttl"))
+    if max_ttl > ttl_bound or max_ttl == 0:
         out.append((HIGH, f"max_ttl above the configured bound ({ttl_bound}s)"))
     return out

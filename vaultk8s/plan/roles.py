@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 from vaultk8s.catalog import Usage
-from vaultk8s.config import is_dns_subdomain, is_ip
+from vaultk8s.hostnames import is_dns_subdomain, is_ip
+from vaultk8s.keytypes import vault_key_params
 from vaultk8s.plan.resolve import ResolvedCert
 
 # Settings that are the same for every role; each closes a default that would widen what a
@@ -39,11 +40,6 @@ _FIXED: dict[str, Any] = {
     "issuer_ref": "default",
 }
 
-_KEY_PARAMS = {
-    "ec-p256": ("ec", 256), "ec-p384": ("ec", 384), "rsa-2048": ("rsa", 2048), "rsa-3072": ("rsa", 3072),
-}
-
-
 @dataclass(frozen=True)
 class ResolvedRole:
     mount: str
@@ -52,7 +48,7 @@ class ResolvedRole:
 
 
 def role_params(cert: ResolvedCert) -> dict[str, Any]:
-    key_type, key_bits = _KEY_PARAMS[cert.key_type]
+    key_type, key_bits = vault_key_params(cert.key_type)
     names = [cert.common_name, *cert.dns_sans]
     ttl = int(cert.ttl.total_seconds())
     usage = ["DigitalSignature"] + (["KeyEncipherment"] if key_type == "rsa" else [])

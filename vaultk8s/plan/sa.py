@@ -1,8 +1,8 @@
-"""The service-account key set: settings, the rotation state machine, and its KV document.
+"""The service-account key set: the rotation state machine and its KV document.
 
-Pure: no Vault, no files, and the clock is a parameter. A key moves
-staged -> active -> previous -> retired; kube-apiserver verifies with every staged, active and
-previous public key (sa.pub) and signs with the one active key (sa.key).
+Pure: no Vault, no files, and the clock is a parameter (the settings are config.service_account).
+A key moves staged -> active -> previous -> retired; kube-apiserver verifies with every staged,
+active and previous public key (sa.pub) and signs with the one active key (sa.key).
 """
 
 from __future__ import annotations
@@ -18,15 +18,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from vaultk8s import crypto
-from vaultk8s.config import ClusterConfig, parse_duration
-from vaultk8s.errors import ConfigError, PlanRefused, shown
+from vaultk8s.durations import hours_minutes
+from vaultk8s.errors import PlanRefused
 
-SA_KEY_TYPES = ("rsa-2048", "ec-p256")
-DEFAULT_KEY_TYPE = "rsa-2048"
-DEFAULT_GRACE = timedelta(hours=48)
-# Projected tokens live 1h by default; a shorter grace would break pods that have not refreshed yet.
-MIN_GRACE = timedelta(hours=1)
-KV_SUFFIX = "vaultk8s"
 DOCUMENT_SCHEMA = 1
 # max_versions on the key-set secret: one rotation's states (before stage, staged, promoted) stay
 # readable for `bao kv rollback` until retire; retire destroys them (destroy_after_retire). It also
@@ -39,20 +33,6 @@ class KeyState(str, Enum):
     ACTIVE = "active"  # sa.key: signs new tokens; also in sa.pub
     PREVIOUS = "previous"  # in sa.pub until every token it signed has expired
     RETIRED = "retired"  # nowhere on disk; its private key is dropped
-
-
-class Phase(str, Enum):
-    STAGE = "stage"
-    PROMOTE = "promote"
-    RETIRE = "retire"
-
-
-@dataclass(frozen=True)
-class SASettings:
-    key_type: str
-    kv_mount: str
-    kv_path: str
-    grace_period: timedelta
 
 
 @dataclass(frozen=True)
@@ -92,44 +72,10 @@ class KeySet:
         return tuple(sorted(live, key=lambda k: order[k.state]))
 
 
-# --- settings -----------------------------------------------------------------------------------
-
-def resolve_settings(config: ClusterConfig) -> SASettings:
-    """The `service_account:` section of the cluster file, every problem reported at once."""
-    section = config.raw.get("service_account") or {}
-    if not isinstance(section, dict):
-        raise ConfigError("service_account must be a mapping")
-    problems: list[str] = []
-    known = {"key_type", "kv_mount", "grace_period"}
-    for key in sorted(set(section) - known, key=str):
-        problems.append(f"unknown key service_account.{key} (known: {', '.join(sorted(known))})")
-    key_type = section.get("key_type", DEFAULT_KEY_TYPE)
-    if key_type not in SA_KEY_TYPES:
-        problems.append(f"service_account.key_type {shown(key_type)} is not one of {', '.join(SA_KEY_TYPES)}")
-    kv_mount = section.get("kv_mount", f"{config.mount_prefix}{KV_SUFFIX}")
-    if not isinstance(kv_mount, str) or not _is_mount_path(kv_mount):
-        problems.append(f"service_account.kv_mount {shown(kv_mount)} must be a Vault path such as clusters/demo/vaultk8s")
-    grace = DEFAULT_GRACE
-    try:
-        grace = parse_duration(section.get("grace_period", "48h"))
-        if grace < MIN_GRACE:
-            problems.append("service_account.grace_period must be at least 1h, the default projected token lifetime")
-    except ValueError as err:
-        problems.append(f"service_account.grace_period: {err}")
-    if problems:
-        raise ConfigError(problems)
-    return SASettings(key_type, kv_mount.strip("/"), f"{config.name}/service-account", grace)
-
-
-def _is_mount_path(path: str) -> bool:
-    segments = path.strip("/").split("/")
-    ok = all(s and s not in (".", "..") and all(c.isalnum() or c in "-_." for c in s) for s in segments)
-    return ok and segments[0] not in ("sys", "auth", "identity", "cubbyhole")
-
-
 # --- keys ---------------------------------------------------------------------------------------
 
-def key_id(public_key) -> str:
+def jwt_kid(public_key) -> str:
+    """The `kid` kube-apiserver puts in the JWT header of tokens this key signs (its SAKey.id)."""
     der = public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     return base64.urlsafe_b64encode(hashlib.sha256(der).digest()).rstrip(b"=").decode()
 
@@ -137,7 +83,7 @@ def key_id(public_key) -> str:
 def new_key(private: crypto.PrivateKey, now: datetime, state: KeyState = KeyState.STAGED) -> SAKey:
     public = private.public_key()
     return SAKey(
-        id=key_id(public), key_type=crypto.key_type_of(public), state=state, created=now,
+        id=jwt_kid(public), key_type=crypto.key_type_of(public), state=state, created=now,
         public_pem=public.public_bytes(serialization.Encoding.PEM,
                                        serialization.PublicFormat.SubjectPublicKeyInfo).decode(),
         private_pem=crypto.key_pem(private).decode(),
@@ -159,6 +105,14 @@ def key_pem(keys: KeySet) -> bytes:
 
 
 # --- the state machine --------------------------------------------------------------------------
+
+class SARotationPhase(str, Enum):
+    """The steps of `vaultk8s sa rotate --phase`, in order; apply_phase runs one."""
+
+    STAGE = "stage"
+    PROMOTE = "promote"
+    RETIRE = "retire"
+
 
 def stage(state: KeySet, new: SAKey | None, now: datetime) -> KeySet:
     """Add a verification-only key. A no-op when a key is already staged (new may then be None)."""
@@ -209,8 +163,8 @@ def retire(state: KeySet, now: datetime, grace: timedelta, force: bool = False) 
         left = retire_after(k, grace) - now
         raise PlanRefused(
             f"cannot retire key {k.id[:12]}: tokens it signed may be valid until "
-            f"{retire_after(k, grace):%Y-%m-%d %H:%M} UTC (grace period {human_duration(grace)}, "
-            f"{human_duration(left)} left); wait, or pass --force to break those tokens"
+            f"{retire_after(k, grace):%Y-%m-%d %H:%M} UTC (grace period {hours_minutes(grace)}, "
+            f"{hours_minutes(left)} left); wait, or pass --force to break those tokens"
         )
     ids = {k.id for k in previous}
     return KeySet(tuple(
@@ -219,11 +173,11 @@ def retire(state: KeySet, now: datetime, grace: timedelta, force: bool = False) 
     ))
 
 
-def apply_phase(state: KeySet, phase: Phase, now: datetime, grace: timedelta,
+def apply_phase(state: KeySet, phase: SARotationPhase, now: datetime, grace: timedelta,
                 new: SAKey | None = None, force: bool = False) -> KeySet:
-    if phase is Phase.STAGE:
+    if phase is SARotationPhase.STAGE:
         return stage(state, new, now)
-    if phase is Phase.PROMOTE:
+    if phase is SARotationPhase.PROMOTE:
         return promote(state, now)
     return retire(state, now, grace, force)
 
@@ -266,12 +220,6 @@ def next_step(state: KeySet) -> str:
     if state.with_state(KeyState.PREVIOUS):
         return "retire (after the grace period)"
     return "stage (to begin a rotation)"
-
-
-def human_duration(delta: timedelta) -> str:
-    """48h, 1h30m, 45m: the cluster file's own notation, rounded down to minutes."""
-    hours, minutes = divmod(max(0, int(delta.total_seconds()) // 60), 60)
-    return (f"{hours}h" if hours else "") + (f"{minutes}m" if minutes or not hours else "")
 
 
 # --- the KV document ----------------------------------------------------------------------------
@@ -334,7 +282,7 @@ def _key_from_item(item: Any, index: int) -> SAKey:
             raise ValueError(f"{where} has an unreadable {name} time") from None
     if times["created"] is None:
         raise ValueError(f"{where} has no created time")
-    return SAKey(id=key_id(public), key_type=crypto.key_type_of(public), state=state,
+    return SAKey(id=jwt_kid(public), key_type=crypto.key_type_of(public), state=state,
                  public_pem=str(item["public_pem"]), private_pem=private_pem, **times)
 
 

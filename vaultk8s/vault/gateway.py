@@ -29,6 +29,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 from vaultk8s.errors import PermissionDeniedError, PlanRefused, VaultError, VaultRequestRefused, shown
+from vaultk8s.hostnames import url_port
 from vaultk8s.vault.failover import AMBIGUOUS, FailoverAdapter, classify, repeatable
 
 # 502-504 and 429 come from proxies, standbys and rate limits before a request was processed, so
@@ -82,10 +83,7 @@ def settings_from_env(env: Mapping[str, str] | None = None) -> VaultSettings:
 def _check_addr(addr: str) -> None:
     """VAULT_ADDR is scheme://host[:port] and nothing else; a credential in it would end up in logs."""
     parts = urlsplit(addr)
-    try:
-        port = parts.port
-    except ValueError:
-        port = -1
+    port = url_port(parts)
     if parts.username is not None or "@" in parts.netloc:
         raise VaultError("VAULT_ADDR must not hold a user name or password: use VAULT_TOKEN")
     if parts.scheme not in ("http", "https") or not parts.hostname or port in (-1, 0) \

@@ -1,4 +1,4 @@
-"""Vault ACL policies and machine-auth roles, derived from the catalog and the cluster file. Pure.
+"""Who may do what: each identity kind's Vault ACL grants, from the catalog and the cluster file. Pure.
 
 The model (docs/policies.md): one policy per identity kind. Per-node certificates are granted
 through the templated path `<mount>/sign/<cert>-{{identity.entity.metadata.node}}`; the `node`
@@ -9,24 +9,19 @@ the template to worker-1 and nothing else; a token without that entity resolves 
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
-from datetime import timedelta
-from typing import Any
 
 from vaultk8s import catalog
 from vaultk8s.catalog import IdentitySpec, Placement
-from vaultk8s.config import ClusterConfig, NodeSpec, format_duration, parse_duration
-from vaultk8s.errors import ConfigError, shown
+from vaultk8s.config import ClusterConfig, NodeSpec
+from vaultk8s.plan.naming import (CSR_SIGNER_APPROLE_ROLE, NODE_TEMPLATE, approle_mount, approle_role, entity_name,
+                                  policy_name)
 from vaultk8s.plan.resolve import resolve_all, role_name
 
-NODE_TEMPLATE = "{{identity.entity.metadata.node}}"
-NODE_METADATA_KEY = "node"
 OPERATOR = "operator"
 AGENT = "agent"
 AUDITOR = "auditor"
 CSR_SIGNER = "csr-signer"
-CSR_SIGNER_APPROLE_ROLE = "csr-signer"  # on the cluster's AppRole mount; never `node-<name>`
 
 SIGN_CAPS = ("create", "update")
 READ_CAPS = ("read",)
@@ -39,89 +34,12 @@ _AGENT_PATHS = (
     ("auth/token/revoke-self", ("update",), "the agent drops its token on shutdown"),
 )
 
-_POLICY_KEYS = {"max_leaf_ttl", "token_ttl", "token_max_ttl", "token_num_uses", "secret_id_ttl",
-                "secret_id_num_uses", "bind_cidrs"}
-
-
-@dataclass(frozen=True)
-class PolicySettings:
-    """The `policy:` section of the cluster file: bounds on machine credentials and on leaves."""
-
-    max_leaf_ttl: timedelta
-    token_ttl: timedelta
-    token_max_ttl: timedelta
-    token_num_uses: int
-    secret_id_ttl: timedelta
-    secret_id_num_uses: int
-    bind_cidrs: bool
-
 
 @dataclass(frozen=True)
 class Grant:
     path: str
     capabilities: tuple[str, ...]
     comment: str = ""
-
-
-def policy_settings(config: ClusterConfig) -> PolicySettings:
-    section = config.raw.get("policy") or {}
-    problems: list[str] = []
-    if not isinstance(section, dict):
-        raise ConfigError("policy must be a mapping", "cluster file")
-    for key in sorted(set(section) - _POLICY_KEYS, key=str):
-        problems.append(f"unknown key policy.{key} (known: {', '.join(sorted(_POLICY_KEYS))})")
-
-    def ttl(key: str, default: str | timedelta) -> timedelta:
-        try:
-            value = default if key not in section else parse_duration(section[key])
-            return value if isinstance(value, timedelta) else parse_duration(value)
-        except ValueError as err:
-            problems.append(f"policy.{key}: {err}")
-            return timedelta(0)
-
-    def count(key: str, default: int) -> int:
-        value = section.get(key, default)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            problems.append(f"policy.{key} {shown(value)} must be a whole number >= 0 (0: unlimited)")
-            return default
-        return value
-
-    settings = PolicySettings(
-        max_leaf_ttl=ttl("max_leaf_ttl", config.leaf_ttl), token_ttl=ttl("token_ttl", "1h"),
-        token_max_ttl=ttl("token_max_ttl", "4h"), token_num_uses=count("token_num_uses", 64),
-        secret_id_ttl=ttl("secret_id_ttl", "720h"), secret_id_num_uses=count("secret_id_num_uses", 0),
-        bind_cidrs=bool(section.get("bind_cidrs", True)),
-    )
-    if settings.token_ttl > settings.token_max_ttl:
-        problems.append("policy.token_ttl must not exceed policy.token_max_ttl")
-    if not problems and settings.token_ttl <= timedelta(0):
-        problems.append("policy.token_ttl must be positive")
-    if problems:
-        raise ConfigError(problems, "cluster file")
-    return settings
-
-
-# --- names: everything global in Vault carries the cluster's mount prefix --------------------------
-
-def _slug(config: ClusterConfig) -> str:
-    return config.mount_prefix.replace("/", "-")
-
-
-def policy_name(config: ClusterConfig, kind: str) -> str:
-    return f"vaultk8s-{_slug(config)}{kind}"
-
-
-def approle_mount(config: ClusterConfig) -> str:
-    return f"{config.mount_prefix}approle"
-
-
-def approle_role(node: str) -> str:
-    return f"node-{node}"
-
-
-def entity_name(config: ClusterConfig, node: str) -> str:
-    """Also the entity alias name on the token auth mount and the token role's name."""
-    return f"vaultk8s-{_slug(config)}node-{node}"
 
 
 def policy_kinds() -> tuple[str, ...]:
@@ -136,12 +54,6 @@ def node_policy_kinds(node: NodeSpec) -> tuple[str, ...]:
             kinds.append(ident.name)
     return tuple(kinds)
 
-
-def node_policies(config: ClusterConfig, node: NodeSpec) -> list[str]:
-    return sorted(policy_name(config, k) for k in node_policy_kinds(node))
-
-
-# --- grants ---------------------------------------------------------------------------------------
 
 def _ca_reads(mounts: list[str]) -> list[Grant]:
     grants = []
@@ -244,9 +156,7 @@ def _service_account_grants(config: ClusterConfig) -> list[Grant]:
     """The service-account key set: only this cluster's secret, read and check-and-set written, its
     metadata, and destroy of its old versions. No delete (metadata delete would drop the whole
     history including the current key), no undelete, no list, nothing else in the KV mount."""
-    from vaultk8s.plan.sa import resolve_settings
-
-    sa = resolve_settings(config)
+    sa = config.service_account
     return [
         Grant(f"sys/mounts/{sa.kv_mount}", ("create", "read", "update"), "enable and inspect the service-account KV mount"),
         Grant(f"{sa.kv_mount}/data/{sa.kv_path}", ("create", "read", "update"),
@@ -312,132 +222,3 @@ _DESCRIPTIONS = {
 
 def describe(kind: str) -> str:
     return _DESCRIPTIONS.get(kind) or _identity(kind).description
-
-
-def render_policy(kind: str, config: ClusterConfig) -> str:
-    """Deterministic HCL: a header saying who holds it, then one block per path, sorted."""
-    lines = [
-        f"# vaultk8s policy {shown(kind)} for cluster {shown(config.name)}, mount prefix {shown(config.mount_prefix)}.",
-        "# Generated by `vaultk8s policy render` from the catalog: edit the catalog, not this file.",
-        f"# Holder: {describe(kind)}",
-    ]
-    if any(NODE_TEMPLATE in g.path for g in grants_for(kind, config)):
-        lines.append(f"# {NODE_TEMPLATE} is the node name on the caller's identity entity, set only by "
-                     "`vaultk8s policy apply`.")
-    for grant in grants_for(kind, config):
-        caps = ", ".join(f'"{c}"' for c in sorted(grant.capabilities))
-        lines += ["", f"# {grant.comment}" if grant.comment else "#", f'path "{grant.path}" {{',
-                  f"  capabilities = [{caps}]", "}"]
-    return "\n".join(lines) + "\n"
-
-
-def render_policies(config: ClusterConfig) -> dict[str, str]:
-    """File name -> HCL, for every identity kind."""
-    return {f"{kind}.hcl": render_policy(kind, config) for kind in policy_kinds()}
-
-
-# --- parsing (the subset we render; anything else is reported, not guessed) ------------------------
-
-_BLOCK = re.compile(r'path\s+"([^"]+)"\s*\{(.*?)\}', re.S)
-_CAPS = re.compile(r"capabilities\s*=\s*\[([^\]]*)\]")
-
-
-def parse_policy(text: str) -> tuple[list[Grant], list[str]]:
-    """Grants, and the pieces of the text that are not plain `path { capabilities }` blocks."""
-    body = "\n".join(line.split("#", 1)[0] for line in text.splitlines())
-    grants, leftovers = [], []
-    for match in _BLOCK.finditer(body):
-        caps = _CAPS.search(match.group(2))
-        rest = _CAPS.sub("", match.group(2)).strip()
-        if rest:
-            leftovers.append(f'{match.group(1)}: {" ".join(rest.split())[:80]}')
-        values = re.findall(r'"([^"]*)"', caps.group(1)) if caps else []
-        grants.append(Grant(match.group(1), tuple(values)))
-    remainder = _BLOCK.sub("", body).strip()
-    if remainder:
-        leftovers.append(" ".join(remainder.split())[:80])
-    return grants, leftovers
-
-
-# --- machine auth ---------------------------------------------------------------------------------
-
-def _seconds(delta: timedelta) -> str:
-    return format_duration(delta)
-
-
-def _cidrs(node: NodeSpec, settings: PolicySettings) -> list[str]:
-    if not settings.bind_cidrs:
-        return []
-    return sorted(f"{ip}/{ip.max_prefixlen}" for ip in node.ips)
-
-
-def approle_params(config: ClusterConfig, node: NodeSpec) -> dict[str, Any]:
-    settings = policy_settings(config)
-    cidrs = _cidrs(node, settings)
-    return {
-        "token_policies": node_policies(config, node),
-        "token_no_default_policy": True,
-        "token_type": "service",
-        "token_ttl": int(settings.token_ttl.total_seconds()),
-        "token_max_ttl": int(settings.token_max_ttl.total_seconds()),
-        "token_num_uses": settings.token_num_uses,
-        "token_bound_cidrs": cidrs,
-        "secret_id_bound_cidrs": cidrs,
-        "secret_id_ttl": int(settings.secret_id_ttl.total_seconds()),
-        "secret_id_num_uses": settings.secret_id_num_uses,
-        "bind_secret_id": True,
-    }
-
-
-def signer_policies(config: ClusterConfig) -> list[str]:
-    return sorted(policy_name(config, k) for k in (AGENT, CSR_SIGNER))
-
-
-def signer_approle_params(config: ClusterConfig) -> dict[str, Any]:
-    """The CSR signer's AppRole role. It runs as a pod (no fixed IP to bind) and signs for as long
-    as it runs (no use limit); its tokens are still short-lived and it logs in again."""
-    settings = policy_settings(config)
-    return {
-        "token_policies": signer_policies(config),
-        "token_no_default_policy": True,
-        "token_type": "service",
-        "token_ttl": int(settings.token_ttl.total_seconds()),
-        "token_max_ttl": int(settings.token_max_ttl.total_seconds()),
-        "token_num_uses": 0,
-        "token_bound_cidrs": [],
-        "secret_id_bound_cidrs": [],
-        "secret_id_ttl": int(settings.secret_id_ttl.total_seconds()),
-        "secret_id_num_uses": settings.secret_id_num_uses,
-        "bind_secret_id": True,
-    }
-
-
-def token_role_params(config: ClusterConfig, node: NodeSpec) -> dict[str, Any]:
-    settings = policy_settings(config)
-    return {
-        "allowed_policies": node_policies(config, node),
-        "allowed_entity_aliases": [entity_name(config, node.name)],
-        "orphan": True,  # outlives the operator's token; bounded by its own max TTL instead
-        "renewable": True,
-        "token_explicit_max_ttl": int(settings.token_max_ttl.total_seconds()),
-        "token_num_uses": settings.token_num_uses,
-        "token_no_default_policy": True,
-        "token_bound_cidrs": _cidrs(node, settings),
-        "token_type": "service",
-    }
-
-
-def token_create_params(config: ClusterConfig, node: NodeSpec) -> dict[str, Any]:
-    settings = policy_settings(config)
-    return {
-        "entity_alias": entity_name(config, node.name),
-        "policies": node_policies(config, node),
-        "no_default_policy": True,
-        "ttl": _seconds(settings.token_ttl),
-        "num_uses": settings.token_num_uses,
-        "display_name": f"node-{node.name}",
-    }
-
-
-def entity_metadata(config: ClusterConfig, node: NodeSpec) -> dict[str, str]:
-    return {NODE_METADATA_KEY: node.name, "cluster": config.name}

@@ -1,0 +1,89 @@
+"""Machine credentials: AppRole roles, token roles, token requests and identity entities. Pure.
+
+A node's credential carries the policies of its identity kinds (grants.node_policy_kinds), is bound
+to the node's IP addresses unless `policy.bind_cidrs` is false, and gets its limits from the
+cluster file's `policy:` section (config.policy).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vaultk8s.config import ClusterConfig, NodeSpec, PolicySettings
+from vaultk8s.durations import vault_ttl, whole_seconds
+from vaultk8s.plan.grants import AGENT, CSR_SIGNER, node_policy_kinds
+from vaultk8s.plan.naming import NODE_METADATA_KEY, entity_name, policy_name, token_display_name
+
+
+def node_policies(config: ClusterConfig, node: NodeSpec) -> list[str]:
+    return sorted(policy_name(config, k) for k in node_policy_kinds(node))
+
+
+def signer_policies(config: ClusterConfig) -> list[str]:
+    return sorted(policy_name(config, k) for k in (AGENT, CSR_SIGNER))
+
+
+def bound_cidrs(node: NodeSpec, settings: PolicySettings) -> list[str]:
+    """The node's own addresses, one host CIDR each: where its secret_ids and tokens are accepted from."""
+    if not settings.bind_cidrs:
+        return []
+    return sorted(f"{ip}/{ip.max_prefixlen}" for ip in node.ips)
+
+
+def approle_params(config: ClusterConfig, node: NodeSpec) -> dict[str, Any]:
+    settings = config.policy
+    return _approle_role(settings, node_policies(config, node), bound_cidrs(node, settings), settings.token_num_uses)
+
+
+def signer_approle_params(config: ClusterConfig) -> dict[str, Any]:
+    """The CSR signer's AppRole role. It runs as a pod (no fixed IP to bind) and signs for as long
+    as it runs (no use limit); its tokens are still short-lived and it logs in again."""
+    return _approle_role(config.policy, signer_policies(config), [], 0)
+
+
+def _approle_role(settings: PolicySettings, policies: list[str], cidrs: list[str],
+                  token_num_uses: int) -> dict[str, Any]:
+    return {
+        "token_policies": policies,
+        "token_no_default_policy": True,
+        "token_type": "service",
+        "token_ttl": whole_seconds(settings.token_ttl),
+        "token_max_ttl": whole_seconds(settings.token_max_ttl),
+        "token_num_uses": token_num_uses,
+        "token_bound_cidrs": cidrs,
+        "secret_id_bound_cidrs": cidrs,
+        "secret_id_ttl": whole_seconds(settings.secret_id_ttl),
+        "secret_id_num_uses": settings.secret_id_num_uses,
+        "bind_secret_id": True,
+    }
+
+
+def token_role_params(config: ClusterConfig, node: NodeSpec) -> dict[str, Any]:
+    settings = config.policy
+    return {
+        "allowed_policies": node_policies(config, node),
+        "allowed_entity_aliases": [entity_name(config, node.name)],
+        "orphan": True,  # outlives the operator's token; bounded by its own max TTL instead
+        "renewable": True,
+        "token_explicit_max_ttl": whole_seconds(settings.token_max_ttl),
+        "token_num_uses": settings.token_num_uses,
+        "token_no_default_policy": True,
+        "token_bound_cidrs": bound_cidrs(node, settings),
+        "token_type": "service",
+    }
+
+
+def token_create_params(config: ClusterConfig, node: NodeSpec) -> dict[str, Any]:
+    settings = config.policy
+    return {
+        "entity_alias": entity_name(config, node.name),
+        "policies": node_policies(config, node),
+        "no_default_policy": True,
+        "ttl": vault_ttl(settings.token_ttl),
+        "num_uses": settings.token_num_uses,
+        "display_name": token_display_name(node.name),
+    }
+
+
+def entity_metadata(config: ClusterConfig, node: NodeSpec) -> dict[str, str]:
+    return {NODE_METADATA_KEY: node.name, "cluster": config.name}
