@@ -100,6 +100,7 @@ WEAKENED = {
     "token create": 'path "auth/token/create" { capabilities = ["update"] }',
     "overlap": 'path "kubernetes-ca/sign/admin" { capabilities = ["create", "update"] }',
     "parameters": 'path "kubernetes-ca/sign/kube-proxy" { capabilities = ["update"] allowed_parameters = {} }',
+    "parameter limits": 'path "auth/token/create" { capabilities = ["update"] allowed_parameters = { "policies" = [] } }',
 }
 
 
@@ -211,3 +212,25 @@ def test_csr_signer_beyond_kubelet_roles_is_high(config, extra):
     assert any(f.identity == grants.CSR_SIGNER and f.severity == "info" for f in clean.findings)
     weakened = hcl.render_policy(grants.CSR_SIGNER, config) + "\n" + extra + "\n"
     assert review(config, _texts(config, **{grants.CSR_SIGNER: weakened}), _roles(config)).high
+
+
+def test_allowed_parameters_render_and_parse_back() -> None:
+    grant = grants.Grant("auth/x/cert/certs/node-a", ("update",), "trust bundle only",
+                         allowed_parameters=(("certificate", ()), ("display_name", ("node-a",))))
+    text = hcl.render_policy("agent", load_config(ROOT / "examples" / "cluster.yaml")) + (
+        '\npath "auth/x/cert/certs/node-a" {\n  capabilities = ["update"]\n  allowed_parameters = {\n'
+        '    "certificate" = []\n    "display_name" = ["node-a"]\n  }\n}\n')
+    parsed, leftovers = hcl.parse_policy(text)
+    assert leftovers == []
+    assert parsed[-1].key == grant.key
+
+
+def test_parser_reports_what_it_does_not_render() -> None:
+    text = ('path "a" {\n  capabilities = ["read"]\n  denied_parameters = {\n    "x" = []\n  }\n}\n'
+            'path "b" {\n  capabilities = ["read"]\n  allowed_parameters = {\n    "y" = []\n    junk\n  }\n}\n'
+            'path "c" { capabilities = ["read"] }\nstray = 1\n')
+    parsed, leftovers = hcl.parse_policy(text)
+    assert [g.path for g in parsed] == ["a", "b", "c"]
+    assert any(piece.startswith("a: denied_parameters") for piece in leftovers)
+    assert any(piece.startswith("b:") and "junk" in piece for piece in leftovers)
+    assert any("stray" in piece for piece in leftovers)

@@ -40,6 +40,14 @@ class Grant:
     path: str
     capabilities: tuple[str, ...]
     comment: str = ""
+    # Vault's allowed_parameters: (name, allowed values) pairs; () values means any value. Set, it
+    # denies every other parameter, so a write can change only these fields of the object.
+    allowed_parameters: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+    @property
+    def key(self) -> tuple:
+        """What a policy grants here, without the comment: capabilities and parameter limits."""
+        return (self.path, tuple(sorted(self.capabilities)), tuple(sorted(self.allowed_parameters)))
 
 
 def policy_kinds() -> tuple[str, ...]:

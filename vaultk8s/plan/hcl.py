@@ -25,10 +25,18 @@ def render_policy(kind: str, config: ClusterConfig) -> str:
         lines.append(f"# {NODE_TEMPLATE} is the node name on the caller's identity entity, set only by "
                      "`vaultk8s policy apply`.")
     for grant in grants_for(kind, config):
-        caps = ", ".join(f'"{c}"' for c in sorted(grant.capabilities))
         lines += ["", f"# {grant.comment}" if grant.comment else "#", f'path "{grant.path}" {{',
-                  f"  capabilities = [{caps}]", "}"]
+                  f"  capabilities = {_strings(sorted(grant.capabilities))}"]
+        if grant.allowed_parameters:
+            lines.append("  allowed_parameters = {")
+            lines += [f'    "{name}" = {_strings(values)}' for name, values in sorted(grant.allowed_parameters)]
+            lines.append("  }")
+        lines.append("}")
     return "\n".join(lines) + "\n"
+
+
+def _strings(values) -> str:
+    return "[" + ", ".join(f'"{v}"' for v in values) + "]"
 
 
 def render_policies(config: ClusterConfig) -> dict[str, str]:
@@ -36,22 +44,47 @@ def render_policies(config: ClusterConfig) -> dict[str, str]:
     return {f"{kind}.hcl": render_policy(kind, config) for kind in policy_kinds()}
 
 
-_BLOCK = re.compile(r'path\s+"([^"]+)"\s*\{(.*?)\}', re.S)
+_PATH = re.compile(r'path\s+"([^"]+)"\s*\{')
 _CAPS = re.compile(r"capabilities\s*=\s*\[([^\]]*)\]")
+_PARAMS = re.compile(r"allowed_parameters\s*=\s*\{([^{}]*)\}")
+_PARAM = re.compile(r'"([^"]+)"\s*=\s*\[([^\]]*)\]')
 
 
 def parse_policy(text: str) -> tuple[list[Grant], list[str]]:
-    """Grants, and the pieces of the text that are not plain `path { capabilities }` blocks."""
+    """Grants, and the pieces of the text that are not `path { capabilities [allowed_parameters] }`."""
     body = "\n".join(line.split("#", 1)[0] for line in text.splitlines())
-    grants, leftovers = [], []
-    for match in _BLOCK.finditer(body):
-        caps = _CAPS.search(match.group(2))
-        rest = _CAPS.sub("", match.group(2)).strip()
-        if rest:
+    grants, leftovers, outside, at = [], [], [], 0
+    for match in _PATH.finditer(body):
+        if match.start() < at:
+            continue  # inside the previous block
+        end = _closing_brace(body, match.end())
+        outside.append(body[at:match.start()])
+        inner, at = body[match.end():end], end + 1
+        caps = _CAPS.search(inner)
+        params = _PARAMS.search(inner)
+        rest = _PARAMS.sub("", _CAPS.sub("", inner))
+        pairs = _PARAM.findall(params.group(1)) if params else []
+        if params and (not pairs or _PARAM.sub("", params.group(1)).strip()):
+            rest += f"allowed_parameters = {{{params.group(1)}}}"  # empty, or more than name = [values]
+        if rest.strip():
             leftovers.append(f'{match.group(1)}: {" ".join(rest.split())[:80]}')
-        values = re.findall(r'"([^"]*)"', caps.group(1)) if caps else []
-        grants.append(Grant(match.group(1), tuple(values)))
-    remainder = _BLOCK.sub("", body).strip()
-    if remainder:
+        grants.append(Grant(match.group(1), _quoted(caps.group(1)) if caps else (),
+                            allowed_parameters=tuple((name, _quoted(values)) for name, values in pairs)))
+    remainder = "".join(outside) + body[at:]
+    if remainder.strip():
         leftovers.append(" ".join(remainder.split())[:80])
     return grants, leftovers
+
+
+def _closing_brace(text: str, start: int) -> int:
+    """Index of the brace closing the block opened just before `start` (or the end of the text)."""
+    depth = 1
+    for index in range(start, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[index], 0)
+        if depth == 0:
+            return index
+    return len(text)
+
+
+def _quoted(text: str) -> tuple[str, ...]:
+    return tuple(re.findall(r'"([^"]*)"', text))

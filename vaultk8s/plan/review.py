@@ -86,20 +86,23 @@ def review(config: ClusterConfig, policy_texts: Mapping[str, str | None],
         if text is None:
             result.findings.append(Finding(MEDIUM, kind, policy_name(config, kind), "policy missing"))
             continue
-        expected = {(g.path, tuple(sorted(g.capabilities))) for g in grants_for(kind, config)}
+        expected = {g.key for g in grants_for(kind, config)}
         grants, leftovers = parse_policy(text)
         for piece in leftovers:
-            result.findings.append(Finding(HIGH, kind, piece, "policy text outside plain path/capabilities "
-                                                              "blocks (parameters, deny lists): review by hand"))
+            result.findings.append(Finding(HIGH, kind, piece, "policy text outside path/capabilities/allowed_parameters "
+                                                              "blocks (denied_parameters, deny lists): review by hand"))
         for grant in grants:
             # The operator and auditor need sys/, roles and globs; exactly what is rendered is
             # reported as info with the reason, anything beyond it is linted like any policy.
-            by_design = kind in _PRIVILEGED and (grant.path, tuple(sorted(grant.capabilities))) in expected
+            by_design = kind in _PRIVILEGED and grant.key in expected
             for severity, message in lint_grant(grant, config, mounts, kind):
                 if by_design:
                     severity, message = INFO, f"{kind}, by design: {message}"
                 result.findings.append(Finding(severity, kind, grant.path, message))
-            if kind != OPERATOR and (grant.path, tuple(sorted(grant.capabilities))) not in expected:
+            if grant.allowed_parameters and grant.key not in expected:
+                result.findings.append(Finding(HIGH, kind, grant.path, "parameter limits not generated from "
+                                                                       "the catalog: review by hand"))
+            elif kind != OPERATOR and grant.key not in expected:
                 result.findings.append(Finding(MEDIUM, kind, grant.path, "not generated from the catalog"))
             if kind != OPERATOR:
                 _collect_signing(grant, kind, config, mounts, used)
