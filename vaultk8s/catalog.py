@@ -168,6 +168,11 @@ CA_KEY_FILES = frozenset({"ca.key", "etcd/ca.key", "front-proxy-ca.key"})
 SA_KEY_FILE = "sa.key"
 SA_PUB_FILE = "sa.pub"
 
+# The output tree: `<out>/<node>/` mirrors that node's /etc/kubernetes, its certificates and keys
+# in PKI_DIR; RBAC_FILE (the CLUSTER_ROLE_BINDINGS as manifests) sits at `<out>/`.
+PKI_DIR = "pki"
+RBAC_FILE = "rbac.yaml"
+
 
 def ca(name: str) -> CASpec:
     for spec in CAS:

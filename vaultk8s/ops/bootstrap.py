@@ -27,6 +27,7 @@ import yaml
 from cryptography import x509
 
 from vaultk8s import catalog, crypto
+from vaultk8s.catalog import RBAC_FILE
 from vaultk8s.crashpoint import crash_point
 from vaultk8s.config import ClusterConfig
 from vaultk8s.errors import HsmError, VaultError, VaultK8sError
@@ -41,7 +42,7 @@ from vaultk8s.plan.leaves import reissue_reason
 from vaultk8s.plan.resolve import ResolvedCert, resolve_all
 from vaultk8s.plan.roles import ResolvedRole, resolve_roles, role_drift
 from vaultk8s.store.atomic import FileContent, check_writable, public, write_file
-from vaultk8s.store.layout import RBAC_FILE, NodeOutput
+from vaultk8s.store.layout import NodeOutput
 from vaultk8s.vault.gateway import VaultGateway
 
 Progress = Callable[[str, int], Callable[[], None]]  # (phase, total) -> advance()

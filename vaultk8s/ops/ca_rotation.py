@@ -18,6 +18,7 @@ from typing import Any
 from cryptography import x509
 
 from vaultk8s import catalog, crypto
+from vaultk8s.catalog import PKI_DIR
 from vaultk8s.config import ClusterConfig
 from vaultk8s.errors import PlanRefused
 from vaultk8s.ops.kubeconfigs import ensure_kubeconfigs
@@ -27,7 +28,7 @@ from vaultk8s.plan.actions import Action
 from vaultk8s.plan.cas import intermediate_params, root_params
 from vaultk8s.plan.resolve import resolve_all
 from vaultk8s.store.atomic import check_writable, public
-from vaultk8s.store.layout import PKI_DIR, NodeOutput
+from vaultk8s.store.layout import NodeOutput
 from vaultk8s.vault.gateway import VaultGateway
 
 # The keys kube-apiserver publishes each CA's bundle under, and only ever adds to.
