@@ -21,6 +21,8 @@ from vaultk8s import catalog, crypto
 from vaultk8s.catalog import PKI_DIR
 from vaultk8s.config import ClusterConfig
 from vaultk8s.errors import PlanRefused
+from vaultk8s.ops.bootstrap import bootstrap
+from vaultk8s.ops.hsm_ca import root_authority
 from vaultk8s.ops.kubeconfigs import ensure_kubeconfigs
 from vaultk8s.ops.leaves import observe_leaf, read_ca_state
 from vaultk8s.plan import ca_rotation as plan
@@ -105,15 +107,7 @@ def _check_inputs(config: ClusterConfig, out: Path, gateway: VaultGateway, ca: c
     return mount
 
 
-def root_authority(config: ClusterConfig):
-    from vaultk8s.ops.bootstrap import _root_authority  # one way to open the token, bootstrap's
-
-    return _root_authority(config)
-
-
 def _bootstrap(config: ClusterConfig, out: Path, gateway: VaultGateway, now: datetime, dry_run: bool) -> list[Action]:
-    from vaultk8s.ops.bootstrap import bootstrap  # bootstrap imports much; only switch needs it
-
     return bootstrap(config, out, gateway, now=now, dry_run=dry_run).actions
 
 
