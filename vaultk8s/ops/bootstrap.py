@@ -106,9 +106,9 @@ def bootstrap(config: ClusterConfig, out: Path, gateway: VaultGateway, *, now: d
         # the order roles-then-leaves.
         with report.phase("plan"):
             roles = resolve_roles(certs)
-            role_actions = _start_role_plan(roles, gateway, report, pool, progress)
+            role_plan = _start_role_plan(roles, gateway, report, pool, progress)
             leaf_actions, todo = _plan_leaves(certs, out, cas, now, force_renew, report)
-            report.actions.extend(role_actions())
+            report.actions.extend(role_plan())
             report.actions.extend(leaf_actions)
         crash_point("roles")
         if not dry_run:
