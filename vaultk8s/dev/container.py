@@ -15,9 +15,10 @@ from pathlib import Path
 
 from cryptography import x509
 
-from vaultk8s.dev.server import DevServer, _Node, _server_environ, _write_file, find_bao, render_config
+from vaultk8s.dev.server import DevServer, _Node, _server_environ, find_bao, render_config
 from vaultk8s.dev.tls import render_tls_material
 from vaultk8s.errors import DevServerError
+from vaultk8s.store.atomic import public, replace_file, secret
 
 PORT = 8200
 _DNS_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*")
@@ -39,10 +40,10 @@ def prepare_container_server(state_dir: Path, hostname: str) -> list[str]:
         if not _has_tls_for(state_dir, hostname):
             tls = render_tls_material(dt.datetime.now(dt.timezone.utc), (hostname,))
             # The CA key is not kept: nothing else is ever signed with it.
-            _write_file(state_dir / "server.key", tls.server_key, 0o600)
-            _write_file(state_dir / "server.pem", tls.server_cert, 0o644)
-            _write_file(state_dir / "ca.pem", tls.ca_cert, 0o644)
-        _write_file(state_dir / "bao.hcl", render_container_config(state_dir, hostname).encode(), 0o600)
+            replace_file(state_dir / "server.key", secret(tls.server_key))
+            replace_file(state_dir / "server.pem", public(tls.server_cert))
+            replace_file(state_dir / "ca.pem", public(tls.ca_cert))
+        replace_file(state_dir / "bao.hcl", secret(render_container_config(state_dir, hostname).encode()))
     except OSError as err:
         raise DevServerError(f"cannot prepare {state_dir}: {err.strerror}") from None
     return [find_bao(), "server", f"-config={state_dir / 'bao.hcl'}"]

@@ -17,7 +17,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +28,7 @@ import requests
 
 from vaultk8s.dev.tls import render_tls_material
 from vaultk8s.errors import DevServerError
+from vaultk8s.store.atomic import public, replace_file, secret
 
 DEFAULT_PORT = 8200
 HOST = "127.0.0.1"
@@ -341,7 +341,7 @@ class DevServer:
         (node.dir / "raft").mkdir(mode=0o700, exist_ok=True)
         peers = tuple(n.port for n in nodes if n is not node)
         hcl = render_config(node.dir, node.port, tls_dir=self.state_dir, node_id=node.node_id, peers=peers)
-        _write_file(node.hcl, hcl.encode(), 0o600)
+        replace_file(node.hcl, secret(hcl.encode()))
         bao = find_bao()
         self._progress(f"starting OpenBao on {node.addr} (log: {node.log_file})")
         log_fd = os.open(node.log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
@@ -360,17 +360,17 @@ class DevServer:
         finally:
             os.close(log_fd)
         _CHILDREN[proc.pid] = proc
-        _write_file(node.pid_file, f"{proc.pid}\n".encode(), 0o600)
+        replace_file(node.pid_file, secret(f"{proc.pid}\n".encode()))
 
     def _ensure_tls(self) -> None:
         names = ("ca.pem", "ca.key", "server.pem", "server.key")
         if all(self._file(n).is_file() for n in names):
             return
         tls = render_tls_material(dt.datetime.now(dt.timezone.utc))
-        _write_file(self._file("ca.key"), tls.ca_key, 0o600)
-        _write_file(self._file("server.key"), tls.server_key, 0o600)
-        _write_file(self._file("server.pem"), tls.server_cert, 0o644)
-        _write_file(self._file("ca.pem"), tls.ca_cert, 0o644)
+        replace_file(self._file("ca.key"), secret(tls.ca_key))
+        replace_file(self._file("server.key"), secret(tls.server_key))
+        replace_file(self._file("server.pem"), public(tls.server_cert))
+        replace_file(self._file("ca.pem"), public(tls.ca_cert))
 
     # -- init, unseal, readiness ---------------------------------------------------------------
 
@@ -384,7 +384,7 @@ class DevServer:
         result = _call(node.addr, "initialise", lambda: client.sys.initialize(secret_shares=1, secret_threshold=1))
         material = {"unseal_keys_b64": result["keys_base64"], "root_token": result["root_token"]}
         # Written before anything else can fail: without it the store can never be unsealed again.
-        _write_file(init_file, (json.dumps(material, indent=2) + "\n").encode(), 0o600)
+        replace_file(init_file, secret((json.dumps(material, indent=2) + "\n").encode()))
         self._progress(f"initialised OpenBao; unseal key and root token saved in {init_file}")
 
     def _unseal(self, node: _Node, keys: list[str]) -> None:
@@ -608,18 +608,3 @@ def _wait_dead(pid: int, timeout: float) -> bool:
             return False
         time.sleep(_POLL_INTERVAL)
     return True
-
-
-def _write_file(path: Path, data: bytes, mode: int) -> None:
-    """Atomic replace: readers see the old file or the new one, and the mode is set before the name."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
