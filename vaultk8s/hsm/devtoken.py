@@ -48,7 +48,7 @@ def init_dev_token(state_dir: Path, label: str = "vaultk8s") -> DevToken:
     # PINs are saved before the token exists, so a token is never left without its PIN.
     replace_file(pin_file, secret(f"{pin}\n".encode()))
     replace_file(so_pin_file, secret(f"{so_pin}\n".encode()))
-    _init_token(conf, label, pin, so_pin)
+    init_token(conf, label, pin, so_pin)
     return DevToken(conf, label, pin_file, pin, so_pin)
 
 
@@ -68,7 +68,7 @@ def _token_labels(conf: Path) -> set[str]:
             if line.strip().startswith("Label:")}
 
 
-def _init_token(conf: Path, label: str, pin: str, so_pin: str) -> None:
+def init_token(conf: Path, label: str, pin: str, so_pin: str) -> None:
     """Run `softhsm2-util --init-token` with the PINs typed into a pseudo-terminal.
 
     softhsm2-util takes PINs either in argv (visible in ps and /proc) or from a terminal (it
