@@ -175,14 +175,16 @@ RBAC_FILE = "rbac.yaml"
 
 
 def ca(name: str) -> CASpec:
-    for spec in CAS:
-        if spec.name == name:
-            return spec
-    raise KeyError(name)
+    return _named(CAS, name)
 
 
 def cert(name: str) -> CertSpec:
-    for spec in CERTS:
+    return _named(CERTS, name)
+
+
+def _named(specs, name: str):
+    """The spec called name (KeyError when none is): the tables are small, a scan is enough."""
+    for spec in specs:
         if spec.name == name:
             return spec
     raise KeyError(name)
