@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import fcntl
 import json
 import os
 import re
@@ -20,7 +19,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, TypeVar
+from typing import Callable, TypeVar
 
 import hvac
 import hvac.exceptions
@@ -28,7 +27,7 @@ import requests
 
 from vaultk8s.dev.tls import render_tls_material
 from vaultk8s.errors import DevServerError
-from vaultk8s.store.atomic import public, replace_file, secret
+from vaultk8s.store.atomic import locked, public, replace_file, secret
 
 DEFAULT_PORT = 8200
 HOST = "127.0.0.1"
@@ -526,15 +525,9 @@ class DevServer:
         if not _wait_dead(pid, 5.0):
             raise DevServerError(f"OpenBao (pid {pid}) survived SIGKILL; see {node.log_file}")
 
-    @contextlib.contextmanager
-    def _lock(self) -> Iterator[None]:
+    def _lock(self) -> contextlib.AbstractContextManager[None]:
         """Serialises up/down on one state dir, so two `up`s never start two servers."""
-        fd = os.open(self._file(".lock"), os.O_WRONLY | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
+        return locked(self._file(".lock"))
 
 
 # -- helpers -----------------------------------------------------------------------------------

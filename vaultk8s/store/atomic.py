@@ -151,7 +151,7 @@ class PayloadDir:
     def update(self, changes: Mapping[str, FileContent | None]) -> bool:
         """Apply changes (None removes a file) as one new version. False when nothing changed."""
         ensure_dir(self.path)
-        with self._locked():
+        with locked(self.path / LOCK_FILE):
             self._remove_leftovers()
             if self._current_version() is not None and all(self._holds(rel, c) for rel, c in changes.items()):
                 return False  # the common re-run: compare only the changed files, not every file
@@ -243,14 +243,17 @@ class PayloadDir:
             return {}
         return {rel: c for rel, c in _read_tree(self.path).items() if not rel.startswith("..")}
 
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        fd = os.open(self.path / LOCK_FILE, os.O_CREAT | os.O_RDWR, KEY_MODE)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
+
+
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """An exclusive flock on path (created 0600 when missing) for the with block: one writer at a time."""
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, KEY_MODE)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _keys_first(name: str) -> tuple[bool, str]:
