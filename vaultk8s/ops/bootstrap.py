@@ -29,7 +29,7 @@ from vaultk8s.ops import sa as sa_ops
 from vaultk8s.ops.cas import ensure_cas
 from vaultk8s.ops.kubeconfigs import ensure_node_kubeconfigs
 from vaultk8s.ops.leaves import CAState, IssuedLeaf, ca_bundle_changes, issue_leaf, key_and_csr_args, leaf_changes, observe_leaf
-from vaultk8s.plan.actions import Action
+from vaultk8s.plan.actions import Action, ActionReport
 from vaultk8s.plan.leaves import reissue_reason
 from vaultk8s.plan.rbac import render_rbac
 from vaultk8s.plan.resolve import ResolvedCert, resolve_all
@@ -51,7 +51,7 @@ FILE_WORKERS = 4
 
 
 @dataclass
-class BootstrapReport:
+class BootstrapReport(ActionReport):
     dry_run: bool
     actions: list[Action] = field(default_factory=list)
     kept: int = 0
@@ -66,10 +66,6 @@ class BootstrapReport:
             yield
         finally:
             self.phase_seconds[name] = round(time.monotonic() - started, 3)
-
-    @property
-    def changed(self) -> bool:
-        return bool(self.actions)
 
     def to_dict(self) -> dict:
         return {

@@ -26,7 +26,7 @@ from vaultk8s.ops.hsm_ca import root_authority
 from vaultk8s.ops.kubeconfigs import ensure_kubeconfigs
 from vaultk8s.ops.leaves import observe_leaf, read_ca_state
 from vaultk8s.plan import ca_rotation as plan
-from vaultk8s.plan.actions import Action
+from vaultk8s.plan.actions import Action, ActionReport
 from vaultk8s.plan.cas import intermediate_params, root_params
 from vaultk8s.plan.resolve import resolve_all
 from vaultk8s.store.atomic import check_writable, public
@@ -38,7 +38,7 @@ CONFIGMAP_KEYS = {"kubernetes-ca": "client-ca-file", "front-proxy-ca": "requesth
 
 
 @dataclass
-class RotationReport:
+class RotationReport(ActionReport):
     ca: str
     phase: str
     dry_run: bool
@@ -47,10 +47,6 @@ class RotationReport:
     actions: list[Action] = field(default_factory=list)
     stranded: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-
-    @property
-    def changed(self) -> bool:
-        return bool(self.actions)
 
     def to_dict(self) -> dict[str, Any]:
         return {"ca": self.ca, "phase": self.phase, "dry_run": self.dry_run, "changed": self.changed,
