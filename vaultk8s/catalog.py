@@ -168,16 +168,23 @@ CA_KEY_FILES = frozenset({"ca.key", "etcd/ca.key", "front-proxy-ca.key"})
 SA_KEY_FILE = "sa.key"
 SA_PUB_FILE = "sa.pub"
 
+# The output tree: `<out>/<node>/` mirrors that node's /etc/kubernetes, its certificates and keys
+# in PKI_DIR; RBAC_FILE (the CLUSTER_ROLE_BINDINGS as manifests) sits at `<out>/`.
+PKI_DIR = "pki"
+RBAC_FILE = "rbac.yaml"
+
 
 def ca(name: str) -> CASpec:
-    for spec in CAS:
-        if spec.name == name:
-            return spec
-    raise KeyError(name)
+    return _named(CAS, name)
 
 
 def cert(name: str) -> CertSpec:
-    for spec in CERTS:
+    return _named(CERTS, name)
+
+
+def _named(specs, name: str):
+    """The spec called name (KeyError when none is): the tables are small, a scan is enough."""
+    for spec in specs:
         if spec.name == name:
             return spec
     raise KeyError(name)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -20,6 +20,10 @@ _CURVES = {curve.name: curve for curve in (ec.SECP256R1, ec.SECP384R1)}
 _CURVE_KEY_TYPES = {spec.curve: spec.name for spec in KEY_TYPES.values() if spec.curve}
 
 _EKU = {Usage.SERVER: ExtendedKeyUsageOID.SERVER_AUTH, Usage.CLIENT: ExtendedKeyUsageOID.CLIENT_AUTH}
+
+# Certificates signed here (the dev listener's, HSM roots) are backdated, so a verifier whose
+# clock is a little slow accepts a fresh one.
+NOT_BEFORE_SKEW = timedelta(minutes=5)
 
 
 def generate_key(key_type: str) -> PrivateKey:
@@ -65,6 +69,25 @@ def new_key_and_csr(key_type: str, common_name: str, organization: str | None, d
     """(private key PEM, CSR PEM): plain values, so a process pool can make them (RSA holds the GIL)."""
     key = generate_key(key_type)
     return key_pem(key), build_csr(key, common_name, organization, dns_sans, ip_sans)
+
+
+def certificate_builder(subject: x509.Name, issuer: x509.Name, public_key, now: datetime,
+                        not_after: datetime) -> x509.CertificateBuilder:
+    """What every certificate signed here starts from: names, key, a random serial, the validity."""
+    return (x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(issuer)
+            .public_key(public_key)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - NOT_BEFORE_SKEW)
+            .not_valid_after(not_after))
+
+
+def key_usage(*, digital_signature: bool, cert_sign: bool) -> x509.KeyUsage:
+    """KeyUsage with only these bits set (cert_sign: keyCertSign and cRLSign)."""
+    return x509.KeyUsage(digital_signature=digital_signature, content_commitment=False, key_encipherment=False,
+                         data_encipherment=False, key_agreement=False, key_cert_sign=cert_sign, crl_sign=cert_sign,
+                         encipher_only=False, decipher_only=False)
 
 
 def load_cert(pem: bytes | str) -> x509.Certificate:

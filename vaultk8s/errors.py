@@ -24,15 +24,22 @@ def one_line(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
 
 
 class VaultK8sError(Exception):
-    """Base class: an expected failure with a one-line, actionable message."""
+    """Base class: an expected failure with a one-line, actionable message.
+
+    A subclass names its CLI exit code in its class line (`class X(VaultK8sError, exit_code=4)`);
+    one that does not keeps its parent's.
+    """
 
     exit_code = 1
 
+    def __init_subclass__(cls, exit_code: int | None = None, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if exit_code is not None:
+            cls.exit_code = exit_code
 
-class ConfigError(VaultK8sError):
+
+class ConfigError(VaultK8sError, exit_code=2):
     """The cluster file is invalid. Carries every problem found, one per line."""
-
-    exit_code = 2
 
     def __init__(self, problems: list[str] | str, source: str = "cluster file"):
         self.problems = [problems] if isinstance(problems, str) else list(problems)
@@ -53,10 +60,8 @@ def _within_budget(problems: list[str]) -> list[str]:
     return shown_problems
 
 
-class VaultError(VaultK8sError):
+class VaultError(VaultK8sError, exit_code=3):
     """Vault is unreachable, sealed, refused the token, or answered unexpectedly."""
-
-    exit_code = 3
 
 
 class PermissionDeniedError(VaultError):
@@ -67,34 +72,24 @@ class VaultRequestRefused(VaultError):
     """Vault processed the request and refused its content (400): the same request cannot succeed later."""
 
 
-class StoreError(VaultK8sError):
+class StoreError(VaultK8sError, exit_code=4):
     """The output directory cannot be read or written."""
 
-    exit_code = 4
 
-
-class HsmError(VaultK8sError):
+class HsmError(VaultK8sError, exit_code=5):
     """The PKCS#11 module, token, PIN or key is not usable."""
 
-    exit_code = 5
 
-
-class PlanRefused(VaultK8sError):
+class PlanRefused(VaultK8sError, exit_code=6):
     """The requested change is unsafe or out of order; nothing was changed."""
 
-    exit_code = 6
 
-
-class DevServerError(VaultK8sError):
+class DevServerError(VaultK8sError, exit_code=7):
     """The local dev OpenBao cannot be started, reached, unsealed or stopped."""
 
-    exit_code = 7
 
-
-class KubeError(VaultK8sError):
+class KubeError(VaultK8sError, exit_code=8):
     """The Kubernetes API server is unreachable or refused a request."""
-
-    exit_code = 8
 
 
 class KubeConflict(KubeError):

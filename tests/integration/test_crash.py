@@ -1,4 +1,4 @@
-"""Crash consistency: `vaultk8s bootstrap` SIGKILLed at 20 points, OpenBao SIGKILLed at 10 more.
+"""Crash consistency: `vaultk8s bootstrap` SIGKILLed at 21 points, OpenBao SIGKILLed at 10 more.
 
 The bootstrap kills come from the VAULTK8S_TEST_CRASH_AT hook (vaultk8s/crashpoint.py): the
 process SIGKILLs itself at a named point between two steps. OpenBao is killed by time while a
@@ -31,12 +31,13 @@ pytestmark = pytest.mark.integration
 
 # (point, n-th pass, with --force-renew over an existing output): between every two steps of a
 # first run, inside the payload swap, and while re-issuing over certificates already on disk.
+# Every point of vaultk8s.crashpoint.POINTS is here at least once (tests/unit/test_crashpoint.py).
 BOOTSTRAP_CRASHES = [
     ("checked", 1, False), ("ca-action", 1, False), ("ca-action", 2, False), ("ca-action", 5, False),
     ("ca-action", 12, False), ("cas", 1, False), ("sa-metadata", 1, False), ("sa", 1, False),
     ("role-written", 3, False), ("roles", 1, False), ("leaf-issued", 5, False), ("issued", 1, False),
     ("payload-written", 1, False), ("payload-swapped", 1, False), ("payload-link", 2, False),
-    ("node-written", 1, False), ("nodes", 1, False), ("file-tmp", 2, False),
+    ("node-written", 1, False), ("nodes", 1, False), ("file-tmp", 2, False), ("kubeconfigs", 1, False),
     ("payload-swapped", 2, True), ("leaf-issued", 10, True),
 ]
 OPENBAO_KILLS = 10

@@ -31,7 +31,7 @@ from vaultk8s.hsm import (
     open_token,
     refresh_module,
 )
-from vaultk8s.hsm.devtoken import _init_token
+from vaultk8s.hsm.devtoken import init_token
 from vaultk8s.hsm.keys import cka_id
 
 DEFAULT_CA_NAMES = tuple(ca.name for ca in catalog.CAS)
@@ -234,7 +234,7 @@ def test_token_found_by_serial(dev_token):
 
 
 def test_duplicate_token_label_refused(dev_token):
-    _init_token(dev_token.conf_path, "vaultk8s", dev_token.pin, dev_token.so_pin)
+    init_token(dev_token.conf_path, "vaultk8s", dev_token.pin, dev_token.so_pin)
     with pytest.raises(HsmError, match="2 PKCS#11 tokens have label 'vaultk8s'; select"):
         with open_token(_settings()):
             pass

@@ -11,7 +11,7 @@ import hvac
 import pytest
 
 from vaultk8s.dev.container import RemoteServer
-from vaultk8s.dev.server import _server_environ, find_bao, render_config
+from vaultk8s.dev.server import server_environ, find_bao, render_config
 from vaultk8s.dev.tls import render_tls_material
 
 pytestmark = pytest.mark.integration
@@ -29,7 +29,7 @@ def foreign_server(tmp_path, free_port):
     (state / "bao.hcl").write_text(hcl)
     with open(tmp_path / "server.log", "wb") as log:
         proc = subprocess.Popen([find_bao(), "server", f"-config={state / 'bao.hcl'}"], stdout=log,
-                                stderr=subprocess.STDOUT, env=_server_environ())
+                                stderr=subprocess.STDOUT, env=server_environ())
     try:
         yield f"https://localhost:{port}", state / "ca.pem"
     finally:

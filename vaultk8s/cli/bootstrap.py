@@ -32,8 +32,7 @@ def bootstrap(
     with common.progress_bars(output is common.Output.text) as progress:
         report = run_bootstrap(cluster, out, gateway, now=common.now(), dry_run=dry_run,
                                force_renew=force_renew, workers=workers, progress=progress)
-    if output is common.Output.json:
-        common.print_json(report.to_dict())
+    if common.json_output(output, report):
         return
     common.echo_actions(report.actions, dry_run)
     for action in report.actions:

@@ -40,8 +40,7 @@ def rotate(
     cluster = common.load(config)
     report = ops.rotate(cluster, out, VaultGateway.from_env(), ca.value, CARotationPhase(phase.value), now=common.now(),
                         dry_run=dry_run, force=force)
-    if output is common.Output.json:
-        common.print_json(report.to_dict())
+    if common.json_output(output, report):
         return
     common.echo_actions(report.actions, dry_run)
     for note in report.notes:
@@ -63,8 +62,7 @@ def status(
     """Each CA's rotation state, its issuers, and how many leaves under --out each one signed."""
     cluster = common.load(config)
     result = ops.status(cluster, out, VaultGateway.from_env())
-    if output is common.Output.json:
-        common.print_json(result)
+    if common.json_output(output, result):
         return
     console = Console(width=200)
     for ca in result:

@@ -58,6 +58,15 @@ def print_json(data: Any) -> None:
     typer.echo(json.dumps(data, indent=2, sort_keys=False, default=str))
 
 
+def json_output(output: Output, result: Any) -> bool:
+    """With --output json, print result (its to_dict() when it has one) and return True: the
+    command prints nothing else."""
+    if output is not Output.json:
+        return False
+    print_json(result.to_dict() if hasattr(result, "to_dict") else result)
+    return True
+
+
 def echo_actions(actions: Iterable[Any], dry_run: bool) -> None:
     """One line per planned or applied action: `would: ...` on a dry run, `did: ...` otherwise."""
     verb = "would" if dry_run else "did"

@@ -4,21 +4,16 @@ from __future__ import annotations
 
 import json
 import shlex
-from enum import Enum
 from pathlib import Path
 
 import typer
 
 from vaultk8s import catalog
+from vaultk8s.cli.common import Output
 from vaultk8s.config import load_config
 from vaultk8s.errors import ConfigError
 
 app = typer.Typer(no_args_is_help=True)
-
-
-class Output(str, Enum):
-    text = "text"
-    json = "json"
 
 
 @app.command()

@@ -30,9 +30,12 @@ def credentials(
     cluster.node(node)  # an unknown node fails before any Vault call
     report = ops.write_credentials(cluster, node, out, VaultGateway.from_env(),
                                    wrap_ttl_seconds=wrap_seconds, token=token)
-    if output is common.Output.json:
-        common.print_json(report.to_dict())
-    else:
+    print_credentials(report, output)
+
+
+def print_credentials(report: ops.CredentialsReport, output: common.Output) -> None:
+    """The files written (as JSON with --output json); their contents never go to stdout."""
+    if not common.json_output(output, report):
         for path in report.files:
             typer.echo(f"wrote {path} (0600)")
 
@@ -48,8 +51,6 @@ def revoke(
     cluster = common.load(config)
     cluster.node(node)
     report = ops.revoke(cluster, node, VaultGateway.from_env(), tokens=not keep_tokens)
-    if output is common.Output.json:
-        common.print_json(report.to_dict())
-    else:
+    if not common.json_output(output, report):
         typer.echo(f"node {report.node}: {report.secret_ids_destroyed} secret_id(s) destroyed"
                    + (", identity deleted (its tokens no longer work)" if report.entity_deleted else ""))

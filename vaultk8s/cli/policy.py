@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 
 import typer
@@ -19,10 +18,7 @@ app = typer.Typer(no_args_is_help=True)
 DirOption = typer.Option(Path("policies"), "--dir", help="Directory of the reviewed policy files.", file_okay=False)
 
 
-class ReviewOutput(str, Enum):
-    text = "text"
-    json = "json"
-    markdown = "markdown"
+ReviewOutput = common.str_choices("ReviewOutput", ["text", "json", "markdown"])
 
 
 @app.command("render")
@@ -59,8 +55,7 @@ def diff(config: Path = common.ConfigOption, output: common.Output = common.Outp
 
 
 def _print_report(report: ops.PolicyReport, output: common.Output, verb: str) -> None:
-    if output is common.Output.json:
-        common.print_json(report.to_dict())
+    if common.json_output(output, report):
         return
     for text in report.diffs:
         typer.echo(text, nl=False)

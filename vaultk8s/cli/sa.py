@@ -37,11 +37,9 @@ def rotate(
     cluster = common.load(config)
     report = sa_ops.rotate(cluster, out, VaultGateway.from_env(), SARotationPhase(phase.value), now=common.now(),
                            force=force)
-    if output is common.Output.json:
-        common.print_json(report.to_dict())
+    if common.json_output(output, report):
         return
-    for action in report.actions:
-        typer.echo(f"did: {action}")
+    common.echo_actions(report.actions, dry_run=False)
     if not report.changed:
         typer.echo(f"{phase.value}: already done, key set unchanged (KV version {report.kv_version})")
 
@@ -54,8 +52,7 @@ def status(
     """The service-account keys in Vault: state, age, and when a previous key may be retired."""
     cluster = common.load(config)
     result = sa_ops.status(cluster, VaultGateway.from_env(), now=common.now())
-    if output is common.Output.json:
-        common.print_json(result.to_dict())
+    if common.json_output(output, result):
         return
     table = Table("KEY ID", "TYPE", "STATE", "SINCE", "AGE", "RETIRE AFTER", box=None)
     for k in result.keys:

@@ -12,6 +12,7 @@ from pathlib import Path
 import typer
 
 from vaultk8s.cli import common
+from vaultk8s.cli.node import print_credentials
 from vaultk8s.errors import ConfigError, VaultK8sError
 from vaultk8s.ops import node as ops
 from vaultk8s.vault.gateway import VaultGateway
@@ -98,8 +99,4 @@ def signer_credentials(
     wrap_seconds = int(common.duration_flag(wrap_ttl, "--wrap-ttl").total_seconds()) if wrap_ttl else None
     report = ops.write_signer_credentials(common.load(config), out, VaultGateway.from_env(),
                                           wrap_ttl_seconds=wrap_seconds)
-    if output is common.Output.json:
-        common.print_json(report.to_dict())
-    else:
-        for path in report.files:
-            typer.echo(f"wrote {path} (0600)")
+    print_credentials(report, output)

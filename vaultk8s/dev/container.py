@@ -15,9 +15,10 @@ from pathlib import Path
 
 from cryptography import x509
 
-from vaultk8s.dev.server import DevServer, _Node, _server_environ, _write_file, find_bao, render_config
+from vaultk8s.dev.server import DevServer, ServerNode, server_environ, find_bao, render_config
 from vaultk8s.dev.tls import render_tls_material
 from vaultk8s.errors import DevServerError
+from vaultk8s.store.atomic import public, replace_file, secret
 
 PORT = 8200
 _DNS_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*")
@@ -39,10 +40,10 @@ def prepare_container_server(state_dir: Path, hostname: str) -> list[str]:
         if not _has_tls_for(state_dir, hostname):
             tls = render_tls_material(dt.datetime.now(dt.timezone.utc), (hostname,))
             # The CA key is not kept: nothing else is ever signed with it.
-            _write_file(state_dir / "server.key", tls.server_key, 0o600)
-            _write_file(state_dir / "server.pem", tls.server_cert, 0o644)
-            _write_file(state_dir / "ca.pem", tls.ca_cert, 0o644)
-        _write_file(state_dir / "bao.hcl", render_container_config(state_dir, hostname).encode(), 0o600)
+            replace_file(state_dir / "server.key", secret(tls.server_key))
+            replace_file(state_dir / "server.pem", public(tls.server_cert))
+            replace_file(state_dir / "ca.pem", public(tls.ca_cert))
+        replace_file(state_dir / "bao.hcl", secret(render_container_config(state_dir, hostname).encode()))
     except OSError as err:
         raise DevServerError(f"cannot prepare {state_dir}: {err.strerror}") from None
     return [find_bao(), "server", f"-config={state_dir / 'bao.hcl'}"]
@@ -63,7 +64,7 @@ def _has_tls_for(state_dir: Path, hostname: str) -> bool:
 def exec_server(argv: list[str]) -> None:
     """Replace this process with the server (it gets the signals; no token variables reach it)."""
     try:
-        os.execve(argv[0], argv, _server_environ())
+        os.execve(argv[0], argv, server_environ())
     except OSError as err:
         raise DevServerError(f"cannot run {argv[0]}: {err.strerror}") from None
 
@@ -92,10 +93,10 @@ class RemoteServer(DevServer):
     def log_file(self) -> Path:
         return Path("its own log (docker compose logs openbao)")  # only named in error messages
 
-    def _nodes(self, port: int | None = None) -> list[_Node]:
-        return [_Node(1, self.state_dir, 0, remote_addr=self._addr, remote_log=self.log_file)]
+    def nodes(self, port: int | None = None) -> list[ServerNode]:
+        return [ServerNode(1, self.state_dir, 0, remote_addr=self._addr, remote_log=self.log_file)]
 
-    def _running_pid(self, node: _Node) -> int | None:
+    def running_pid(self, node: ServerNode) -> int | None:
         return -1  # never started here: waits are bounded by start_timeout alone
 
     def down(self) -> bool:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import fcntl
 import json
 import os
 import re
@@ -17,11 +16,10 @@ import shutil
 import signal
 import socket
 import subprocess
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, TypeVar
+from typing import Callable, TypeVar
 
 import hvac
 import hvac.exceptions
@@ -29,6 +27,7 @@ import requests
 
 from vaultk8s.dev.tls import render_tls_material
 from vaultk8s.errors import DevServerError
+from vaultk8s.store.atomic import locked, public, replace_file, secret
 
 DEFAULT_PORT = 8200
 HOST = "127.0.0.1"
@@ -88,7 +87,7 @@ class DevStatus:
 
 
 @dataclass(frozen=True)
-class _Node:
+class ServerNode:
     """One server of the dev cluster. Node 1 lives in the state dir itself (the 1-node layout);
     node k>1 in state_dir/node<k>, on ports PORT+2(k-1) and the next one."""
 
@@ -176,6 +175,8 @@ class DevServer:
     """A local OpenBao of 1 (default) or more raft nodes whose whole state lives in state_dir.
 
     All nodes share the listener TLS and the init material; VAULT_ADDR names node 1.
+    A subclass for servers started elsewhere (dev/container.py's RemoteServer) replaces `nodes`
+    and `running_pid`, with `addr`, `cacert`, `log_file` and `down`.
     """
 
     http_timeout = 5  # seconds per request to the server
@@ -213,7 +214,7 @@ class DevServer:
     @property
     def port(self) -> int:
         """The running server's port; else the requested one, else the last one used, else 8200."""
-        if self._running_pid(self._first) is not None:
+        if self.running_pid(self._first) is not None:
             return self._configured_port() or DEFAULT_PORT
         return self._requested_port or self._configured_port() or DEFAULT_PORT
 
@@ -222,8 +223,8 @@ class DevServer:
         return f"https://{HOST}:{self.port}"
 
     @property
-    def _first(self) -> _Node:
-        return _Node(1, self.state_dir, self._configured_port() or DEFAULT_PORT)
+    def _first(self) -> ServerNode:
+        return ServerNode(1, self.state_dir, self._configured_port() or DEFAULT_PORT)
 
     def _existing_count(self) -> int:
         """Nodes this state dir was set up with (0: never started)."""
@@ -234,10 +235,11 @@ class DevServer:
             count += 1
         return count
 
-    def _nodes(self, port: int | None = None) -> list[_Node]:
+    def nodes(self, port: int | None = None) -> list[ServerNode]:
+        """Every server of the cluster, node 1 first (port: node 1's, default the current one)."""
         count = self._requested_nodes or self._existing_count() or 1
         base = port or self.port
-        return [_Node(k, self.state_dir if k == 1 else self.state_dir / f"node{k}", base + 2 * (k - 1))
+        return [ServerNode(k, self.state_dir if k == 1 else self.state_dir / f"node{k}", base + 2 * (k - 1))
                 for k in range(1, count + 1)]
 
     # -- public API ----------------------------------------------------------------------------
@@ -247,9 +249,9 @@ class DevServer:
         self._prepare_state_dir()
         with self._lock():
             self._check_shape()
-            nodes = self._nodes(self._start_port())
+            nodes = self.nodes(self._start_port())
             for node in nodes:
-                if self._running_pid(node) is None:
+                if self.running_pid(node) is None:
                     self._start(node, nodes)
             client = self._client(nodes[0])
             health = self._poll("answer on " + nodes[0].addr, lambda: self._health(client), nodes[0])
@@ -263,14 +265,14 @@ class DevServer:
             return env
 
     def env(self) -> VaultEnv:
-        if self._running_pid(self._first) is None:
+        if self.running_pid(self._first) is None:
             raise DevServerError(f"no dev server is running in {self.state_dir}; start it with `vaultk8s dev up`")
         return self._env(self._read_init())
 
     def status(self) -> DevStatus:
         rows = []
-        for node in self._nodes():
-            pid = self._running_pid(node)
+        for node in self.nodes():
+            pid = self.running_pid(node)
             health = self._health(self._client(node)) if pid else None
             rows.append((node, pid, health))
         _, pid, health = rows[0]
@@ -290,8 +292,8 @@ class DevServer:
             return False
         stopped = False
         with self._lock():
-            for node in self._nodes():
-                pid = self._running_pid(node)
+            for node in self.nodes():
+                pid = self.running_pid(node)
                 if pid is not None:
                     self._progress(f"stopping OpenBao node {node.index} (pid {pid})")
                     self._stop(pid, node)
@@ -318,13 +320,13 @@ class DevServer:
                 "drop --nodes, or remove the state dir to start over"
             )
         configured = self._configured_port()
-        running = any(self._running_pid(n) is not None for n in self._nodes(configured))
+        running = any(self.running_pid(n) is not None for n in self.nodes(configured))
         if running and self._requested_port not in (None, configured):
             raise DevServerError(
                 f"the dev server in {self.state_dir} already runs on port {configured}; "
                 "run `vaultk8s dev down` first or drop --port"
             )
-        last = self._start_port() + 2 * len(self._nodes(self._start_port())) - 1
+        last = self._start_port() + 2 * len(self.nodes(self._start_port())) - 1
         if last > 65535:
             raise DevServerError(f"--port {self._start_port()} leaves no room for {last - 65535} more port(s); "
                                  "choose a lower one")
@@ -332,7 +334,7 @@ class DevServer:
     def _start_port(self) -> int:
         return self._requested_port or self._configured_port() or DEFAULT_PORT
 
-    def _start(self, node: _Node, nodes: list[_Node]) -> None:
+    def _start(self, node: ServerNode, nodes: list[ServerNode]) -> None:
         span = (nodes[0].port, nodes[-1].port + 1)
         _ensure_port_free(node.port, span)
         _ensure_port_free(node.port + 1, span)
@@ -341,7 +343,7 @@ class DevServer:
         (node.dir / "raft").mkdir(mode=0o700, exist_ok=True)
         peers = tuple(n.port for n in nodes if n is not node)
         hcl = render_config(node.dir, node.port, tls_dir=self.state_dir, node_id=node.node_id, peers=peers)
-        _write_file(node.hcl, hcl.encode(), 0o600)
+        replace_file(node.hcl, secret(hcl.encode()))
         bao = find_bao()
         self._progress(f"starting OpenBao on {node.addr} (log: {node.log_file})")
         log_fd = os.open(node.log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
@@ -352,7 +354,7 @@ class DevServer:
                 stdout=log_fd,
                 stderr=subprocess.STDOUT,
                 cwd=node.dir,
-                env=_server_environ(),
+                env=server_environ(),
                 start_new_session=True,  # survives the CLI's exit and the terminal's Ctrl-C
             )
         except OSError as err:
@@ -360,21 +362,21 @@ class DevServer:
         finally:
             os.close(log_fd)
         _CHILDREN[proc.pid] = proc
-        _write_file(node.pid_file, f"{proc.pid}\n".encode(), 0o600)
+        replace_file(node.pid_file, secret(f"{proc.pid}\n".encode()))
 
     def _ensure_tls(self) -> None:
         names = ("ca.pem", "ca.key", "server.pem", "server.key")
         if all(self._file(n).is_file() for n in names):
             return
         tls = render_tls_material(dt.datetime.now(dt.timezone.utc))
-        _write_file(self._file("ca.key"), tls.ca_key, 0o600)
-        _write_file(self._file("server.key"), tls.server_key, 0o600)
-        _write_file(self._file("server.pem"), tls.server_cert, 0o644)
-        _write_file(self._file("ca.pem"), tls.ca_cert, 0o644)
+        replace_file(self._file("ca.key"), secret(tls.ca_key))
+        replace_file(self._file("server.key"), secret(tls.server_key))
+        replace_file(self._file("server.pem"), public(tls.server_cert))
+        replace_file(self._file("ca.pem"), public(tls.ca_cert))
 
     # -- init, unseal, readiness ---------------------------------------------------------------
 
-    def _initialize(self, client: hvac.Client, node: _Node) -> None:
+    def _initialize(self, client: hvac.Client, node: ServerNode) -> None:
         init_file = self._file("init.json")
         if init_file.exists():
             raise DevServerError(
@@ -384,10 +386,10 @@ class DevServer:
         result = _call(node.addr, "initialise", lambda: client.sys.initialize(secret_shares=1, secret_threshold=1))
         material = {"unseal_keys_b64": result["keys_base64"], "root_token": result["root_token"]}
         # Written before anything else can fail: without it the store can never be unsealed again.
-        _write_file(init_file, (json.dumps(material, indent=2) + "\n").encode(), 0o600)
+        replace_file(init_file, secret((json.dumps(material, indent=2) + "\n").encode()))
         self._progress(f"initialised OpenBao; unseal key and root token saved in {init_file}")
 
-    def _unseal(self, node: _Node, keys: list[str]) -> None:
+    def _unseal(self, node: ServerNode, keys: list[str]) -> None:
         """A joining node answers "not initialised" until retry_join reached a leader, so poll."""
         client = self._client(node)
 
@@ -407,7 +409,7 @@ class DevServer:
 
         self._poll(f"unseal with the keys in {self._file('init.json')}", unsealed, node)
 
-    def _wait_ready(self, env: VaultEnv, nodes: list[_Node]) -> None:
+    def _wait_ready(self, env: VaultEnv, nodes: list[ServerNode]) -> None:
         """Raft elects a leader shortly after unseal; until then requests answer 5xx."""
         first = self._client(nodes[0], env.token)
 
@@ -457,7 +459,7 @@ class DevServer:
 
     # -- HTTP ----------------------------------------------------------------------------------
 
-    def _client(self, node: _Node, token: str = "") -> hvac.Client:
+    def _client(self, node: ServerNode, token: str = "") -> hvac.Client:
         session = requests.Session()
         session.trust_env = False  # no proxies or CA bundles from the environment for 127.0.0.1
         session.verify = str(self.cacert)  # hvac ignores its verify= when given a session
@@ -475,13 +477,13 @@ class DevServer:
             return None
         return result if isinstance(result, dict) else None
 
-    def _poll(self, what: str, check: Callable[[], _T], node: _Node) -> _T:
+    def _poll(self, what: str, check: Callable[[], _T], node: ServerNode) -> _T:
         deadline = time.monotonic() + self._start_timeout
         while True:
             result = check()
             if result:
                 return result
-            if self._running_pid(node) is None:
+            if self.running_pid(node) is None:
                 raise DevServerError(f"OpenBao exited before it could {what}; see {node.log_file}")
             if time.monotonic() >= deadline:
                 raise DevServerError(f"OpenBao did not {what} within {self._start_timeout:.0f}s; see {node.log_file}")
@@ -489,7 +491,7 @@ class DevServer:
 
     # -- process -------------------------------------------------------------------------------
 
-    def _running_pid(self, node: _Node) -> int | None:
+    def running_pid(self, node: ServerNode) -> int | None:
         """The pid in the node's bao.pid if that process is alive and is our server (pids get reused)."""
         try:
             pid = int(node.pid_file.read_text().strip())
@@ -514,7 +516,7 @@ class DevServer:
         match = re.search(r'address\s*=\s*"127\.0\.0\.1:(\d+)"', text)
         return int(match.group(1)) if match else None
 
-    def _stop(self, pid: int, node: _Node) -> None:
+    def _stop(self, pid: int, node: ServerNode) -> None:
         _signal(pid, signal.SIGTERM)
         if _wait_dead(pid, self._stop_timeout):
             return
@@ -523,15 +525,9 @@ class DevServer:
         if not _wait_dead(pid, 5.0):
             raise DevServerError(f"OpenBao (pid {pid}) survived SIGKILL; see {node.log_file}")
 
-    @contextlib.contextmanager
-    def _lock(self) -> Iterator[None]:
+    def _lock(self) -> contextlib.AbstractContextManager[None]:
         """Serialises up/down on one state dir, so two `up`s never start two servers."""
-        fd = os.open(self._file(".lock"), os.O_WRONLY | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
+        return locked(self._file(".lock"))
 
 
 # -- helpers -----------------------------------------------------------------------------------
@@ -561,7 +557,7 @@ def _ensure_port_free(port: int, span: tuple[int, int]) -> None:
             ) from None
 
 
-def _server_environ() -> dict[str, str]:
+def server_environ() -> dict[str, str]:
     # VAULT_*/BAO_* variables (tokens, VAULT_API_ADDR, log level) must not steer or leak into the server.
     return {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))}
 
@@ -608,18 +604,3 @@ def _wait_dead(pid: int, timeout: float) -> bool:
             return False
         time.sleep(_POLL_INTERVAL)
     return True
-
-
-def _write_file(path: Path, data: bytes, mode: int) -> None:
-    """Atomic replace: readers see the old file or the new one, and the mode is set before the name."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

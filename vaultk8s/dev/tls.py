@@ -8,9 +8,11 @@ import ipaddress
 from dataclasses import dataclass
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from vaultk8s.crypto import cert_pem, certificate_builder, key_pem, key_usage
 
 CA_LIFETIME = dt.timedelta(days=3650)
 SERVER_LIFETIME = dt.timedelta(days=825)
@@ -32,10 +34,10 @@ def render_tls_material(now: dt.datetime, hostnames: tuple[str, ...] = ()) -> Tl
     server_key = ec.generate_private_key(ec.SECP256R1())
     server_cert = _server_cert(server_key, ca_cert, ca_key, now, hostnames)
     return TlsMaterial(
-        ca_cert=ca_cert.public_bytes(serialization.Encoding.PEM),
-        ca_key=_key_pem(ca_key),
-        server_cert=server_cert.public_bytes(serialization.Encoding.PEM),
-        server_key=_key_pem(server_key),
+        ca_cert=cert_pem(ca_cert),
+        ca_key=key_pem(ca_key),
+        server_cert=cert_pem(server_cert),
+        server_key=key_pem(server_key),
     )
 
 
@@ -43,9 +45,9 @@ def _ca_cert(key: ec.EllipticCurvePrivateKey, now: dt.datetime) -> x509.Certific
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "vaultk8s dev CA")])
     ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
     return (
-        _builder(name, name, key.public_key(), now, CA_LIFETIME)
+        certificate_builder(name, name, key.public_key(), now, now + CA_LIFETIME)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(_key_usage(cert_sign=True), critical=True)
+        .add_extension(key_usage(digital_signature=True, cert_sign=True), critical=True)
         .add_extension(ski, critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False)
         .sign(key, hashes.SHA256())
@@ -61,45 +63,12 @@ def _server_cert(
     sans = x509.SubjectAlternativeName([*dns, x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
     ca_ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
     return (
-        _builder(name, ca_cert.subject, key.public_key(), now, SERVER_LIFETIME)
+        certificate_builder(name, ca_cert.subject, key.public_key(), now, now + SERVER_LIFETIME)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(_key_usage(cert_sign=False), critical=True)
+        .add_extension(key_usage(digital_signature=True, cert_sign=False), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(sans, critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False)
         .sign(ca_key, hashes.SHA256())
-    )
-
-
-def _builder(subject, issuer, public_key, now: dt.datetime, lifetime: dt.timedelta) -> x509.CertificateBuilder:
-    # Backdate a little so a skewed clock does not make a fresh cert "not yet valid".
-    return (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(issuer)
-        .public_key(public_key)
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + lifetime)
-    )
-
-
-def _key_usage(cert_sign: bool) -> x509.KeyUsage:
-    return x509.KeyUsage(
-        digital_signature=True,
-        content_commitment=False,
-        key_encipherment=False,
-        data_encipherment=False,
-        key_agreement=False,
-        key_cert_sign=cert_sign,
-        crl_sign=cert_sign,
-        encipher_only=False,
-        decipher_only=False,
-    )
-
-
-def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vaultk8s.errors import HsmError
+from vaultk8s.store.atomic import replace_file, secret
 
 SOFTHSM_MODULE = Path("/usr/lib/softhsm/libsofthsm2.so")
 
@@ -35,8 +36,8 @@ def init_dev_token(state_dir: Path, label: str = "vaultk8s") -> DevToken:
     tokens.mkdir(mode=0o700, parents=True, exist_ok=True)
     conf = base / "softhsm2.conf"
     if not conf.exists():
-        _write_private(conf, f"directories.tokendir = {tokens.resolve()}\n"
-                             "objectstore.backend = file\nlog.level = ERROR\n")
+        text = f"directories.tokendir = {tokens.resolve()}\nobjectstore.backend = file\nlog.level = ERROR\n"
+        replace_file(conf, secret(text.encode()))
     pin_file, so_pin_file = base / "user-pin", base / "so-pin"
     if label in _token_labels(conf):
         if not (pin_file.exists() and so_pin_file.exists()):
@@ -45,9 +46,9 @@ def init_dev_token(state_dir: Path, label: str = "vaultk8s") -> DevToken:
         return DevToken(conf, label, pin_file, _read(pin_file), _read(so_pin_file))
     pin, so_pin = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
     # PINs are saved before the token exists, so a token is never left without its PIN.
-    _write_private(pin_file, pin + "\n")
-    _write_private(so_pin_file, so_pin + "\n")
-    _init_token(conf, label, pin, so_pin)
+    replace_file(pin_file, secret(f"{pin}\n".encode()))
+    replace_file(so_pin_file, secret(f"{so_pin}\n".encode()))
+    init_token(conf, label, pin, so_pin)
     return DevToken(conf, label, pin_file, pin, so_pin)
 
 
@@ -67,7 +68,7 @@ def _token_labels(conf: Path) -> set[str]:
             if line.strip().startswith("Label:")}
 
 
-def _init_token(conf: Path, label: str, pin: str, so_pin: str) -> None:
+def init_token(conf: Path, label: str, pin: str, so_pin: str) -> None:
     """Run `softhsm2-util --init-token` with the PINs typed into a pseudo-terminal.
 
     softhsm2-util takes PINs either in argv (visible in ps and /proc) or from a terminal (it
@@ -93,16 +94,6 @@ def _init_token(conf: Path, label: str, pin: str, so_pin: str) -> None:
             os.close(slave)
     if proc.returncode != 0:
         raise HsmError(f"softhsm2-util --init-token failed: {(err or out).strip()[-200:]}")
-
-
-def _write_private(path: Path, text: str) -> None:
-    """Write a 0600 file via a temporary name, so a crash never leaves a half-written file."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    os.fchmod(fd, 0o600)  # a leftover tmp file may have had a looser mode
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
 
 
 def _read(path: Path) -> str:

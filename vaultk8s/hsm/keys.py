@@ -132,8 +132,15 @@ def _token_sign(private: pkcs11.PrivateKey, data: bytes, mechanism: Mechanism) -
         drain_openssl_errors()
 
 
-class _NotExportable:
-    """Shared refusals: a token key has no private numbers or bytes to give."""
+class _TokenKey:
+    """What both token key classes share: the public half kept here, and refusals, since a token
+    key has no private numbers or bytes to give."""
+
+    def __init__(self, private, public_key, spec: KeySpec):
+        self._private, self._public, self._spec = private, public_key, spec
+
+    def public_key(self):
+        return self._public
 
     def private_numbers(self):
         raise HsmError("the private key lives in the HSM and cannot be exported")
@@ -148,10 +155,7 @@ class _NotExportable:
         return self
 
 
-class _TokenEcKey(_NotExportable, ec.EllipticCurvePrivateKey):
-    def __init__(self, private, public_key, spec: KeySpec):
-        self._private, self._public, self._spec = private, public_key, spec
-
+class _TokenEcKey(_TokenKey, ec.EllipticCurvePrivateKey):
     @property
     def curve(self):
         return self._public.curve
@@ -159,9 +163,6 @@ class _TokenEcKey(_NotExportable, ec.EllipticCurvePrivateKey):
     @property
     def key_size(self) -> int:
         return self._public.curve.key_size
-
-    def public_key(self):
-        return self._public
 
     def exchange(self, algorithm, peer_public_key):
         raise HsmError("the HSM root key is for signing only")
@@ -180,16 +181,10 @@ class _TokenEcKey(_NotExportable, ec.EllipticCurvePrivateKey):
                                     int.from_bytes(raw[half:], "big"))
 
 
-class _TokenRsaKey(_NotExportable, rsa.RSAPrivateKey):
-    def __init__(self, private, public_key, spec: KeySpec):
-        self._private, self._public, self._spec = private, public_key, spec
-
+class _TokenRsaKey(_TokenKey, rsa.RSAPrivateKey):
     @property
     def key_size(self) -> int:
         return self._public.key_size
-
-    def public_key(self):
-        return self._public
 
     def decrypt(self, ciphertext, padding):
         raise HsmError("the HSM root key is for signing only")

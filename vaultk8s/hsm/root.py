@@ -19,6 +19,7 @@ from pkcs11 import Attribute, CertificateType, KeyType, ObjectClass
 from pkcs11 import exceptions as p11e
 from pkcs11.util.ec import encode_named_curve_parameters
 
+from vaultk8s.crypto import certificate_builder, key_usage
 from vaultk8s.errors import HsmError
 from vaultk8s.hsm.keys import (
     KEY_SPECS,
@@ -32,10 +33,6 @@ from vaultk8s.hsm.keys import (
     token_signer,
 )
 from vaultk8s.hsm.openssl import drain_openssl_errors
-
-# Backdate notBefore so verifiers with a slightly slow clock accept a fresh certificate.
-NOT_BEFORE_SKEW = timedelta(minutes=5)
-
 
 @dataclass(frozen=True)
 class RootKeyStatus:
@@ -129,42 +126,24 @@ class HsmRootAuthority:
             raise HsmError(f"{ca_name}: the intermediate CSR's signature does not verify")
         if not list(csr.subject):
             raise HsmError(f"{ca_name}: the intermediate CSR has an empty subject")
-        root = self._find(ca_name)
-        if root.private is None or root.cert is None:
-            raise HsmError(f"{ca_name}: no root key and certificate in the token; "
-                           "create the root first (ensure_root)")
-        self._check_key_type(ca_name, root.private)
-        self._check_cert_matches(ca_name, root)
+        root = self._signing_root(ca_name, "; create the root first (ensure_root)")
         check_mechanisms(self._session.token, self._spec)
         not_after = min(now + ttl, root.cert.not_valid_after_utc)
         if not_after <= now:
             raise HsmError(f"{ca_name}: the root certificate expired at "
                            f"{root.cert.not_valid_after_utc.isoformat()}")
-        builder = _ca_builder(csr.subject, root.cert.subject, csr.public_key(), now, not_after,
-                              path_length=0)
-        root_ski = root.cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
-        builder = builder.add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(root_ski.value),
-            critical=False)
-        return self._sign(builder, root, issuer=root.cert)
+        return self._sign_under(root, _ca_builder(csr.subject, root.cert.subject, csr.public_key(), now, not_after,
+                                                  path_length=0))
 
     @_drains
     def cross_sign(self, ca_name: str, other_root: x509.Certificate, now: datetime) -> x509.Certificate:
         """other_root's subject and key, signed by this CA's root (CA rotation): a client that trusts
         only this root accepts what other_root's key signs."""
         _require_aware(now)
-        root = self._find(ca_name)
-        if root.private is None or root.cert is None:
-            raise HsmError(f"{ca_name}: no root key and certificate in the token to cross-sign with")
-        self._check_key_type(ca_name, root.private)
-        self._check_cert_matches(ca_name, root)
+        root = self._signing_root(ca_name, " to cross-sign with")
         not_after = min(other_root.not_valid_after_utc, root.cert.not_valid_after_utc)
-        builder = _ca_builder(other_root.subject, root.cert.subject, other_root.public_key(), now, not_after,
-                              path_length=1)
-        root_ski = root.cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
-        builder = builder.add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(root_ski.value), critical=False)
-        return self._sign(builder, root, issuer=root.cert)
+        return self._sign_under(root, _ca_builder(other_root.subject, root.cert.subject, other_root.public_key(), now,
+                                                  not_after, path_length=1))
 
     @_drains
     def status(self, ca_names: tuple[str, ...]) -> list[RootKeyStatus]:
@@ -186,6 +165,15 @@ class HsmRootAuthority:
             raise HsmError(f"{ca_name}: the certificate object in the token is not valid DER") \
                 from None
         return _Root(private, public, cert)
+
+    def _signing_root(self, ca_name: str, without: str) -> _Root:
+        """The CA's root, checked before it signs anything; `without` ends the refusal when it is missing."""
+        root = self._find(ca_name)
+        if root.private is None or root.cert is None:
+            raise HsmError(f"{ca_name}: no root key and certificate in the token{without}")
+        self._check_key_type(ca_name, root.private)
+        self._check_cert_matches(ca_name, root)
+        return root
 
     def _check_key_type(self, ca_name: str, private: pkcs11.PrivateKey) -> None:
         found = _token_key_type(private)
@@ -247,6 +235,13 @@ class HsmRootAuthority:
                            "the token or its key is faulty") from None
         return cert
 
+    def _sign_under(self, root: _Root, builder: x509.CertificateBuilder) -> x509.Certificate:
+        """builder's certificate, its AKI the root's key identifier, signed by the root."""
+        root_ski = root.cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
+        builder = builder.add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(root_ski.value), critical=False)
+        return self._sign(builder, root, issuer=root.cert)
+
     def _store_cert(self, ca_name: str, cert: x509.Certificate) -> None:
         try:
             self._session.create_object({
@@ -268,19 +263,9 @@ class HsmRootAuthority:
 
 def _ca_builder(subject: x509.Name, issuer: x509.Name, public_key, now: datetime,
                 not_after: datetime, path_length: int) -> x509.CertificateBuilder:
-    usage = x509.KeyUsage(digital_signature=False, content_commitment=False,
-                          key_encipherment=False, data_encipherment=False, key_agreement=False,
-                          key_cert_sign=True, crl_sign=True, encipher_only=False,
-                          decipher_only=False)
-    return (x509.CertificateBuilder()
-            .subject_name(subject)
-            .issuer_name(issuer)
-            .public_key(public_key)
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - NOT_BEFORE_SKEW)
-            .not_valid_after(not_after)
+    return (certificate_builder(subject, issuer, public_key, now, not_after)
             .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
-            .add_extension(usage, critical=True)
+            .add_extension(key_usage(digital_signature=False, cert_sign=True), critical=True)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False))
 
 

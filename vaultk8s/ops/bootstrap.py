@@ -1,13 +1,10 @@
 """`vaultk8s bootstrap`: plan CA mounts, roles and leaves against what exists, then apply.
 
-Order: validate and probe (no writes) -> CAs -> service-account key (KV) -> plan roles (every role
-read and compared, concurrently with checking every file on disk) -> role writes and signs in one
-queue, each leaf signed as soon as its own role is written, in memory -> each node's pki/ swapped
-atomically (sa.key/sa.pub included) -> kubeconfigs. Re-running converges and changes nothing.
-
-HSM mode (config.hsm set): the token is opened once for the CA phase, before any Vault write, so a
-wrong PIN or a missing token fails with Vault untouched; roots stay in the token, each mount gets
-an intermediate the token's root signed (docs/hsm.md).
+Order: validate and probe (no writes) -> CAs (ops/cas.py; HSM mode: ops/hsm_ca.py) ->
+service-account key (KV) -> plan roles (every role read, concurrently with checking every file on
+disk; plan/role_diff.py decides) -> role writes and signs in one queue, each leaf signed as soon as
+its own role is written, in memory -> each node's pki/ swapped atomically (sa.key/sa.pub included)
+-> kubeconfigs -> rbac.yaml (plan/rbac.py). Re-running converges and changes nothing.
 """
 
 from __future__ import annotations
@@ -23,25 +20,23 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-import yaml
-from cryptography import x509
-
-from vaultk8s import catalog, crypto
+from vaultk8s import crypto
+from vaultk8s.catalog import RBAC_FILE
 from vaultk8s.crashpoint import crash_point
 from vaultk8s.config import ClusterConfig
-from vaultk8s.errors import HsmError, VaultError, VaultK8sError
+from vaultk8s.errors import VaultK8sError
 from vaultk8s.ops import sa as sa_ops
+from vaultk8s.ops.cas import ensure_cas
 from vaultk8s.ops.kubeconfigs import ensure_node_kubeconfigs
-from vaultk8s.ops.leaves import (CAState, IssuedLeaf, ca_bundle_changes, issue_leaf, key_and_csr_args, leaf_changes,
-                                 observe_leaf, read_ca_state)
-from vaultk8s.plan.actions import Action
-from vaultk8s.plan.ca_rotation import generation_of, token_root_name
-from vaultk8s.plan.cas import AUTO_TIDY, ObservedCA, intermediate_params, mount_ttl_seconds, plan_ca, root_params, url_params
+from vaultk8s.ops.leaves import CAState, IssuedLeaf, ca_bundle_changes, issue_leaf, key_and_csr_args, leaf_changes, observe_leaf
+from vaultk8s.plan.actions import Action, ActionReport
 from vaultk8s.plan.leaves import reissue_reason
+from vaultk8s.plan.rbac import render_rbac
 from vaultk8s.plan.resolve import ResolvedCert, resolve_all
-from vaultk8s.plan.roles import ResolvedRole, resolve_roles, role_drift
+from vaultk8s.plan.role_diff import role_actions
+from vaultk8s.plan.roles import ResolvedRole, resolve_roles
 from vaultk8s.store.atomic import FileContent, check_writable, public, write_file
-from vaultk8s.store.layout import RBAC_FILE, NodeOutput
+from vaultk8s.store.layout import NodeOutput
 from vaultk8s.vault.gateway import VaultGateway
 
 Progress = Callable[[str, int], Callable[[], None]]  # (phase, total) -> advance()
@@ -56,7 +51,7 @@ FILE_WORKERS = 4
 
 
 @dataclass
-class BootstrapReport:
+class BootstrapReport(ActionReport):
     dry_run: bool
     actions: list[Action] = field(default_factory=list)
     kept: int = 0
@@ -71,10 +66,6 @@ class BootstrapReport:
             yield
         finally:
             self.phase_seconds[name] = round(time.monotonic() - started, 3)
-
-    @property
-    def changed(self) -> bool:
-        return bool(self.actions)
 
     def to_dict(self) -> dict:
         return {
@@ -99,7 +90,8 @@ def bootstrap(config: ClusterConfig, out: Path, gateway: VaultGateway, *, now: d
         check_writable(Path(out))
     crash_point("checked")
     with report.phase("cas"):
-        cas = _ensure_cas(config, gateway, report, dry_run, now)
+        cas, ca_actions = ensure_cas(config, gateway, now=now, dry_run=dry_run)
+        report.actions.extend(ca_actions)
         crash_point("cas")
         sa_keys, sa_actions = sa_ops.ensure_key_set(config, gateway, now=now, dry_run=dry_run)
         crash_point("sa")
@@ -110,9 +102,9 @@ def bootstrap(config: ClusterConfig, out: Path, gateway: VaultGateway, *, now: d
         # the order roles-then-leaves.
         with report.phase("plan"):
             roles = resolve_roles(certs)
-            role_actions = _start_role_plan(roles, gateway, report, pool, progress)
+            role_plan = _start_role_plan(roles, gateway, report, pool, progress)
             leaf_actions, todo = _plan_leaves(certs, out, cas, now, force_renew, report)
-            report.actions.extend(role_actions())
+            report.actions.extend(role_plan())
             report.actions.extend(leaf_actions)
         crash_point("roles")
         if not dry_run:
@@ -134,181 +126,24 @@ def bootstrap(config: ClusterConfig, out: Path, gateway: VaultGateway, *, now: d
     return report
 
 
-# --- CAs ----------------------------------------------------------------------------------------
-
-def _observe_ca(mount: str, gateway: VaultGateway, hsm_root_sha256: str | None = None) -> ObservedCA:
-    kind = gateway.mount_type(mount)
-    if kind != "pki":
-        return ObservedCA(mount_type=kind)
-    ca_pem = gateway.read_ca_pem(mount)
-    chain = tuple(gateway.read_ca_chain_pem(mount)) if ca_pem else ()
-    return ObservedCA(kind, ca_pem, gateway.mount_max_ttl(mount), gateway.read_urls(mount), chain, hsm_root_sha256,
-                      gateway.read_auto_tidy(mount))
-
-
-def _ensure_cas(config: ClusterConfig, gateway: VaultGateway, report: BootstrapReport, dry_run: bool,
-                now: datetime) -> dict[str, CAState]:
-    """Plan all three CAs first, so a refusal for one leaves the others untouched too."""
-    with _root_authority(config) as authority:
-        roots = _probe_roots(authority, {ca.name: _token_root_name(config, gateway, ca) for ca in catalog.CAS})
-        plans = []
-        for ca in catalog.CAS:
-            observed = _observe_ca(config.mount(ca.name), gateway, roots.get(ca.name))
-            plans.append((ca, plan_ca(ca, config, observed, gateway.addr)))
-        for _, actions in plans:
-            report.actions.extend(actions)
-        if not dry_run:
-            # Roots are made in the token before any Vault write: a token that cannot (mechanism,
-            # key without cert) fails with every mount as it was.
-            signer = _HsmSigner(authority, config, now) if authority else None
-            for ca, actions in plans:
-                if signer and any(a.kind == "hsm-intermediate" for a in actions):
-                    signer.ensure_root(ca)
-            for ca, actions in plans:
-                for action in actions:
-                    _apply_ca_action(action, ca, config, gateway, signer)
-                    crash_point("ca-action")
-    return {ca.name: read_ca_state(gateway, config.mount(ca.name)) for ca in catalog.CAS}
-
-
-@contextlib.contextmanager
-def _root_authority(config: ClusterConfig) -> Iterator[Any]:
-    """One logged-in token session for the CA phase, or None without an hsm: block."""
-    if config.hsm is None:
-        yield None
-        return
-    from vaultk8s.hsm import HsmRootAuthority, open_token  # pkcs11 only when HSM mode is on
-
-    with open_token(config.hsm) as session:
-        yield HsmRootAuthority(session, config.hsm.key_type, scope=config.hsm_scope)
-
-
-def _token_root_name(config: ClusterConfig, gateway: VaultGateway, ca: catalog.CASpec) -> str:
-    """The token root of the mount's current generation (after a CA rotation: `<ca>-g<N>`)."""
-    mount = config.mount(ca.name)
-    if config.hsm is None or gateway.mount_type(mount) != "pki":
-        return ca.name
-    current = gateway.read_issuer(mount, "default") or {}
-    return token_root_name(ca.name, generation_of(current.get("issuer_name") or ""))
-
-
-def _probe_roots(authority: Any, token_names: dict[str, str]) -> dict[str, str]:
-    """The token's root fingerprints per CA, read-only; half-present roots are refused here so
-    even --dry-run reports them."""
-    if authority is None:
-        return {}
-    found = {}
-    by_token_name = {token: ca for ca, token in token_names.items()}
-    for entry in authority.status(tuple(token_names.values())):
-        if entry.key_found and not entry.cert_found:
-            raise HsmError(f"{entry.ca_name}: the token holds the root key but no root certificate; restore "
-                           "the certificate (a new one would be a new root nothing trusts yet)")
-        if entry.cert_found and not entry.key_found:
-            raise HsmError(f"{entry.ca_name}: the token holds a root certificate but not its private key; "
-                           "restore the key from the HSM backup")
-        if entry.cert_found:
-            found[by_token_name[entry.ca_name]] = entry.sha256_fingerprint.replace(":", "")
-    return found
-
-
-class _HsmSigner:
-    """Roots in the token and intermediates they sign, for one bootstrap run."""
-
-    def __init__(self, authority: Any, config: ClusterConfig, now: datetime):
-        self._authority, self._config, self._now = authority, config, now
-        self._roots: dict[str, x509.Certificate] = {}
-
-    def ensure_root(self, ca: catalog.CASpec) -> x509.Certificate:
-        if ca.name not in self._roots:
-            self._roots[ca.name] = self._authority.ensure_root(ca.name, ca.common_name, self._config.ca_ttl, self._now)
-        return self._roots[ca.name]
-
-    def sign(self, ca: catalog.CASpec, csr_pem: str) -> tuple[x509.Certificate, x509.Certificate]:
-        """(intermediate, root) for a CSR made in the mount."""
-        csr = x509.load_pem_x509_csr(csr_pem.encode())
-        intermediate = self._authority.sign_intermediate(ca.name, csr, self._config.ca_ttl, self._now)
-        return intermediate, self.ensure_root(ca)
-
-
-def _apply_ca_action(action: Action, ca: catalog.CASpec, config: ClusterConfig, gateway: VaultGateway,
-                     signer: _HsmSigner | None = None) -> None:
-    mount = action.target
-    if action.kind == "enable-mount":
-        gateway.enable_pki(mount, mount_ttl_seconds(config), f"vaultk8s {config.name}: {ca.description}")
-    elif action.kind == "tune-mount":
-        gateway.tune_max_ttl(mount, mount_ttl_seconds(config))
-    elif action.kind == "generate-root":
-        gateway.generate_root(mount, root_params(ca, config))
-    elif action.kind == "hsm-intermediate":
-        install_hsm_intermediate(ca, config, gateway, signer)
-    elif action.kind == "configure-urls":
-        gateway.write_urls(mount, url_params(mount, gateway.addr))
-    elif action.kind == "configure-tidy":
-        gateway.write_auto_tidy(mount, AUTO_TIDY)
-
-
-def install_hsm_intermediate(ca: catalog.CASpec, config: ClusterConfig, gateway: VaultGateway,
-                             signer: _HsmSigner) -> None:
-    """CSR in the mount -> signed by the token's root -> installed with the root as chain.
-
-    Any failure after the CSR removes what this call created (issuers, then the key), so no mount
-    is left holding a key without a certificate.
-    """
-    mount = config.mount(ca.name)
-    csr_pem, key_id = gateway.generate_intermediate_csr(mount, intermediate_params(ca, config))
-    imported: dict[str, str] = {}
-    try:
-        intermediate, root = signer.sign(ca, csr_pem)
-        imported = gateway.set_signed_intermediate(mount, (crypto.cert_pem(intermediate) + crypto.cert_pem(root)).decode())
-        # Explicit, not left to import order: the keyless root must never be the default issuer.
-        default = [issuer for issuer, key in imported.items() if key == key_id]
-        if len(default) != 1:
-            raise VaultError(f"{mount}: set-signed did not import exactly one issuer for the new key")
-        gateway.set_default_issuer(mount, default[0])
-    except BaseException:
-        _remove_partial(gateway, mount, imported, key_id)
-        raise
-
-
-def _remove_partial(gateway: VaultGateway, mount: str, imported: dict[str, str], key_id: str) -> None:
-    with contextlib.suppress(VaultError):  # the original error is the one to report
-        for issuer in imported:
-            gateway.delete_issuer(mount, issuer)
-        gateway.delete_key(mount, key_id)
-
-
 # --- roles --------------------------------------------------------------------------------------
 
 def _start_role_plan(roles: tuple[ResolvedRole, ...], gateway: VaultGateway, report: BootstrapReport,
                      pool: ThreadPoolExecutor, progress: Progress) -> Callable[[], list[Action]]:
-    """delete-role for roles nothing wants, write-role for each missing or drifted one: every role
-    is read and compared. The reads are queued now; the returned call collects the actions."""
-    actions = []
-    wanted = {(r.mount, r.name) for r in roles}
-    for mount in {r.mount for r in roles}:
-        if gateway.mount_type(mount) != "pki":
-            continue
-        for name in gateway.list_roles(mount):
-            if (mount, name) not in wanted:
-                # A removed node's role would still let its old credential obtain certificates.
-                actions.append(Action("delete-role", f"{mount}/roles/{name}", "not in the catalog/cluster file"))
+    """Every role is read in the pool, queued now; the returned call waits for the reads and returns
+    plan/role_diff.py's actions. A role in a mount this run enables is not read: it cannot exist."""
+    listed = {mount: gateway.list_roles(mount) for mount in dict.fromkeys(r.mount for r in roles)
+              if gateway.mount_type(mount) == "pki"}
+    new_mounts = {a.target for a in report.actions if a.kind == "enable-mount"}
     advance = progress("roles", len(roles))
 
-    def observe(role: ResolvedRole) -> Action | None:
-        existing = gateway.read_role(role.mount, role.name) if _mount_exists(role.mount, report) else None
-        drift = role_drift(role.params, existing)
+    def read(role: ResolvedRole) -> dict[str, Any] | None:
+        existing = None if role.mount in new_mounts else gateway.read_role(role.mount, role.name)
         advance()
-        if not drift:
-            return None
-        reason = "new role" if existing is None else "differs in " + ", ".join(drift)
-        return Action("write-role", f"{role.mount}/roles/{role.name}", reason)
+        return existing
 
-    observed = pool.map(observe, roles)  # submits every read at once
-    return lambda: actions + [a for a in observed if a]
-
-
-def _mount_exists(mount: str, report: BootstrapReport) -> bool:
-    return not any(a.kind == "enable-mount" and a.target == mount for a in report.actions)
+    reads = pool.map(read, roles)  # submits every read at once
+    return lambda: role_actions(roles, listed, dict(zip([(r.mount, r.name) for r in roles], reads)))
 
 
 def _write_role(gateway: VaultGateway, role: ResolvedRole) -> None:
@@ -444,20 +279,6 @@ def _ensure_kubeconfigs(config: ClusterConfig, out: Path, dry_run: bool, pool: T
     """Per node in the pool; actions in node order, as ensure_kubeconfigs reports them."""
     per_node = pool.map(lambda node: ensure_node_kubeconfigs(node, config, out, dry_run=dry_run), config.nodes)
     return [a for actions in per_node for a in actions]
-
-
-def render_rbac() -> bytes:
-    docs = [
-        {
-            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-            "metadata": {"name": b.name},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": b.cluster_role},
-            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": b.subject_kind, "name": b.subject_name}],
-        }
-        for b in catalog.CLUSTER_ROLE_BINDINGS
-    ]
-    header = "# ClusterRoleBindings the catalog's identities rely on; apply with admin.conf.\n"
-    return (header + yaml.safe_dump_all(docs, sort_keys=False)).encode()
 
 
 def _write_rbac(out: Path) -> None:

@@ -18,16 +18,19 @@ from typing import Any
 from cryptography import x509
 
 from vaultk8s import catalog, crypto
+from vaultk8s.catalog import PKI_DIR
 from vaultk8s.config import ClusterConfig
 from vaultk8s.errors import PlanRefused
+from vaultk8s.ops.bootstrap import bootstrap
+from vaultk8s.ops.hsm_ca import root_authority
 from vaultk8s.ops.kubeconfigs import ensure_kubeconfigs
 from vaultk8s.ops.leaves import observe_leaf, read_ca_state
 from vaultk8s.plan import ca_rotation as plan
-from vaultk8s.plan.actions import Action
+from vaultk8s.plan.actions import Action, ActionReport
 from vaultk8s.plan.cas import intermediate_params, root_params
 from vaultk8s.plan.resolve import resolve_all
 from vaultk8s.store.atomic import check_writable, public
-from vaultk8s.store.layout import PKI_DIR, NodeOutput
+from vaultk8s.store.layout import NodeOutput
 from vaultk8s.vault.gateway import VaultGateway
 
 # The keys kube-apiserver publishes each CA's bundle under, and only ever adds to.
@@ -35,7 +38,7 @@ CONFIGMAP_KEYS = {"kubernetes-ca": "client-ca-file", "front-proxy-ca": "requesth
 
 
 @dataclass
-class RotationReport:
+class RotationReport(ActionReport):
     ca: str
     phase: str
     dry_run: bool
@@ -44,10 +47,6 @@ class RotationReport:
     actions: list[Action] = field(default_factory=list)
     stranded: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-
-    @property
-    def changed(self) -> bool:
-        return bool(self.actions)
 
     def to_dict(self) -> dict[str, Any]:
         return {"ca": self.ca, "phase": self.phase, "dry_run": self.dry_run, "changed": self.changed,
@@ -104,15 +103,7 @@ def _check_inputs(config: ClusterConfig, out: Path, gateway: VaultGateway, ca: c
     return mount
 
 
-def root_authority(config: ClusterConfig):
-    from vaultk8s.ops.bootstrap import _root_authority  # one way to open the token, bootstrap's
-
-    return _root_authority(config)
-
-
 def _bootstrap(config: ClusterConfig, out: Path, gateway: VaultGateway, now: datetime, dry_run: bool) -> list[Action]:
-    from vaultk8s.ops.bootstrap import bootstrap  # bootstrap imports much; only switch needs it
-
     return bootstrap(config, out, gateway, now=now, dry_run=dry_run).actions
 
 

@@ -7,10 +7,11 @@ from datetime import datetime
 from pathlib import Path
 
 from vaultk8s import catalog, crypto
+from vaultk8s.catalog import PKI_DIR
 from vaultk8s.plan.leaves import renewal_time
 from vaultk8s.errors import StoreError
 from vaultk8s.store.atomic import DATA_LINK
-from vaultk8s.store.layout import PKI_DIR, NodeOutput, node_dirs
+from vaultk8s.store.layout import NodeOutput, node_dirs
 
 
 @dataclass(frozen=True)

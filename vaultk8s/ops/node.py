@@ -44,11 +44,9 @@ def write_credentials(config: ClusterConfig, node_name: str, out: Path, gateway:
     if gateway.read_entity(naming.entity_name(config, node.name)) is None:
         raise PlanRefused(f"node {node.name} has no identity in Vault (new, or revoked): "
                           "an admin runs `vaultk8s policy apply` first")
-    role_id = gateway.role_id(am, role)
-    if role_id is None:
-        raise PlanRefused(f"no AppRole role for node {node.name}: run `vaultk8s policy apply` first")
     report = CredentialsReport(node.name)
-    _write_login(out, gateway, am, role, role_id, wrap_ttl_seconds, report)
+    _write_login(out, gateway, am, role, wrap_ttl_seconds, report,
+                 f"no AppRole role for node {node.name}: run `vaultk8s policy apply` first")
     if token:
         params = machine_auth.token_create_params(config, node)
         made = gateway.create_token(naming.entity_name(config, node.name), params)
@@ -63,28 +61,26 @@ def write_signer_credentials(config: ClusterConfig, out: Path, gateway: VaultGat
     check_writable(out)
     gateway.check_ready()
     am, role = naming.approle_mount(config), naming.CSR_SIGNER_APPROLE_ROLE
-    role_id = gateway.role_id(am, role)
-    if role_id is None:
-        raise PlanRefused("no AppRole role for the CSR signer: an admin runs `vaultk8s policy apply` first")
     report = CredentialsReport(grants.CSR_SIGNER)
-    _write_login(out, gateway, am, role, role_id, wrap_ttl_seconds, report)
+    _write_login(out, gateway, am, role, wrap_ttl_seconds, report,
+                 "no AppRole role for the CSR signer: an admin runs `vaultk8s policy apply` first")
     return report
 
 
-def _write_login(out: Path, gateway: VaultGateway, mount: str, role: str, role_id: str,
-                 wrap_ttl_seconds: int | None, report: CredentialsReport) -> None:
-    """role_id, the mount and a new secret_id (response-wrapped if asked): what `login_from_dir` reads."""
+def _write_login(out: Path, gateway: VaultGateway, am: str, role: str, wrap_ttl_seconds: int | None,
+                 report: CredentialsReport, no_role: str) -> None:
+    """role_id, the AppRole mount and a new secret_id (wrapped with wrap_ttl_seconds), as `login_from_dir` reads them."""
+    role_id = gateway.role_id(am, role)
+    if role_id is None:
+        raise PlanRefused(no_role)
     _write(out, ROLE_ID_FILE, role_id, report)
-    _write(out, MOUNT_FILE, mount, report)
-    _write_secret_id(out, gateway.generate_secret_id(mount, role, wrap_ttl_seconds), bool(wrap_ttl_seconds), report)
-
-
-def _write_secret_id(out: Path, value: str, wrapped: bool, report: CredentialsReport) -> None:
-    if wrapped:
-        _write(out, WRAPPED_SECRET_ID_FILE, value, report)
+    _write(out, MOUNT_FILE, am, report)
+    secret_id = gateway.generate_secret_id(am, role, wrap_ttl_seconds)
+    if wrap_ttl_seconds:
+        _write(out, WRAPPED_SECRET_ID_FILE, secret_id, report)
         (out / SECRET_ID_FILE).unlink(missing_ok=True)  # a stale plain secret_id would shadow the new one
     else:
-        _write(out, SECRET_ID_FILE, value, report)
+        _write(out, SECRET_ID_FILE, secret_id, report)
 
 
 def _write(out: Path, name: str, value: str, report: CredentialsReport) -> None:

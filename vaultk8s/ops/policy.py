@@ -19,7 +19,7 @@ from vaultk8s import catalog
 from vaultk8s.config import ClusterConfig, NodeSpec
 from vaultk8s.errors import PlanRefused, StoreError, VaultError
 from vaultk8s.plan import grants, hcl, machine_auth, naming, prune
-from vaultk8s.plan.actions import Action
+from vaultk8s.plan.actions import Action, ActionReport
 from vaultk8s.plan.review import Review, review
 from vaultk8s.plan.resolve import resolve_all
 from vaultk8s.plan.roles import resolve_roles, role_drift
@@ -30,14 +30,10 @@ TOKEN_AUTH = "token"
 
 
 @dataclass
-class PolicyReport:
+class PolicyReport(ActionReport):
     actions: list[Action] = field(default_factory=list)
     diffs: list[str] = field(default_factory=list)  # unified diffs of policy texts
     notes: list[str] = field(default_factory=list)  # kept on purpose: look like ours, are not
-
-    @property
-    def changed(self) -> bool:
-        return bool(self.actions)
 
     def to_dict(self) -> dict[str, Any]:
         return {"changed": self.changed, "actions": [a.to_dict() for a in self.actions], "diffs": self.diffs,

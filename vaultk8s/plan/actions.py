@@ -20,3 +20,14 @@ class Action:
 
     def __str__(self) -> str:
         return f"{self.kind:<15} {self.target}  ({self.reason})"
+
+
+class ActionReport:
+    """Mixed into a command's report (bootstrap, ca rotate, policy apply): its actions, done or,
+    on a dry run, planned; `changed` when there is any."""
+
+    actions: list[Action]
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.actions)

@@ -16,9 +16,8 @@ from typing import Any
 import yaml
 
 from vaultk8s import catalog
-from vaultk8s.catalog import NODE, KubeconfigSpec, Server
+from vaultk8s.catalog import NODE, PKI_DIR, KubeconfigSpec, Server
 from vaultk8s.config import ClusterConfig, NodeSpec
-from vaultk8s.store.layout import PKI_DIR
 
 CA_FILE = catalog.ca("kubernetes-ca").cert_file
 # libyaml's safe loader and dumper when PyYAML has them: the same documents and bytes, 10-30x

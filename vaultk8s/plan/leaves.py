@@ -9,8 +9,8 @@ from cryptography import x509
 
 from vaultk8s import crypto
 from vaultk8s.plan.resolve import ResolvedCert
+from vaultk8s.plan.schedule import RENEW_FRACTION
 
-RENEW_AT_FRACTION = 2 / 3  # renew in the last third of a certificate's life
 UNHEALTHY_FRACTION = 9 / 10  # /healthz fails in the last tenth: renewal has been failing for long
 
 
@@ -22,7 +22,7 @@ class ObservedLeaf:
     key: crypto.PrivateKey | None
 
 
-def renewal_time(not_before: datetime, not_after: datetime, fraction: float = RENEW_AT_FRACTION) -> datetime:
+def renewal_time(not_before: datetime, not_after: datetime, fraction: float = RENEW_FRACTION) -> datetime:
     return not_before + (not_after - not_before) * fraction
 
 

@@ -13,7 +13,7 @@ import contextlib
 import json
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import urllib3
 from kubernetes import client, config, watch
@@ -84,12 +84,7 @@ class KubeGateway:
 
     def read_csr(self, name: str) -> Obj | None:
         with _translate(f"read CertificateSigningRequest {name}"):
-            try:
-                return _json(self.certs.read_certificate_signing_request(name, _preload_content=False))
-            except ApiException as err:
-                if err.status == 404:
-                    return None
-                raise
+            return _read(lambda: self.certs.read_certificate_signing_request(name, _preload_content=False))
 
     def set_certificate(self, csr: Obj, bundle: bytes) -> None:
         body = _with_status(csr, certificate=base64.b64encode(bundle).decode())
@@ -111,12 +106,7 @@ class KubeGateway:
 
     def read_lease(self, namespace: str, name: str) -> Obj | None:
         with _translate(f"read Lease {namespace}/{name}"):
-            try:
-                return _json(self.coordination.read_namespaced_lease(name, namespace, _preload_content=False))
-            except ApiException as err:
-                if err.status == 404:
-                    return None
-                raise
+            return _read(lambda: self.coordination.read_namespaced_lease(name, namespace, _preload_content=False))
 
     def create_lease(self, namespace: str, name: str, spec: Obj) -> None:
         body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
@@ -138,6 +128,16 @@ def _with_status(csr: Obj, **fields: Any) -> Obj:
 
 def _json(response: Any) -> Obj:
     return json.loads(response.data)
+
+
+def _read(call: Callable[[], Any]) -> Obj | None:
+    """call()'s object, or None when the API server answers 404."""
+    try:
+        return _json(call())
+    except ApiException as err:
+        if err.status == 404:
+            return None
+        raise
 
 
 @contextlib.contextmanager

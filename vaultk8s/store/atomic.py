@@ -85,6 +85,21 @@ def write_file(path: Path, content: FileContent) -> bool:
     if read_file(path) == content.data and _mode(path) == content.mode:
         return False
     ensure_dir(path.parent)
+    try:
+        replace_file(path, content)
+    except OSError as err:
+        raise StoreError(f"cannot write {path}: {err.strerror}") from None
+    return True
+
+
+def replace_file(path: Path, content: FileContent) -> None:
+    """write_file's atomic replace alone, for callers that own their directory and their errors
+    (dev/, hsm/devtoken.py): the directory must exist, and OSError propagates.
+
+    The temp beside path has a random name and is created 0600, so a killed writer's leftover is
+    readable by nobody else (and removed by a later write); it is fsynced, given its final mode,
+    renamed over path, and the directory is fsynced.
+    """
     _remove_stale_tmps(path)
     tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
     try:
@@ -94,10 +109,9 @@ def write_file(path: Path, content: FileContent) -> bool:
             os.chmod(tmp, content.mode)
         os.replace(tmp, path)
         _fsync_dir(path.parent)
-    except OSError as err:
+    except BaseException:
         tmp.unlink(missing_ok=True)
-        raise StoreError(f"cannot write {path}: {err.strerror}") from None
-    return True
+        raise
 
 
 def _remove_stale_tmps(path: Path) -> None:
@@ -137,7 +151,7 @@ class PayloadDir:
     def update(self, changes: Mapping[str, FileContent | None]) -> bool:
         """Apply changes (None removes a file) as one new version. False when nothing changed."""
         ensure_dir(self.path)
-        with self._locked():
+        with locked(self.path / LOCK_FILE):
             self._remove_leftovers()
             if self._current_version() is not None and all(self._holds(rel, c) for rel, c in changes.items()):
                 return False  # the common re-run: compare only the changed files, not every file
@@ -229,14 +243,17 @@ class PayloadDir:
             return {}
         return {rel: c for rel, c in _read_tree(self.path).items() if not rel.startswith("..")}
 
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        fd = os.open(self.path / LOCK_FILE, os.O_CREAT | os.O_RDWR, KEY_MODE)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
+
+
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """An exclusive flock on path (created 0600 when missing) for the with block: one writer at a time."""
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, KEY_MODE)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _keys_first(name: str) -> tuple[bool, str]:

@@ -5,12 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Mapping
 
-from vaultk8s.catalog import CA_KEY_FILES
+from vaultk8s.catalog import CA_KEY_FILES, PKI_DIR
 from vaultk8s.errors import StoreError
 from vaultk8s.store.atomic import FileContent, PayloadDir, ensure_dir, read_file, write_file
-
-PKI_DIR = "pki"
-RBAC_FILE = "rbac.yaml"
 
 
 class NodeOutput:

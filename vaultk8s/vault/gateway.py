@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 from urllib.parse import urlsplit
 
 import hvac
@@ -160,18 +160,52 @@ class VaultGateway:
             addrs += [n.get("api_address") or "" for n in self.client.read("sys/ha-status").get("nodes") or []]
         adapter.remember_peers(list(dict.fromkeys(addrs)))
 
+    # --- the hvac calls, once: "not there" as None, upserts marked repeatable ---------------------
+
+    def _get(self, action: str, where: str, call: Callable[[], Any],
+             absent: tuple[type[Exception], ...] = (hv.InvalidPath,)) -> Any:
+        """call()'s answer, or None when Vault says nothing is there: hvac raises InvalidPath for a
+        404 and for a LIST of a path without keys; callers name the other "none" answers (absent)."""
+        with self._translate(action, where):
+            try:
+                return call()
+            except absent:
+                return None
+
+    def _read_data(self, path: str, action: str, where: str | None = None,
+                   absent: tuple[type[Exception], ...] = (hv.InvalidPath,)) -> dict[str, Any] | None:
+        """The `data` of a GET; None when the path does not exist (absent=(): that is an error)."""
+        return (self._get(action, where or path, lambda: self.client.read(path), absent) or {}).get("data")
+
+    def _list_data(self, path: str, action: str, where: str | None = None) -> dict[str, Any]:
+        """The `data` of a LIST (`keys`, with `key_info` for some); {} when there is nothing."""
+        return (self._get(action, where or path, lambda: self.client.list(path)) or {}).get("data") or {}
+
+    def _list_keys(self, path: str, action: str, where: str | None = None) -> list[str]:
+        return list(self._list_data(path, action, where).get("keys") or [])
+
+    def _post(self, path: str, data: dict[str, Any], action: str, where: str | None = None, *,
+              repeat: bool = False) -> Any:
+        """A write; repeat=True marks an upsert (see the module docstring). The dict is copied:
+        hvac mutates what it is given."""
+        with self._translate(action, where or path), repeatable() if repeat else contextlib.nullcontext():
+            return self.client.write_data(path, data=dict(data))
+
+    def _delete(self, path: str, action: str) -> None:
+        with self._translate(action, path):
+            self.client.delete(path)
+
     # --- mounts ---------------------------------------------------------------------------------
+
+    def _mount_info(self, path: str) -> dict[str, Any]:
+        """What is mounted at path; {} when the path is free (OpenBao answers 400 "no matching mount")."""
+        data = self._get("read", f"sys/mounts/{path}", lambda: self.client.read(f"sys/mounts/{path.strip('/')}"),
+                         absent=(hv.InvalidRequest,))
+        return (data or {}).get("data") or data or {}
 
     def mount_type(self, path: str) -> str | None:
         """The engine type mounted at path, or None when the path is free."""
-        with self._translate("read", f"sys/mounts/{path}"):
-            try:
-                data = self.client.read(f"sys/mounts/{path.strip('/')}")
-            except hv.InvalidRequest:
-                return None  # OpenBao answers 400 "no matching mount" for a free path
-        if not data:
-            return None
-        return (data.get("data") or data).get("type")
+        return self._mount_info(path).get("type")
 
     def enable_pki(self, path: str, max_ttl_seconds: int, description: str) -> None:
         with self._translate("enable a PKI engine at", path):
@@ -192,58 +226,41 @@ class VaultGateway:
 
     def read_ca_pem(self, mount: str) -> str | None:
         """The default issuer's certificate, or None when the mount has no CA yet."""
-        with self._translate("read the CA of", mount):
-            try:
-                data = self.client.read(f"{mount}/issuer/default/json")
-            except (hv.InternalServerError, hv.InvalidPath, hv.InvalidRequest):
-                return None  # "no default issuer currently configured"
-        pem = ((data or {}).get("data") or {}).get("certificate")
-        return pem or None
+        # OpenBao answers "no default issuer currently configured" with a 500 or a 400.
+        data = self._read_data(f"{mount}/issuer/default/json", "read the CA of", mount,
+                               absent=(hv.InternalServerError, hv.InvalidPath, hv.InvalidRequest))
+        return (data or {}).get("certificate") or None
 
     def read_ca_chain_pem(self, mount: str) -> list[str]:
-        with self._translate("read the CA chain of", mount):
-            data = self.client.read(f"{mount}/issuer/default/json")
-        return list(((data or {}).get("data") or {}).get("ca_chain") or [])
+        data = self._read_data(f"{mount}/issuer/default/json", "read the CA chain of", mount, absent=())
+        return list((data or {}).get("ca_chain") or [])
 
     def generate_root(self, mount: str, params: dict[str, Any]) -> str:
-        with self._translate("generate a root CA in", mount):
-            data = self.client.write_data(f"{mount}/root/generate/internal", data=dict(params))
-        return data["data"]["certificate"]
+        return self._post(f"{mount}/root/generate/internal", params, "generate a root CA in", mount)["data"]["certificate"]
 
     def generate_intermediate_csr(self, mount: str, params: dict[str, Any]) -> tuple[str, str]:
         """A new key inside the mount and its CSR: returns (csr_pem, key_id)."""
-        with self._translate("generate an intermediate CSR in", mount):
-            data = self.client.write_data(f"{mount}/intermediate/generate/internal", data=dict(params))
+        data = self._post(f"{mount}/intermediate/generate/internal", params, "generate an intermediate CSR in", mount)
         return data["data"]["csr"], data["data"]["key_id"]
 
     def set_signed_intermediate(self, mount: str, pem_bundle: str) -> dict[str, str]:
         """Import the signed intermediate (and its chain): returns {issuer_id: key_id or ""}."""
-        with self._translate("install the signed intermediate in", mount), repeatable():
-            data = self.client.write_data(f"{mount}/intermediate/set-signed", data={"certificate": pem_bundle})
+        data = self._post(f"{mount}/intermediate/set-signed", {"certificate": pem_bundle},
+                          "install the signed intermediate in", mount, repeat=True)
         return dict(((data or {}).get("data") or {}).get("mapping") or {})
 
     def set_default_issuer(self, mount: str, issuer_id: str) -> None:
-        with self._translate("set the default issuer of", mount), repeatable():
-            self.client.write_data(f"{mount}/config/issuers", data={"default": issuer_id})
+        self._post(f"{mount}/config/issuers", {"default": issuer_id}, "set the default issuer of", mount, repeat=True)
 
     # --- issuers (CA rotation: several issuers in one mount) -----------------------------------------
 
     def list_issuers(self, mount: str) -> dict[str, dict[str, Any]]:
         """{issuer_id: key_info} (issuer_name, key_id, is_default) of every issuer in the mount."""
-        with self._translate("list issuers of", mount):
-            try:
-                data = self.client.list(f"{mount}/issuers")
-            except hv.InvalidPath:
-                return {}
-        return dict(((data or {}).get("data") or {}).get("key_info") or {})
+        return dict(self._list_data(f"{mount}/issuers", "list issuers of", mount).get("key_info") or {})
 
     def read_issuer(self, mount: str, ref: str) -> dict[str, Any] | None:
-        with self._translate("read issuer", f"{mount}/issuer/{ref}"):
-            try:
-                data = self.client.read(f"{mount}/issuer/{ref}")
-            except (hv.InvalidPath, hv.InternalServerError):
-                return None  # OpenBao answers 500 "unable to find PKI issuer" for an unknown ref
-        return (data or {}).get("data")
+        # OpenBao answers 500 "unable to find PKI issuer" for an unknown ref.
+        return self._read_data(f"{mount}/issuer/{ref}", "read issuer", absent=(hv.InvalidPath, hv.InternalServerError))
 
     def patch_issuer(self, mount: str, ref: str, fields: dict[str, Any]) -> None:
         """PATCH only the given fields: a POST to issuer/<ref> resets the ones it omits (issuer_name)."""
@@ -253,99 +270,65 @@ class VaultGateway:
 
     def generate_root_issuer(self, mount: str, params: dict[str, Any]) -> dict[str, Any]:
         """A new root issuer (and key) beside the existing ones; the default issuer is not changed."""
-        with self._translate("generate a root issuer in", mount):
-            data = self.client.write_data(f"{mount}/issuers/generate/root/internal", data=dict(params))
-        return data["data"]
+        return self._post(f"{mount}/issuers/generate/root/internal", params, "generate a root issuer in", mount)["data"]
 
     def cross_sign_csr(self, mount: str, params: dict[str, Any]) -> str:
         """A CSR for an existing key of the mount (key_ref), to be cross-signed by another issuer."""
-        with self._translate("make a cross-sign CSR in", mount):
-            data = self.client.write_data(f"{mount}/intermediate/cross-sign", data=dict(params))
-        return data["data"]["csr"]
+        return self._post(f"{mount}/intermediate/cross-sign", params, "make a cross-sign CSR in", mount)["data"]["csr"]
 
     def sign_intermediate(self, mount: str, issuer_ref: str, params: dict[str, Any]) -> str:
-        with self._translate("sign an intermediate with", f"{mount}/issuer/{issuer_ref}"):
-            data = self.client.write_data(f"{mount}/issuer/{issuer_ref}/sign-intermediate", data=dict(params))
-        return data["data"]["certificate"]
+        issuer = f"{mount}/issuer/{issuer_ref}"
+        return self._post(f"{issuer}/sign-intermediate", params, "sign an intermediate with", issuer)["data"]["certificate"]
 
     def import_issuer_cert(self, mount: str, pem: str) -> list[str]:
         """Import certificate(s) as issuers; returns the ids of those new to the mount."""
-        with self._translate("import an issuer into", mount):
-            data = self.client.write_data(f"{mount}/issuers/import/cert", data={"pem_bundle": pem})
+        data = self._post(f"{mount}/issuers/import/cert", {"pem_bundle": pem}, "import an issuer into", mount)
         return list(((data or {}).get("data") or {}).get("imported_issuers") or [])
 
     def delete_issuer(self, mount: str, issuer_id: str) -> None:
-        with self._translate("delete issuer", f"{mount}/issuer/{issuer_id}"):
-            self.client.delete(f"{mount}/issuer/{issuer_id}")
+        self._delete(f"{mount}/issuer/{issuer_id}", "delete issuer")
 
     def delete_key(self, mount: str, key_id: str) -> None:
-        with self._translate("delete key", f"{mount}/key/{key_id}"):
-            self.client.delete(f"{mount}/key/{key_id}")
+        self._delete(f"{mount}/key/{key_id}", "delete key")
 
     def read_auto_tidy(self, mount: str) -> dict[str, Any]:
-        with self._translate("read the auto-tidy settings of", mount):
-            data = self.client.read(f"{mount}/config/auto-tidy")
-        return (data or {}).get("data") or {}
+        return self._read_data(f"{mount}/config/auto-tidy", "read the auto-tidy settings of", mount, absent=()) or {}
 
     def write_auto_tidy(self, mount: str, params: dict[str, Any]) -> None:
-        with self._translate("configure auto-tidy of", mount), repeatable():
-            self.client.write_data(f"{mount}/config/auto-tidy", data=dict(params))
+        self._post(f"{mount}/config/auto-tidy", params, "configure auto-tidy of", mount, repeat=True)
 
     def read_urls(self, mount: str) -> dict[str, Any]:
-        with self._translate("read the URLs of", mount):
-            data = self.client.read(f"{mount}/config/urls")
-        return (data or {}).get("data") or {}
+        return self._read_data(f"{mount}/config/urls", "read the URLs of", mount, absent=()) or {}
 
     def write_urls(self, mount: str, params: dict[str, Any]) -> None:
-        with self._translate("configure the URLs of", mount), repeatable():
-            self.client.write_data(f"{mount}/config/urls", data=dict(params))
+        self._post(f"{mount}/config/urls", params, "configure the URLs of", mount, repeat=True)
 
     # --- roles and signing ------------------------------------------------------------------------
 
     def read_role(self, mount: str, name: str) -> dict[str, Any] | None:
-        with self._translate("read role", f"{mount}/roles/{name}"):
-            try:
-                data = self.client.read(f"{mount}/roles/{name}")
-            except hv.InvalidPath:
-                return None
-        return (data or {}).get("data")
+        return self._read_data(f"{mount}/roles/{name}", "read role")
 
     def list_roles(self, mount: str) -> list[str]:
-        with self._translate("list roles of", mount):
-            try:
-                data = self.client.list(f"{mount}/roles")
-            except hv.InvalidPath:
-                return []
-        return list(((data or {}).get("data") or {}).get("keys") or [])
+        return self._list_keys(f"{mount}/roles", "list roles of", mount)
 
     def write_role(self, mount: str, name: str, params: dict[str, Any]) -> None:
-        with self._translate("write role", f"{mount}/roles/{name}"), repeatable():
-            self.client.write_data(f"{mount}/roles/{name}", data=dict(params))
+        self._post(f"{mount}/roles/{name}", params, "write role", repeat=True)
 
     def delete_role(self, mount: str, name: str) -> None:
-        with self._translate("delete role", f"{mount}/roles/{name}"):
-            self.client.delete(f"{mount}/roles/{name}")
+        self._delete(f"{mount}/roles/{name}", "delete role")
 
     def sign(self, mount: str, role: str, csr_pem: str, ttl_seconds: int) -> dict[str, Any]:
         """Sign a CSR with a role: returns certificate, issuing_ca and ca_chain (PEM)."""
         params = {"csr": csr_pem, "ttl": f"{ttl_seconds}s", "exclude_cn_from_sans": True, "format": "pem"}
-        with self._translate("sign with role", f"{mount}/sign/{role}"), repeatable():
-            data = self.client.write_data(f"{mount}/sign/{role}", data=params)
-        return data["data"]
+        return self._post(f"{mount}/sign/{role}", params, "sign with role", repeat=True)["data"]
 
     # --- ACL policies --------------------------------------------------------------------------------
 
     def read_policy(self, name: str) -> str | None:
-        with self._translate("read policy", f"sys/policies/acl/{name}"):
-            try:
-                data = self.client.read(f"sys/policies/acl/{name}")
-            except hv.InvalidPath:
-                return None
-        return ((data or {}).get("data") or {}).get("policy")
+        return (self._read_data(f"sys/policies/acl/{name}", "read policy") or {}).get("policy")
 
     def write_policy(self, name: str, text: str) -> None:
-        with self._translate("write policy", f"sys/policies/acl/{name}"), repeatable():
-            self.client.write_data(f"sys/policies/acl/{name}", data={"policy": text})
+        self._post(f"sys/policies/acl/{name}", {"policy": text}, "write policy", repeat=True)
 
     # --- auth mounts, AppRole, tokens, identity --------------------------------------------------------
 
@@ -362,12 +345,8 @@ class VaultGateway:
             self.client.sys.enable_auth_method(method, description=description, path=path)
 
     def role_id(self, mount: str, role: str) -> str | None:
-        with self._translate("read the role_id of", f"auth/{mount}/role/{role}"):
-            try:
-                data = self.client.read(f"auth/{mount}/role/{role}/role-id")
-            except hv.InvalidPath:
-                return None
-        return ((data or {}).get("data") or {}).get("role_id")
+        role_path = f"auth/{mount}/role/{role}"
+        return (self._read_data(f"{role_path}/role-id", "read the role_id of", role_path) or {}).get("role_id")
 
     def generate_secret_id(self, mount: str, role: str, wrap_ttl_seconds: int | None = None) -> str:
         """A new secret_id, or (wrap_ttl_seconds) a single-use wrapping token that holds one."""
@@ -380,39 +359,21 @@ class VaultGateway:
         return data["data"]["secret_id"]
 
     def list_secret_id_accessors(self, mount: str, role: str) -> list[str]:
-        path = f"auth/{mount}/role/{role}/secret-id"
-        with self._translate("list secret_id accessors at", path):
-            try:
-                data = self.client.list(path)
-            except hv.InvalidPath:
-                return []
-        return list(((data or {}).get("data") or {}).get("keys") or [])
+        return self._list_keys(f"auth/{mount}/role/{role}/secret-id", "list secret_id accessors at")
 
     def destroy_secret_id_accessor(self, mount: str, role: str, accessor: str) -> None:
-        path = f"auth/{mount}/role/{role}/secret-id-accessor/destroy"
-        with self._translate("destroy a secret_id at", path), repeatable():
-            self.client.write_data(path, data={"secret_id_accessor": accessor})
+        self._post(f"auth/{mount}/role/{role}/secret-id-accessor/destroy", {"secret_id_accessor": accessor},
+                   "destroy a secret_id at", repeat=True)
 
     def list_approle_roles(self, mount: str) -> list[str]:
-        with self._translate("list AppRole roles at", f"auth/{mount}/role"):
-            try:
-                data = self.client.list(f"auth/{mount}/role")
-            except hv.InvalidPath:
-                return []
-        return list(((data or {}).get("data") or {}).get("keys") or [])
+        return self._list_keys(f"auth/{mount}/role", "list AppRole roles at")
 
     def read_approle_role(self, mount: str, role: str) -> dict[str, Any] | None:
-        with self._translate("read AppRole role", f"auth/{mount}/role/{role}"):
-            try:
-                data = self.client.read(f"auth/{mount}/role/{role}")
-            except hv.InvalidPath:
-                return None
-        return (data or {}).get("data")
+        return self._read_data(f"auth/{mount}/role/{role}", "read AppRole role")
 
     def delete_approle_role(self, mount: str, role: str) -> None:
         """Deleting the role deletes its secret_ids with it; tokens already issued are not revoked."""
-        with self._translate("delete AppRole role", f"auth/{mount}/role/{role}"):
-            self.client.delete(f"auth/{mount}/role/{role}")
+        self._delete(f"auth/{mount}/role/{role}", "delete AppRole role")
 
     def login_approle(self, mount: str, role_id: str, secret_id: str) -> str:
         """A token for role_id/secret_id; this gateway's own token is not changed."""
@@ -443,77 +404,47 @@ class VaultGateway:
             self.client.auth.token.revoke_self()
 
     def create_token(self, token_role: str, params: dict[str, Any]) -> str:
-        with self._translate("create a token with role", f"auth/token/create/{token_role}"):
-            data = self.client.write_data(f"auth/token/create/{token_role}", data=dict(params))
-        return data["auth"]["client_token"]
+        return self._post(f"auth/token/create/{token_role}", params, "create a token with role")["auth"]["client_token"]
 
     def list_token_roles(self) -> list[str]:
-        with self._translate("list token roles at", "auth/token/roles"):
-            try:
-                data = self.client.list("auth/token/roles")
-            except hv.InvalidPath:
-                return []
-        return list(((data or {}).get("data") or {}).get("keys") or [])
+        return self._list_keys("auth/token/roles", "list token roles at")
 
     def read_token_role(self, name: str) -> dict[str, Any] | None:
-        with self._translate("read token role", f"auth/token/roles/{name}"):
-            try:
-                data = self.client.read(f"auth/token/roles/{name}")
-            except hv.InvalidPath:
-                return None
-        return (data or {}).get("data")
+        return self._read_data(f"auth/token/roles/{name}", "read token role")
 
     def delete_token_role(self, name: str) -> None:
-        with self._translate("delete token role", f"auth/token/roles/{name}"):
-            self.client.delete(f"auth/token/roles/{name}")
+        self._delete(f"auth/token/roles/{name}", "delete token role")
 
     def list_entity_names(self) -> list[str]:
-        with self._translate("list entities at", "identity/entity/name"):
-            try:
-                data = self.client.list("identity/entity/name")
-            except hv.InvalidPath:
-                return []
-        return list(((data or {}).get("data") or {}).get("keys") or [])
+        return self._list_keys("identity/entity/name", "list entities at")
 
     def read_entity(self, name: str) -> dict[str, Any] | None:
-        with self._translate("read entity", f"identity/entity/name/{name}"):
-            try:
-                data = self.client.read(f"identity/entity/name/{name}")
-            except hv.InvalidPath:
-                return None
-        return (data or {}).get("data")
+        return self._read_data(f"identity/entity/name/{name}", "read entity")
 
     def write_entity(self, name: str, metadata: dict[str, str]) -> str:
         """Create or update the named entity; returns its id."""
-        with self._translate("write entity", f"identity/entity/name/{name}"), repeatable():
-            self.client.write_data(f"identity/entity/name/{name}", data={"metadata": dict(metadata), "disabled": False})
+        self._post(f"identity/entity/name/{name}", {"metadata": dict(metadata), "disabled": False}, "write entity",
+                   repeat=True)
         entity = self.read_entity(name)
         if not entity:
             raise VaultError(f"entity {name} was written but cannot be read back")
         return entity["id"]
 
     def delete_entity(self, name: str) -> None:
-        with self._translate("delete entity", f"identity/entity/name/{name}"):
-            self.client.delete(f"identity/entity/name/{name}")
+        self._delete(f"identity/entity/name/{name}", "delete entity")
 
     def create_entity_alias(self, entity_id: str, mount_accessor: str, alias: str) -> None:
-        with self._translate("create an entity alias at", "identity/entity-alias"):
-            self.client.write_data("identity/entity-alias", data={
-                "name": alias, "canonical_id": entity_id, "mount_accessor": mount_accessor})
+        self._post("identity/entity-alias", {"name": alias, "canonical_id": entity_id, "mount_accessor": mount_accessor},
+                   "create an entity alias at")
 
     # --- KV v2 (service-account keys) ------------------------------------------------------------
 
     def kv_version(self, path: str) -> str | None:
         """"1" or "2" for a KV engine at path; None when the path is free or holds another engine."""
-        with self._translate("read", f"sys/mounts/{path}"):
-            try:
-                data = self.client.read(f"sys/mounts/{path.strip('/')}")
-            except hv.InvalidRequest:
-                return None
-        data = (data or {}).get("data") or data or {}
-        if data.get("type") != "kv":
+        info = self._mount_info(path)
+        if info.get("type") != "kv":
             return None
-        return str((data.get("options") or {}).get("version") or "1")
+        return str((info.get("options") or {}).get("version") or "1")
 
     def enable_kv2(self, path: str, description: str) -> None:
         with self._translate("enable a KV v2 engine at", path):
@@ -521,12 +452,10 @@ class VaultGateway:
 
     def kv2_read(self, mount: str, path: str) -> tuple[dict[str, Any], int] | None:
         """The current data of a secret and its version, or None when it does not exist (or is deleted)."""
-        with self._translate("read", f"{mount}/data/{path}"):
-            try:
-                data = self.client.secrets.kv.v2.read_secret_version(
-                    path, mount_point=mount, raise_on_deleted_version=True)
-            except hv.InvalidPath:
-                return None
+        data = self._get("read", f"{mount}/data/{path}", lambda: self.client.secrets.kv.v2.read_secret_version(
+            path, mount_point=mount, raise_on_deleted_version=True))
+        if data is None:
+            return None
         body = data.get("data") or {}
         return body.get("data") or {}, int((body.get("metadata") or {}).get("version") or 0)
 
@@ -583,12 +512,11 @@ class VaultGateway:
 
         Metadata only: no secret data is read.
         """
-        with self._translate("read", f"{mount}/metadata/{path}"):
-            try:
-                data = self.client.secrets.kv.v2.read_secret_metadata(path, mount_point=mount)
-            except hv.InvalidPath:
-                return None
-        body = (data or {}).get("data") or {}
+        data = self._get("read", f"{mount}/metadata/{path}",
+                         lambda: self.client.secrets.kv.v2.read_secret_metadata(path, mount_point=mount))
+        if data is None:
+            return None
+        body = data.get("data") or {}
         versions = []
         for number, info in (body.get("versions") or {}).items():
             info = info or {}
@@ -605,16 +533,11 @@ class VaultGateway:
     # --- generic (used by the other gateways' callers: KV, policies, auth) ------------------------
 
     def read(self, path: str) -> dict[str, Any] | None:
-        with self._translate("read", path):
-            try:
-                return self.client.read(path)
-            except hv.InvalidPath:
-                return None
+        return self._get("read", path, lambda: self.client.read(path))
 
     def write(self, path: str, data: dict[str, Any]) -> dict[str, Any] | None:
         """An upsert of parameters (AppRole and token roles): repeating it ends in the same state."""
-        with self._translate("write", path), repeatable():
-            result = self.client.write_data(path, data=dict(data))
+        result = self._post(path, data, "write", repeat=True)
         return result if isinstance(result, dict) else None
 
     @contextlib.contextmanager
