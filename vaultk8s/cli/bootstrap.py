@@ -32,9 +32,8 @@ def bootstrap(
     with common.progress_bars(output is common.Output.text) as progress:
         report = run_bootstrap(cluster, out, gateway, now=common.now(), dry_run=dry_run,
                                force_renew=force_renew, workers=workers, progress=progress)
-    if common.json_output(output, report):
+    if common.printed_as_json_or_actions(output, report, dry_run):
         return
-    common.echo_actions(report.actions, dry_run)
     for action in report.actions:
         if action.reason == "CA changed":  # clients holding the old kubeconfig stop trusting the API server
             typer.echo(f"WARNING: {action.target} now embeds a different cluster CA: redistribute it", err=True)

@@ -40,9 +40,8 @@ def rotate(
     cluster = common.load(config)
     report = ops.rotate(cluster, out, VaultGateway.from_env(), ca.value, CARotationPhase(phase.value), now=common.now(),
                         dry_run=dry_run, force=force)
-    if common.json_output(output, report):
+    if common.printed_as_json_or_actions(output, report, dry_run):
         return
-    common.echo_actions(report.actions, dry_run)
     for note in report.notes:
         typer.echo(f"NOTE: {note}", err=True)
     for target in report.stranded:

@@ -67,6 +67,15 @@ def json_output(output: Output, result: Any) -> bool:
     return True
 
 
+def printed_as_json_or_actions(output: Output, report: Any, dry_run: bool) -> bool:
+    """An action report: as JSON (then True: the command prints nothing else), or one line per
+    action (then False: the command adds its own notes)."""
+    if json_output(output, report):
+        return True
+    echo_actions(report.actions, dry_run)
+    return False
+
+
 def echo_actions(actions: Iterable[Any], dry_run: bool) -> None:
     """One line per planned or applied action: `would: ...` on a dry run, `did: ...` otherwise."""
     verb = "would" if dry_run else "did"

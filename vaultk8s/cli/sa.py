@@ -37,9 +37,8 @@ def rotate(
     cluster = common.load(config)
     report = sa_ops.rotate(cluster, out, VaultGateway.from_env(), SARotationPhase(phase.value), now=common.now(),
                            force=force)
-    if common.json_output(output, report):
+    if common.printed_as_json_or_actions(output, report, dry_run=False):
         return
-    common.echo_actions(report.actions, dry_run=False)
     if not report.changed:
         typer.echo(f"{phase.value}: already done, key set unchanged (KV version {report.kv_version})")
 

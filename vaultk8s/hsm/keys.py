@@ -7,6 +7,8 @@ CKA_EXTRACTABLE false, and found again by CKA_ID (labels are not unique).
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import pkcs11
@@ -82,6 +84,18 @@ def find_one(session: pkcs11.Session, object_class: ObjectClass, ident: bytes):
     return found[0] if found else None
 
 
+@contextmanager
+def token_call(what: str) -> Iterator[None]:
+    """A block of PKCS#11 calls: a failure becomes one line, `<what>: <error name>`, and the
+    thread's OpenSSL error queue is left empty for the HTTPS calls that follow."""
+    try:
+        yield
+    except p11e.PKCS11Error as err:
+        raise HsmError(f"{what}: {type(err).__name__}") from None
+    finally:
+        drain_openssl_errors()
+
+
 def generate_keypair(session: pkcs11.Session, spec: KeySpec, ca_name: str):
     """Generate a non-extractable signing keypair inside the token; returns (public, private)."""
     common = {"id": cka_id(ca_name), "label": key_label(ca_name), "store": True,
@@ -89,18 +103,13 @@ def generate_keypair(session: pkcs11.Session, spec: KeySpec, ca_name: str):
               "public_template": {Attribute.TOKEN: True, Attribute.PRIVATE: False},
               "private_template": {Attribute.TOKEN: True, Attribute.PRIVATE: True,
                                    Attribute.SENSITIVE: True, Attribute.EXTRACTABLE: False}}
-    try:
+    with token_call(f"generating the {spec.name} key for {ca_name} failed in the token"):
         if spec.pkcs11_type == KeyType.EC:
             params = session.create_domain_parameters(
                 KeyType.EC, {Attribute.EC_PARAMS: encode_named_curve_parameters(spec.curve)},
                 local=True)
             return params.generate_keypair(**common)
         return session.generate_keypair(KeyType.RSA, spec.bits, **common)
-    except p11e.PKCS11Error as err:
-        raise HsmError(f"generating the {spec.name} key for {ca_name} failed in the token: "
-                       f"{type(err).__name__}") from None
-    finally:
-        drain_openssl_errors()
 
 
 def public_key_of(public: pkcs11.PublicKey):
@@ -123,13 +132,8 @@ def token_signer(private: pkcs11.PrivateKey, public_key, spec: KeySpec):
 
 
 def _token_sign(private: pkcs11.PrivateKey, data: bytes, mechanism: Mechanism) -> bytes:
-    try:
+    with token_call(f"the token refused to sign with {private.label!r} ({mechanism.name})"):
         return private.sign(data, mechanism=mechanism)
-    except p11e.PKCS11Error as err:
-        raise HsmError(f"the token refused to sign with {private.label!r} "
-                       f"({mechanism.name}): {type(err).__name__}") from None
-    finally:
-        drain_openssl_errors()
 
 
 class _TokenKey:

@@ -30,6 +30,7 @@ from vaultk8s.hsm.keys import (
     generate_keypair,
     key_label,
     public_key_of,
+    token_call,
     token_signer,
 )
 from vaultk8s.hsm.openssl import drain_openssl_errors
@@ -243,7 +244,7 @@ class HsmRootAuthority:
         return self._sign(builder, root, issuer=root.cert)
 
     def _store_cert(self, ca_name: str, cert: x509.Certificate) -> None:
-        try:
+        with token_call(f"{ca_name}: storing the root certificate in the token failed"):
             self._session.create_object({
                 Attribute.CLASS: ObjectClass.CERTIFICATE,
                 Attribute.CERTIFICATE_TYPE: CertificateType.X_509,
@@ -256,9 +257,6 @@ class HsmRootAuthority:
                 Attribute.ISSUER: cert.issuer.public_bytes(),
                 Attribute.VALUE: cert.public_bytes(serialization.Encoding.DER),
             })
-        except p11e.PKCS11Error as err:
-            raise HsmError(f"{ca_name}: storing the root certificate in the token failed: "
-                           f"{type(err).__name__}") from None
 
 
 def _ca_builder(subject: x509.Name, issuer: x509.Name, public_key, now: datetime,

@@ -26,6 +26,7 @@ from vaultk8s.ops.hsm_ca import root_authority
 from vaultk8s.ops.kubeconfigs import ensure_kubeconfigs
 from vaultk8s.ops.leaves import observe_leaf, read_ca_state
 from vaultk8s.plan import ca_rotation as plan
+from vaultk8s.plan import naming
 from vaultk8s.plan.actions import Action, ActionReport
 from vaultk8s.plan.cas import intermediate_params, root_params
 from vaultk8s.plan.resolve import resolve_all
@@ -149,7 +150,7 @@ def _apply(action: Action, ca: catalog.CASpec, config: ClusterConfig, gateway: V
         _hsm_generation(authority, config, gateway, mount, ca, name, now)
     elif action.kind == "cross-sign" and authority is not None:
         new_root = plan.anchor_of(rotation.new, issuers)
-        cross = authority.cross_sign(plan.token_root_name(ca.name, rotation.old.generation), new_root.cert, now)
+        cross = authority.cross_sign(naming.token_root_name(ca.name, rotation.old.generation), new_root.cert, now)
         _import_named(gateway, mount, crypto.cert_pem(cross).decode(), name)
     elif action.kind == "cross-sign":
         _cross_sign(gateway, mount, ca, rotation, name)
@@ -191,14 +192,14 @@ def _hsm_generation(authority: Any, config: ClusterConfig, gateway: VaultGateway
                     name: str, now: datetime) -> None:
     """HSM mode's stage: a new root in the token (generated there, never extractable), a new key
     and CSR in the mount, the intermediate the new root signs, installed beside the old one."""
-    generation = plan.generation_of(name)
-    token_name = plan.token_root_name(ca.name, generation)
+    generation = naming.generation_of(name)
+    token_name = naming.token_root_name(ca.name, generation)
     new_root = authority.ensure_root(token_name, ca.common_name, config.ca_ttl, now)
     csr_pem, key_id = gateway.generate_intermediate_csr(mount, {**intermediate_params(ca, config), "key_name": name})
     intermediate = authority.sign_intermediate(token_name, x509.load_pem_x509_csr(csr_pem.encode()), config.ca_ttl, now)
     mapping = gateway.set_signed_intermediate(mount, (crypto.cert_pem(intermediate) + crypto.cert_pem(new_root)).decode())
     for issuer_id, key in mapping.items():
-        gateway.patch_issuer(mount, issuer_id, {"issuer_name": name if key == key_id else plan.hsm_root_name(generation)})
+        gateway.patch_issuer(mount, issuer_id, {"issuer_name": name if key == key_id else naming.hsm_root_name(generation)})
 
 
 def write_bundles(config: ClusterConfig, out: Path, gateway: VaultGateway, ca: catalog.CASpec) -> list[Action]:

@@ -16,7 +16,7 @@ from cryptography import x509
 from vaultk8s import catalog, crypto
 from vaultk8s.config import ClusterConfig
 from vaultk8s.errors import HsmError, VaultError
-from vaultk8s.plan.ca_rotation import generation_of, token_root_name
+from vaultk8s.plan.naming import generation_of, token_root_name
 from vaultk8s.plan.cas import intermediate_params
 from vaultk8s.vault.gateway import VaultGateway
 

@@ -13,9 +13,8 @@ retire (refused while a leaf under --out chains to the old root; bundles drop it
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from enum import Enum
 
 from cryptography import x509
@@ -23,12 +22,11 @@ from cryptography import x509
 from vaultk8s import crypto
 from vaultk8s.errors import PlanRefused
 from vaultk8s.plan.actions import Action
+from vaultk8s.plan.naming import (CROSS_PREFIX, RETIRED_PREFIX, cross_name, generation_of, intermediate_name,
+                                  retired_name, retired_until_of, root_name)
 
 ISSUING = "issuing-certificates"
 RETIRED_USAGE = "crl-signing,ocsp-signing,read-only"
-_GEN = re.compile(r"-g(\d+)(?:-|$)")
-_UNTIL = re.compile(r"-until-(\d{8}t\d{6}z)$")
-_UNTIL_FORMAT = "%Y%m%dt%H%M%Sz"
 SHOWN_LEAVES = 5  # a refusal names this many leaves, then counts the rest
 
 
@@ -62,18 +60,15 @@ class IssuerView:
 
     @property
     def is_cross(self) -> bool:
-        return self.name.startswith("cross-g")
+        return self.name.startswith(CROSS_PREFIX)
 
     @property
     def is_retired(self) -> bool:
-        return self.name.startswith("retired-g")
+        return self.name.startswith(RETIRED_PREFIX)
 
     @property
     def retired_until(self) -> datetime | None:
-        match = _UNTIL.search(self.name)
-        if not match:
-            return None
-        return datetime.strptime(match.group(1), _UNTIL_FORMAT).replace(tzinfo=timezone.utc)
+        return retired_until_of(self.name)
 
 
 @dataclass(frozen=True)
@@ -96,24 +91,6 @@ class Rotation:
     @property
     def next_generation(self) -> int:
         return max((self.new or self.current).generation, self.current.generation) + 1
-
-
-def generation_of(issuer_name: str) -> int:
-    match = _GEN.search(issuer_name or "")
-    return int(match.group(1)) if match else 1
-
-
-def token_root_name(ca_name: str, generation: int) -> str:
-    """HSM mode: the token object name of a generation's root (the first one is bootstrap's)."""
-    return ca_name if generation == 1 else f"{ca_name}-g{generation}"
-
-
-def intermediate_name(generation: int) -> str:
-    return f"intermediate-g{generation}"
-
-
-def hsm_root_name(generation: int) -> str:
-    return f"hsm-root-g{generation}"
 
 
 def anchor_of(issuer: IssuerView, issuers: list[IssuerView]) -> IssuerView | None:
@@ -140,18 +117,6 @@ def staged_chain(rotation: Rotation, issuers: list[IssuerView]) -> tuple[str, ..
 def retired_chain(rotation: Rotation, issuers: list[IssuerView]) -> tuple[str, ...]:
     """The new issuer's chain after retire: up to its own root only, no cross-signed certificate."""
     return _chain(rotation.new, issuers)
-
-
-def root_name(generation: int) -> str:
-    return "root" if generation == 1 else f"root-g{generation}"
-
-
-def cross_name(generation: int) -> str:
-    return f"cross-g{generation}"
-
-
-def retired_name(generation: int, until: datetime) -> str:
-    return f"retired-g{generation}-until-{until.astimezone(timezone.utc).strftime(_UNTIL_FORMAT)}"
 
 
 def classify(mount: str, issuers: list[IssuerView]) -> Rotation:

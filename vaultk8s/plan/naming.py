@@ -1,4 +1,4 @@
-"""Every Vault-global name of one cluster, and the inverse: which node a name is for. Pure.
+"""Every name vaultk8s gives a Vault object, and the inverse: which node or generation a name is for. Pure.
 
 Policies, auth mounts, token roles and identity entities are global in Vault, not per mount, so
 each carries the cluster's mount prefix and several clusters can share one Vault. Names are built
@@ -8,6 +8,9 @@ scheme, never that the object is this cluster's: plan/prune.py decides that on c
 
 from __future__ import annotations
 
+import re
+from datetime import datetime, timezone
+
 from vaultk8s.config import ClusterConfig
 
 NODE_METADATA_KEY = "node"  # on a node's identity entity, written only by `vaultk8s policy apply`
@@ -15,6 +18,11 @@ NODE_TEMPLATE = "{{identity.entity.metadata." + NODE_METADATA_KEY + "}}"  # that
 CSR_SIGNER_APPROLE_ROLE = "csr-signer"  # on the cluster's AppRole mount; never `node-<name>`
 
 _NODE = "node-"
+_UNTIL = re.compile(r"-until-(\d{8}t\d{6}z)$")
+_UNTIL_FORMAT = "%Y%m%dt%H%M%Sz"
+CROSS_PREFIX = "cross-g"
+RETIRED_PREFIX = "retired-g"
+_GEN = re.compile(r"-g(\d+)(?:-|$)")  # an issuer or token object name's rotation generation
 
 
 def _slug(config: ClusterConfig) -> str:
@@ -58,3 +66,47 @@ def node_of_entity_name(config: ClusterConfig, name: str) -> str | None:
 
 def _after(prefix: str, name: str) -> str | None:
     return (name[len(prefix):] or None) if name.startswith(prefix) else None
+
+
+# --- names inside one PKI mount and one HSM token: a CA's rotation generations -----------------
+
+def generation_of(issuer_name: str) -> int:
+    """The generation an issuer or token object name carries (`root-g3` -> 3); 1 when none."""
+    match = _GEN.search(issuer_name or "")
+    return int(match.group(1)) if match else 1
+
+
+def root_name(generation: int) -> str:
+    """A generation's signing root in the mount (the first one is bootstrap's `root`)."""
+    return "root" if generation == 1 else f"root-g{generation}"
+
+
+def cross_name(generation: int) -> str:
+    """Generation N's key signed by the previous root."""
+    return f"{CROSS_PREFIX}{generation}"
+
+
+def retired_name(generation: int, until: datetime) -> str:
+    """An old root kept, without issuing usage, until every leaf it signed has expired."""
+    return f"{RETIRED_PREFIX}{generation}-until-{until.astimezone(timezone.utc).strftime(_UNTIL_FORMAT)}"
+
+
+def retired_until_of(issuer_name: str) -> datetime | None:
+    """The inverse of retired_name's `until`; None for a name that is not a retired root."""
+    match = _UNTIL.search(issuer_name)
+    return datetime.strptime(match.group(1), _UNTIL_FORMAT).replace(tzinfo=timezone.utc) if match else None
+
+
+def token_root_name(ca_name: str, generation: int) -> str:
+    """HSM mode: the token object name of a generation's root (the first one is bootstrap's)."""
+    return ca_name if generation == 1 else f"{ca_name}-g{generation}"
+
+
+def intermediate_name(generation: int) -> str:
+    """HSM mode: the mount's signing intermediate of a generation, under its token root."""
+    return f"intermediate-g{generation}"
+
+
+def hsm_root_name(generation: int) -> str:
+    """HSM mode: the keyless issuer that holds a generation's token root certificate."""
+    return f"hsm-root-g{generation}"
