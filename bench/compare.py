@@ -117,11 +117,28 @@ def run(env, tmp: Path, args) -> dict:
         "vaultk8s_over_floor_and_writes": _ratio(first["seconds"], floor["floor_s"] + write_floor["write_floor_s"]),
         "noop_over_floor": _ratio(noop["seconds"], noop_floor["noop_floor_s"]),
         "cfssl_over_vaultk8s": _ratio(cfssl["cfssl_s"], first["seconds"]),
+        "client_cpu_s": first["cpu_s"], "noop_client_cpu_s": noop["cpu_s"],
+        "client_cpu_ms_per_cert": _per_cert_ms(first["cpu_s"], actions),
+        "noop_client_cpu_ms_per_cert": _per_cert_ms(noop["cpu_s"], actions),
+        "client_user_s": first["user_s"], "client_system_s": first["system_s"],
+        "tmpfs": _fs_type(tmp) == "tmpfs", "work_dir_fs": _fs_type(tmp),
         "phases_first_s": first["report"].get("phase_seconds"), "phases_noop_s": noop["report"].get("phase_seconds"),
         "floor": floor["detail"], "noop_floor": noop_floor["detail"], "write_floor": write_floor["detail"],
         "cpus": os.cpu_count(), "load_before": os.getloadavg()[0],
     }
     return result
+
+
+def _per_cert_ms(cpu_s: float, actions: list[dict]) -> float | None:
+    certificates = sum(a["kind"] == "issue" for a in actions)
+    return round(1000 * cpu_s / certificates, 2) if certificates else None
+
+
+def _fs_type(path: Path) -> str | None:
+    """The file system the work directory is on (util-linux findmnt), e.g. tmpfs or ext4."""
+    done = subprocess.run(["findmnt", "-n", "-o", "FSTYPE", "--target", str(path)], capture_output=True, text=True)
+    lines = done.stdout.split() if done.returncode == 0 else []
+    return lines[-1] if lines else None  # the mount on top, where one is stacked on another
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -296,7 +313,9 @@ def run_bootstrap(env, cluster_file: Path, out: Path, concurrency: int | None, p
     if proc.returncode != 0:
         raise SystemExit(f"bootstrap exited {proc.returncode}: {errors[-2000:]}")
     report, _ = json.JSONDecoder().raw_decode(text[text.index("{"):])  # py-spy (--profile) prints around it
-    return {"seconds": round(seconds, 2), "report": report, "peak_rss_mb": round(usage.ru_maxrss / 1024, 1)}
+    return {"seconds": round(seconds, 2), "report": report, "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
+            "cpu_s": round(usage.ru_utime + usage.ru_stime, 2),  # its own threads and any key processes it reaped
+            "user_s": round(usage.ru_utime, 2), "system_s": round(usage.ru_stime, 2)}
 
 
 # --- cfssl --------------------------------------------------------------------------------------
