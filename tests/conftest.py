@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from tests.helpers.redacted import RedactedEnv
 from vaultk8s.dev import DevServer, VaultEnv
 
 
@@ -62,8 +63,9 @@ def openbao(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VaultEnv]:
 
 @pytest.fixture
 def vault_env(openbao: VaultEnv) -> dict[str, str]:
-    """VAULT_ADDR / VAULT_TOKEN / VAULT_CACERT for a subprocess or CliRunner(env=...)."""
-    return openbao.as_environ()
+    """VAULT_ADDR / VAULT_TOKEN / VAULT_CACERT for a subprocess or CliRunner(env=...); its repr (in a
+    failing test's traceback) names the keys only."""
+    return RedactedEnv(openbao.as_environ())
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ from typing import Iterator
 import requests
 
 from tests.helpers.cluster import run_cli
+from tests.helpers.redacted import RedactedEnv
 from vaultk8s.dev import DevServer, NodeStatus
 
 WAIT_SECONDS = 90.0
@@ -56,7 +57,7 @@ class HaCluster:
 
     def env_for(self, node: NodeStatus, token: str | None = None) -> dict[str, str]:
         """VAULT_* for a client pointed at this node."""
-        return {**self.exports, "VAULT_ADDR": node.addr, **({"VAULT_TOKEN": token} if token else {})}
+        return RedactedEnv({**self.exports, "VAULT_ADDR": node.addr, **({"VAULT_TOKEN": token} if token else {})})
 
     @property
     def token(self) -> str:

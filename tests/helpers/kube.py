@@ -22,6 +22,7 @@ import pytest
 import yaml
 
 from tests.helpers.cluster import run_cli, write_cluster
+from tests.helpers.redacted import RedactedEnv
 
 KUBE_BIN_ENV = "VAULTK8S_KUBE_BIN"
 READY_TIMEOUT = 90.0
@@ -238,7 +239,7 @@ def running_control_plane(tmp_path: Path, vault_env: dict[str, str], mount_prefi
     cluster_file = write_cluster(tmp_path / "cluster.yaml", kube_cluster_doc(mount_prefix, port, workers, **doc_kw))
     out = tmp_path / "out"
     run_cli("bootstrap", "--config", str(cluster_file), "--out", str(out),
-            env={**vault_env, **(bootstrap_env or {})}, check=True)
+            env=RedactedEnv({**vault_env, **(bootstrap_env or {})}), check=True)
     plane = KubeControlPlane(out, tmp_path / f"kube-{uuid.uuid4().hex[:6]}", port)
     plane.cluster_file = cluster_file
     try:
