@@ -87,6 +87,7 @@ def _work_dir(keep: Path | None) -> Iterator[Path]:
 
 
 def run(env, tmp: Path, args) -> dict:
+    load_before = os.getloadavg()[0]  # before this run's own load: the floors and bootstrap raise it
     doc = cluster_doc("bench/", workers=args.workers, control_planes=args.control_planes, key_type=args.key_type)
     cluster_file = tmp / "cluster.yaml"
     cluster_file.write_text(yaml.safe_dump(doc, sort_keys=False))
@@ -119,12 +120,13 @@ def run(env, tmp: Path, args) -> dict:
         "cfssl_over_vaultk8s": _ratio(cfssl["cfssl_s"], first["seconds"]),
         "client_cpu_s": first["cpu_s"], "noop_client_cpu_s": noop["cpu_s"],
         "client_cpu_ms_per_cert": _per_cert_ms(first["cpu_s"], actions),
+        "floor_cpu_ms_per_cert": floor["detail"]["cpu_ms_per_cert"],
         "noop_client_cpu_ms_per_cert": _per_cert_ms(noop["cpu_s"], actions),
         "client_user_s": first["user_s"], "client_system_s": first["system_s"],
         "tmpfs": _fs_type(tmp) == "tmpfs", "work_dir_fs": _fs_type(tmp),
         "phases_first_s": first["report"].get("phase_seconds"), "phases_noop_s": noop["report"].get("phase_seconds"),
         "floor": floor["detail"], "noop_floor": noop_floor["detail"], "write_floor": write_floor["detail"],
-        "cpus": os.cpu_count(), "load_before": os.getloadavg()[0],
+        "cpus": os.cpu_count(), "load_before": load_before, "load_after": os.getloadavg()[0],
     }
     return result
 
@@ -171,10 +173,13 @@ class _Bare:
         return r.json() if r.content else {}
 
 
-def _timed_map(threads: int, fn, items) -> float:
-    started = time.monotonic()
+def _timed_map(threads: int, fn, items, cpu: dict | None = None, key=None) -> float:
+    """Wall seconds of fn over items in `threads` threads; this process's CPU seconds into cpu[key]."""
+    started, cpu_started = time.monotonic(), time.process_time()
     with ThreadPoolExecutor(max_workers=threads) as pool:
         list(pool.map(fn, items))
+    if cpu is not None:
+        cpu[key] = round(time.process_time() - cpu_started, 2)
     return time.monotonic() - started
 
 
@@ -193,7 +198,7 @@ def run_floor(env, doc: dict, key_type: str, thread_counts=FLOOR_THREADS) -> dic
         made = makers.map(_premade_csr, [(key_type, rc.common_name, rc.organization, rc.dns_sans, rc.ip_sans)
                                          for rc in certs], chunksize=64)
         csrs = list(zip(certs, made))
-    detail: dict = {"roles_s": {}, "sign_s": {}}
+    detail: dict = {"roles_s": {}, "sign_s": {}, "roles_cpu_s": {}, "sign_cpu_s": {}}
     for threads in thread_counts:
         suffix = f"-t{threads}"  # fresh roles per pass: every pass creates, none overwrites
 
@@ -205,11 +210,14 @@ def run_floor(env, doc: dict, key_type: str, thread_counts=FLOOR_THREADS) -> dic
             bare.call("POST", f"{rc.mount}/sign/{rc.role}{suffix}", {
                 "csr": csr, "ttl": f"{int(rc.ttl.total_seconds())}s", "exclude_cn_from_sans": True, "format": "pem"})
 
-        detail["roles_s"][threads] = round(_timed_map(threads, write, roles), 2)
-        detail["sign_s"][threads] = round(_timed_map(threads, sign, csrs), 2)
+        detail["roles_s"][threads] = round(_timed_map(threads, write, roles, detail["roles_cpu_s"], threads), 2)
+        detail["sign_s"][threads] = round(_timed_map(threads, sign, csrs, detail["sign_cpu_s"], threads), 2)
     best_roles, best_sign = min(detail["roles_s"].values()), min(detail["sign_s"].values())
     detail["role_writes_per_s"] = round(len(roles) / best_roles)
     detail["signs_per_s"] = round(len(csrs) / best_sign)
+    calls_cpu = min(r + c for r, c in zip(detail["roles_cpu_s"].values(), detail["sign_cpu_s"].values()))
+    detail["cpu_ms_per_call"] = round(1000 * calls_cpu / (len(roles) + len(csrs)), 2)  # the bare client's cost
+    detail["cpu_ms_per_cert"] = round(1000 * calls_cpu / len(csrs), 2)
     return {"floor_s": round(best_roles + best_sign, 2), "detail": detail, "roles": roles}
 
 
