@@ -68,7 +68,7 @@ def kube_cluster_doc(prefix: str, apiserver_port: int, workers: int = 1, key_typ
     return doc
 
 
-def _stop(proc: subprocess.Popen | None) -> None:
+def stop_process(proc: subprocess.Popen | None) -> None:
     if proc is None or proc.poll() is not None:
         return
     proc.terminate()
@@ -168,7 +168,7 @@ class KubeControlPlane:
         self.wait_ready()
 
     def restart_apiserver(self) -> None:
-        _stop(self.apiserver)
+        stop_process(self.apiserver)
         self.start_apiserver()
 
     def wait_ready(self, timeout: float = READY_TIMEOUT) -> None:
@@ -221,7 +221,7 @@ class KubeControlPlane:
 
     def stop(self) -> None:
         for proc in [*self.controller_managers, self.apiserver, self.etcd]:
-            _stop(proc)
+            stop_process(proc)
 
 
 @contextlib.contextmanager
