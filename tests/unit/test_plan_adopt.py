@@ -134,3 +134,24 @@ def test_derived_config_parses_and_describes_the_tree(files):
     config = parse_config(yaml.safe_load(text))
     assert adopt.check_cluster(config, tree) == []
     assert config.control_plane[0].sans == ("localhost",) and str(config.service_cidr) == "10.96.0.0/12"
+
+
+
+def test_a_retired_kubeadm_ca_keeps_no_crl_usage():
+    """kubeadm's CAs lack cRLSign: Vault refuses crl-signing for them, so retire must not ask for it."""
+    from datetime import datetime, timedelta, timezone
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+
+    from vaultk8s.plan.ca_rotation import RETIRED_USAGE, retired_usage
+
+    with_crl, key = new_ca("kubernetes", kind="ec")  # keyCertSign + cRLSign
+    assert retired_usage(with_crl) == RETIRED_USAGE
+    cert_sign_only = x509.KeyUsage(True, False, True, False, False, True, False, False, False)  # kubeadm's
+    now = datetime.now(timezone.utc)
+    kubeadm_like = (x509.CertificateBuilder().subject_name(with_crl.subject).issuer_name(with_crl.subject)
+                    .public_key(key.public_key()).serial_number(1).not_valid_before(now)
+                    .not_valid_after(now + timedelta(days=1)).add_extension(cert_sign_only, critical=True)
+                    .sign(key, hashes.SHA256()))
+    assert retired_usage(kubeadm_like) == "ocsp-signing,read-only"

@@ -161,7 +161,7 @@ def _apply(action: Action, ca: catalog.CASpec, config: ClusterConfig, gateway: V
     elif action.kind == "set-default":
         gateway.set_default_issuer(mount, rotation.new.id)
     elif action.kind == "retire-issuer":
-        gateway.patch_issuer(mount, rotation.old.id, {"usage": plan.RETIRED_USAGE, "issuer_name": result.retired_as,
+        gateway.patch_issuer(mount, rotation.old.id, {"usage": plan.retired_usage(rotation.old.cert), "issuer_name": result.retired_as,
                                                       "manual_chain": []})
     elif action.kind == "delete-issuer":
         gateway.delete_issuer(mount, name)

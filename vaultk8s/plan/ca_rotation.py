@@ -27,6 +27,17 @@ from vaultk8s.plan.naming import (CROSS_PREFIX, RETIRED_PREFIX, cross_name, gene
 
 ISSUING = "issuing-certificates"
 RETIRED_USAGE = "crl-signing,ocsp-signing,read-only"
+RETIRED_USAGE_NO_CRL = "ocsp-signing,read-only"
+
+
+def retired_usage(cert: x509.Certificate) -> str:
+    """What a retired issuer may still do: sign CRLs only when its certificate allows cRLSign.
+    kubeadm's CAs do not, and Vault refuses crl-signing for them (docs/adopt-facts.md, 15)."""
+    try:
+        crl_sign = cert.extensions.get_extension_for_class(x509.KeyUsage).value.crl_sign
+    except x509.ExtensionNotFound:
+        crl_sign = True  # no KeyUsage: every usage is allowed
+    return RETIRED_USAGE if crl_sign else RETIRED_USAGE_NO_CRL
 SHOWN_LEAVES = 5  # a refusal names this many leaves, then counts the rest
 
 
