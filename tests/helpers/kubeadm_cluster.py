@@ -179,6 +179,10 @@ class KubeadmControlPlane(KubeControlPlane):
         doc = yaml.safe_load((self.node_dir / name).read_text())
         for cluster in doc.get("clusters", []):
             cluster["cluster"]["server"] = self.url
+        for user in doc.get("users", []):  # vaultk8s's name pki/*.crt relative to the tree: keep them there
+            for key in ("client-certificate", "client-key"):
+                if user["user"].get(key):
+                    user["user"][key] = str(self.node_dir / user["user"][key])
         copy = self.workdir / f"local-{name}"
         fd = os.open(copy, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as handle:

@@ -17,10 +17,10 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 from cryptography import x509
 
-from tests.helpers.cluster import run_cli, write_cluster
+from tests.helpers.adopt import CA_KEYS, adopt, adopt_in_place, assert_ok, derived_cluster
+from tests.helpers.cluster import run_cli
 from tests.helpers.kube import kube_bin_dir
 from tests.helpers.kubeadm_cluster import (HttpsProbe, cert_pem, fingerprint, issue, key_pem, kubeadm_cluster,
                                            kubeconfig_credentials, load_pair, make_kubeadm_tree, mint_token, new_ca,
@@ -29,22 +29,7 @@ from vaultk8s.vault.gateway import VaultGateway
 
 pytestmark = pytest.mark.integration
 
-CA_KEYS = ("pki/ca.key", "pki/etcd/ca.key", "pki/front-proxy-ca.key")
 MOUNTS = ("kubernetes-ca", "etcd-ca", "front-proxy-ca")
-
-
-def derived_cluster(tree: Path, path: Path, prefix: str, **cluster: object) -> Path:
-    """`adopt --print-config` of the tree, with only its UNDERIVED field vault.mount_prefix filled in."""
-    printed = run_cli("adopt", "--from", str(tree), "--print-config", check=True).stdout
-    assert "UNDERIVED" in printed
-    doc = yaml.safe_load(printed)
-    doc["vault"]["mount_prefix"] = prefix
-    doc["cluster"].update(cluster)
-    return write_cluster(path, doc)
-
-
-def adopt(cluster: Path, tree: Path, env: dict[str, str], *extra: str):
-    return run_cli("adopt", "--config", str(cluster), "--from", str(tree), *extra, env=env)
 
 
 def tree_state(tree: Path) -> dict[str, bytes]:
@@ -197,19 +182,6 @@ def _refused(cluster: Path, tree: Path, env: dict[str, str], prefix: str, expect
     assert [m for m in MOUNTS if gateway.mount_type(f"{prefix}{m}")] == []
 
 
-def adopt_in_place(plane, cluster: Path, env: dict[str, str]) -> None:
-    """adopt, bootstrap over the tree, vaultk8s's RBAC, then the CA keys removed (each checked)."""
-    adopt_ok = lambda *extra: assert_ok(adopt(cluster, plane.node_dir, env, *extra))  # noqa: E731
-    adopt_ok()
-    run_cli("bootstrap", "--config", str(cluster), "--out", str(plane.out), env=env, check=True)
-    plane.kubectl("apply", "-f", str(plane.out / "rbac.yaml"), kubeconfig=plane.node_dir / "super-admin.conf")
-    adopt_ok("--remove-ca-keys")
-
-
-def assert_ok(result) -> None:
-    assert result.returncode == 0, result.stderr[-2000:]
-
-
 def status_with(plane, *, cert: bytes | None = None, key: bytes | None = None, token: str | None = None) -> int:
     """The HTTP status of GET /api with these credentials, trusting the CA the tree has now."""
     seen: list[int] = []
@@ -246,3 +218,4 @@ def test_rotating_every_ca_and_the_sa_key_of_an_adopted_cluster_ends_kubeadms_tr
         assert status_with(plane, token=token) == 401
         assert status_with(plane, token=mint_token(plane, name="after")) == 200
         assert plane.kubectl("auth", "can-i", "delete", "secrets", "-A").stdout.strip() == "yes"
+

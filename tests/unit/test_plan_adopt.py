@@ -130,7 +130,7 @@ def test_plan_imports_into_empty_mounts_and_refuses_another_ca(files):
 def test_derived_config_parses_and_describes_the_tree(files):
     tree, _ = adopt.read_tree(files)
     text = adopt.render_derived(*adopt.derive_config(tree, files))
-    assert text.count(f"# {adopt.UNDERIVED}:") == 4
+    assert text.count(f"# {adopt.UNDERIVED}:") == 4  # the EC tree needs no key-type note
     config = parse_config(yaml.safe_load(text))
     assert adopt.check_cluster(config, tree) == []
     assert config.control_plane[0].sans == ("localhost",) and str(config.service_cidr) == "10.96.0.0/12"

@@ -302,6 +302,9 @@ def ca_keys_in_vault(tree: KubeadmTree, observed: Mapping[str, ObservedMount]) -
 # --- a cluster file from the tree (--print-config) ---------------------------------------------------
 
 UNDERIVED = "UNDERIVED"  # the mark on a field the tree cannot tell: check or fill it in
+# A 1.24 kubelet makes a P-256 key for every CSR, whatever the cluster's other keys are (seen with
+# the real kubelet: the signer refused each CSR of an adopted RSA-2048 cluster as UnsupportedKeyType).
+KUBELET_KEY_TYPE = "ec-p256"
 SERVICE_NAMES = ("kubernetes", "kubernetes.default", "kubernetes.default.svc")
 _SERVICE_FQDN = "kubernetes.default.svc."
 
@@ -323,7 +326,7 @@ def derive_config(tree: KubeadmTree, files: Mapping[str, bytes]) -> tuple[dict[s
         "cluster": {"name": _cluster_name(files.get(ADMIN_CONF)), "endpoint": server,
                     "service_cidr": _service_cidr(service_ip), "domain": domains[0] if domains else "cluster.local",
                     "apiserver_port": int(local.rsplit(":", 1)[1]) if local.count(":") >= 2 else 6443},
-        "pki": {"key_type": have.key_type, "leaf_ttl": "24h", "ca_ttl": "87600h"},
+        "pki": {"key_type": KUBELET_KEY_TYPE, "leaf_ttl": "24h", "ca_ttl": "87600h"},
         "vault": {"mount_prefix": ""},
         "nodes": {"control_plane": [{"name": tree.node, "ips": node_ips, "sans": sans}], "workers": []},
     }
@@ -333,6 +336,9 @@ def derive_config(tree: KubeadmTree, files: Mapping[str, bytes]) -> tuple[dict[s
         "nodes.control_plane": "only this node is in this directory: add the other control-plane nodes",
         "nodes.workers": "joined nodes are not in this directory: add them",
     }
+    if have.key_type != KUBELET_KEY_TYPE:
+        marked["pki.key_type"] = (f"kubeadm's leaves are {have.key_type}; the kubelets' CSRs are always "
+                                  f"{KUBELET_KEY_TYPE}, and vaultk8s signer signs only this key type")
     return doc, marked
 
 
