@@ -17,10 +17,12 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from cryptography import x509
 
 from tests.helpers.adopt import CA_KEYS, adopt, adopt_in_place, assert_ok, derived_cluster
-from tests.helpers.cluster import run_cli
+from tests.helpers.cluster import openssl_verify, run_cli, write_cluster
+from tests.helpers.hsm import hsm_section, init_dev_token, needs_softhsm, token_environ
 from tests.helpers.kube import kube_bin_dir
 from tests.helpers.kubeadm_cluster import (HttpsProbe, cert_pem, fingerprint, issue, key_pem, kubeadm_cluster,
                                            kubeconfig_credentials, load_pair, make_kubeadm_tree, mint_token, new_ca,
@@ -219,3 +221,39 @@ def test_rotating_every_ca_and_the_sa_key_of_an_adopted_cluster_ends_kubeadms_tr
         assert status_with(plane, token=mint_token(plane, name="after")) == 200
         assert plane.kubectl("auth", "can-i", "delete", "secrets", "-A").stdout.strip() == "yes"
 
+
+
+@needs_softhsm
+def test_hsm_mode_adopt_keeps_kubeadms_roots_in_vault_until_ca_rotate_moves_them_to_token_roots(
+        kubeadm_tree, vault_env, mount_prefix, tmp_path):
+    """HSM mode: adopt imports kubeadm's roots into Vault; bootstrap keeps them (named `adopted`),
+    and `ca rotate` of each CA makes a token root and a Vault intermediate under it, cross-signed
+    by kubeadm's root, then retires kubeadm's root. Leaves verify against the old root after switch
+    and against the token root alone after retire; bootstrap then finds each mount's default issuer
+    signed by the token's root."""
+    token = init_dev_token(tmp_path / "token")
+    env = {**vault_env, **token_environ(token)}
+    cluster = derived_cluster(kubeadm_tree, tmp_path / "cluster.yaml", mount_prefix)
+    doc = yaml.safe_load(cluster.read_text())
+    doc["hsm"] = hsm_section("ec-p256")
+    write_cluster(cluster, doc)
+    out = kubeadm_tree.parent
+    assert_ok(adopt(cluster, kubeadm_tree, env))
+    assert_ok(run_cli("bootstrap", "--config", str(cluster), "--out", str(out), env=env))
+    assert_ok(adopt(cluster, kubeadm_tree, env, "--remove-ca-keys"))
+    pki = kubeadm_tree / "pki"
+    for ca, bundle, leaf in (("kubernetes-ca", "ca.crt", "apiserver.crt"), ("etcd-ca", "etcd/ca.crt", "etcd/server.crt"),
+                             ("front-proxy-ca", "front-proxy-ca.crt", "front-proxy-client.crt")):
+        kubeadm_root = tmp_path / f"{ca}-kubeadm.pem"
+        kubeadm_root.write_bytes((pki / bundle).read_bytes())
+        for phase in ("stage", "switch", "retire"):
+            assert_ok(run_cli("ca", "rotate", "--config", str(cluster), "--out", str(out), "--ca", ca, "--phase", phase,
+                              env=env))
+            if phase == "switch":
+                assert openssl_verify(kubeadm_root, pki / leaf).returncode == 0, ca  # old clients still accept it
+        (root,) = x509.load_pem_x509_certificates((pki / bundle).read_bytes())
+        assert root.subject.rfc4514_string() != "" and fingerprint(root) != fingerprint(
+            x509.load_pem_x509_certificate(kubeadm_root.read_bytes()))
+        assert openssl_verify(pki / bundle, pki / leaf).returncode == 0, ca
+    again = run_cli("bootstrap", "--config", str(cluster), "--out", str(out), env=env)
+    assert again.returncode == 0 and "no changes" in again.stdout, again.stdout + again.stderr

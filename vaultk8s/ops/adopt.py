@@ -24,13 +24,16 @@ from vaultk8s.ops import sa as sa_ops
 from vaultk8s.plan import adopt as plan
 from vaultk8s.plan.actions import Action, ActionReport
 from vaultk8s.plan.cas import mount_ttl_seconds
+from vaultk8s.plan.naming import ADOPTED_ROOT
 from vaultk8s.store.atomic import FileContent, PayloadDir, public, read_file, write_file
 from vaultk8s.store.backup import write_backup
 from vaultk8s.store.layout import NodeOutput
 from vaultk8s.vault.gateway import VaultGateway
 
 MARKER_FILE = "vaultk8s-adopted.json"  # in the node directory: which cluster adopted it
-ISSUER_NAME = KEY_NAME = "root"  # what bootstrap names a root it makes (plan/cas.py root_params)
+# Not bootstrap's `root`: in HSM mode bootstrap keeps an adopted Vault-held root until `ca rotate`
+# moves the CA to a token root, and refuses any other Vault-held root (plan/cas.py check_ca_mode).
+ISSUER_NAME = KEY_NAME = ADOPTED_ROOT
 MAX_FILE_BYTES = 1024 * 1024  # a kubeadm file is a few KB
 
 

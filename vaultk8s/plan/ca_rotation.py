@@ -125,6 +125,13 @@ def staged_chain(rotation: Rotation, issuers: list[IssuerView]) -> tuple[str, ..
     return _chain(rotation.old, issuers, (new_anchor.id,) if new_anchor else ())
 
 
+def vault_root_under_hsm(rotation: Rotation, hsm: bool) -> bool:
+    """HSM mode rotating away from a root whose key is in Vault (an adopted kubeadm CA): the token
+    holds no old root to cross-sign with, so Vault's old root signs the new token root."""
+    old = rotation.old or rotation.current
+    return hsm and old.key_id is not None and crypto.is_self_signed(old.cert)
+
+
 def retired_chain(rotation: Rotation, issuers: list[IssuerView]) -> tuple[str, ...]:
     """The new issuer's chain after retire: up to its own root only, no cross-signed certificate."""
     return _chain(rotation.new, issuers)
@@ -202,13 +209,14 @@ def _plan_stage(mount: str, ca_label: str, rotation: Rotation, issuers: list[Iss
                         "new root in the token (non-extractable key) and a new intermediate it signs")
                  if hsm else
                  Action("generate-root", f"{mount}/issuer/{root_name(gen)}", "new root in the same mount, key in Vault"))
-        return [
+        actions = [
             first,
             Action("cross-sign", f"{mount}/issuer/{cross_name(gen)}",
                    f"{rotation.current.name} signs the new key: clients trusting only the old root accept it"),
             Action("chain-issuer", f"{mount}/issuer/{rotation.current.name}",
                    "default chain lists the new root: every trust bundle becomes old + new"),
         ]
+        return actions
     actions = []
     old, new = rotation.old, rotation.new
     if rotation.cross is None:

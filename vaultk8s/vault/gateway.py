@@ -280,6 +280,12 @@ class VaultGateway:
         issuer = f"{mount}/issuer/{issuer_ref}"
         return self._post(f"{issuer}/sign-intermediate", params, "sign an intermediate with", issuer)["data"]["certificate"]
 
+    def sign_self_issued(self, mount: str, issuer_ref: str, pem: str) -> str:
+        """Another root's self-issued certificate re-signed by this issuer: a cross-signed root."""
+        issuer = f"{mount}/issuer/{issuer_ref}"
+        return self._post(f"{issuer}/sign-self-issued", {"certificate": pem}, "cross-sign a root with",
+                          issuer)["data"]["certificate"]
+
     def import_issuer_cert(self, mount: str, pem: str) -> list[str]:
         """Import certificate(s) as issuers; returns the ids of those new to the mount."""
         data = self._post(f"{mount}/issuers/import/cert", {"pem_bundle": pem}, "import an issuer into", mount)
