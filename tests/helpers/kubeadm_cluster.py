@@ -197,25 +197,12 @@ class KubeadmControlPlane(KubeControlPlane):
         `-csrsigning`, no signing files). `--controllers` is a list flag (repeats add up): do not pass
         it in extra_args. leader_elect=False by default (kubeadm: true): a restarted single instance
         would otherwise wait out the old lease (15 s)."""
-        conf, p = self.local_kubeconfig("controller-manager.conf"), self.pki
-        index = len(self.controller_managers)
         cert, key = signing_pair
-        signing = ([f"--cluster-signing-cert-file={p / cert}", f"--cluster-signing-key-file={p / key}",
+        signing = ([f"--cluster-signing-cert-file={self.pki / cert}", f"--cluster-signing-key-file={self.pki / key}",
                     "--controllers=*,bootstrapsigner,tokencleaner"] if csrsigning
                    else ["--controllers=*,bootstrapsigner,tokencleaner,-csrsigning"])
-        proc = self._spawn(f"kube-controller-manager-{index}", [
-            str(self.bin / "kube-controller-manager"),
-            f"--authentication-kubeconfig={conf}", f"--authorization-kubeconfig={conf}", f"--kubeconfig={conf}",
-            "--bind-address=127.0.0.1", f"--secure-port={loopback_port()}",
-            f"--cert-dir={self.workdir / f'kcm-certs-{index}'}",
-            f"--client-ca-file={p / 'ca.crt'}", f"--requestheader-client-ca-file={p / 'front-proxy-ca.crt'}",
-            "--cluster-name=kube", *signing, f"--leader-elect={'true' if leader_elect else 'false'}",
-            f"--root-ca-file={p / 'ca.crt'}", f"--service-account-private-key-file={p / 'sa.key'}",
-            "--use-service-account-credentials=true",
-            *extra_args,
-        ])
-        self.controller_managers.append(proc)
-        return proc
+        return self.spawn_controller_manager(self.local_kubeconfig("controller-manager.conf"), [
+            *signing, f"--leader-elect={'true' if leader_elect else 'false'}", *extra_args])
 
     def stop_controller_manager(self, proc: subprocess.Popen) -> None:
         stop_process(proc)
