@@ -121,3 +121,16 @@ def test_write_file_is_atomic_and_idempotent(tmp_path):
     assert write_file(target, secret(b"two"))
     assert target.read_bytes() == b"two" and stat.S_IMODE(target.stat().st_mode) == 0o600
     assert [p.name for p in target.parent.iterdir()] == ["admin.conf"]
+
+
+def test_backup_leaves_the_mode_of_its_directory_alone(tmp_path):
+    """adopt writes /etc/kubernetes.before-vaultk8s.tar: /etc must keep its 0755."""
+    from vaultk8s.store.backup import write_backup
+
+    etc = tmp_path / "etc"
+    etc.mkdir(mode=0o755)
+    etc.chmod(0o755)
+    assert write_backup(etc / "kubernetes.before-vaultk8s.tar", {"pki/ca.key": secret(b"k")})
+    assert stat.S_IMODE(etc.stat().st_mode) == 0o755
+    assert stat.S_IMODE((etc / "kubernetes.before-vaultk8s.tar").stat().st_mode) == 0o600
+    assert write_backup(etc / "kubernetes.before-vaultk8s.tar", {}) is False  # the first one is kept

@@ -25,7 +25,7 @@ from vaultk8s.plan import adopt as plan
 from vaultk8s.plan.actions import Action, ActionReport
 from vaultk8s.plan.cas import mount_ttl_seconds
 from vaultk8s.plan.naming import ADOPTED_ROOT
-from vaultk8s.store.atomic import FileContent, PayloadDir, public, read_file, write_file
+from vaultk8s.store.atomic import FileContent, PayloadDir, public, read_file, write_file_in_place
 from vaultk8s.store.backup import write_backup
 from vaultk8s.store.layout import NodeOutput
 from vaultk8s.vault.gateway import VaultGateway
@@ -82,7 +82,7 @@ def adopt(config: ClusterConfig, src: Path, gateway: VaultGateway, *, now: datet
     _import_cas(config, tree, gateway, [a.target for a in report.actions if a.kind == "import-ca"])
     if any(a.kind == "import-sa-key" for a in report.actions):
         sa_ops.ensure_key_set(config, gateway, now=now, dry_run=False, make_key=lambda _key_type: tree.sa_key)
-    write_file(src / MARKER_FILE, marker)
+    write_file_in_place(src / MARKER_FILE, marker)
     if removals:
         _remove_ca_keys(config, src, tree, gateway)
     return report

@@ -93,6 +93,20 @@ def write_file(path: Path, content: FileContent) -> bool:
     return True
 
 
+def write_file_in_place(path: Path, content: FileContent) -> bool:
+    """write_file into a directory vaultk8s does not own (`/etc` for adopt's backup, a kubeadm
+    directory): it must exist, and its mode is left as it is (write_file would make it 0700)."""
+    if read_file(path) == content.data and _mode(path) == content.mode:
+        return False
+    if not path.parent.is_dir():
+        raise StoreError(f"cannot write {path}: {path.parent} is not a directory")
+    try:
+        replace_file(path, content)
+    except OSError as err:
+        raise StoreError(f"cannot write {path}: {err.strerror}") from None
+    return True
+
+
 def replace_file(path: Path, content: FileContent) -> None:
     """write_file's atomic replace alone, for callers that own their directory and their errors
     (dev/, hsm/devtoken.py): the directory must exist, and OSError propagates.

@@ -8,7 +8,7 @@ import tarfile
 from pathlib import Path
 from typing import Mapping
 
-from vaultk8s.store.atomic import FileContent, secret, write_file
+from vaultk8s.store.atomic import FileContent, secret, write_file_in_place
 
 MTIME = 0  # the same tree gives the same bytes
 
@@ -28,4 +28,4 @@ def write_backup(path: Path, files: Mapping[str, FileContent]) -> bool:
     """Write the backup once: an existing one is the earlier, truer 'before' and is kept (False)."""
     if path.exists():
         return False
-    return write_file(path, secret(tar_bytes(files)))
+    return write_file_in_place(path, secret(tar_bytes(files)))
