@@ -86,6 +86,8 @@ def test_adopt_then_in_place_bootstrap_then_remove_ca_keys_fails_no_request(vaul
         assert served.issuer.rfc4514_string() == "CN=kubernetes"
         assert fingerprint(x509.load_pem_x509_certificate((plane.pki / "ca.crt").read_bytes())) == kubeadm_ca
         assert [k for k in CA_KEYS if (tree / k).exists()] == []
+        leftovers = [p for p in tree.rglob("*.key") if p.name in ("ca.key", "front-proxy-ca.key")]
+        assert leftovers == []  # not in any version directory either
         assert (tree / "pki/sa.key").exists()
         assert (tree / "pki/..data").is_symlink() and (tree / "pki/etcd").is_symlink()
         backup = tmp_path / "cp-1.before-vaultk8s.tar"
@@ -256,4 +258,19 @@ def test_hsm_mode_adopt_keeps_kubeadms_roots_in_vault_until_ca_rotate_moves_them
             x509.load_pem_x509_certificate(kubeadm_root.read_bytes()))
         assert openssl_verify(pki / bundle, pki / leaf).returncode == 0, ca
     again = run_cli("bootstrap", "--config", str(cluster), "--out", str(out), env=env)
+    assert again.returncode == 0 and "no changes" in again.stdout, again.stdout + again.stderr
+
+
+def test_an_adoption_interrupted_after_an_import_is_finished_by_a_rerun(kubeadm_tree, vault_env, mount_prefix,
+                                                                        tmp_path):
+    """The bundle of one CA already imported (unnamed), as a run killed right after the import leaves it."""
+    cluster = derived_cluster(kubeadm_tree, tmp_path / "cluster.yaml", mount_prefix)
+    gateway = VaultGateway.from_env(vault_env)
+    mount = f"{mount_prefix}etcd-ca"
+    gateway.enable_pki(mount, 3600, "interrupted adopt")
+    pki = kubeadm_tree / "pki"
+    gateway.import_issuer_bundle(mount, (pki / "etcd/ca.crt").read_text() + (pki / "etcd/ca.key").read_text())
+    assert_ok(adopt(cluster, kubeadm_tree, vault_env))
+    assert gateway.read_issuer(mount, "default")["issuer_name"] == "adopted"
+    again = adopt(cluster, kubeadm_tree, vault_env)
     assert again.returncode == 0 and "no changes" in again.stdout, again.stdout + again.stderr

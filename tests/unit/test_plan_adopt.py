@@ -119,8 +119,10 @@ def test_plan_imports_into_empty_mounts_and_refuses_another_ca(files):
     empty = {n: adopt.ObservedMount(None) for n in tree.cas}
     kinds = [a.kind for a in adopt.plan_cas(cluster(), tree, empty)]
     assert kinds == ["enable-mount", "import-ca"] * 3
-    same = {n: adopt.ObservedMount("pki", cert_pem(c.cert).decode(), True) for n, c in tree.cas.items()}
+    same = {n: adopt.ObservedMount("pki", cert_pem(c.cert).decode(), True, "adopted") for n, c in tree.cas.items()}
     assert adopt.plan_cas(cluster(), tree, same) == []
+    unnamed = dict(same, **{"etcd-ca": replace(same["etcd-ca"], issuer_name="")})  # an interrupted adopt
+    assert [(a.kind, a.target) for a in adopt.plan_cas(cluster(), tree, unnamed)] == [("import-ca", "etcd-ca")]
     other = dict(same, **{"etcd-ca": adopt.ObservedMount("pki", cert_pem(new_ca("etcd-ca")[0]).decode(), True)})
     with pytest.raises(PlanRefused, match="etcd-ca already holds another CA"):
         adopt.plan_cas(cluster(), tree, other)

@@ -143,7 +143,8 @@ def _observe_mount(gateway: VaultGateway, mount: str) -> plan.ObservedMount:
     if kind != "pki":
         return plan.ObservedMount(kind)
     issuer = gateway.read_issuer(mount, "default") or {}
-    return plan.ObservedMount(kind, issuer.get("certificate") or None, bool(issuer.get("key_id")))
+    return plan.ObservedMount(kind, issuer.get("certificate") or None, bool(issuer.get("key_id")),
+                              issuer.get("issuer_name") or "")
 
 
 def _observe_key_set(gateway: VaultGateway, config: ClusterConfig):
@@ -164,6 +165,9 @@ def _import_cas(config: ClusterConfig, tree: plan.KubeadmTree, gateway: VaultGat
         if gateway.mount_type(mount) is None:
             gateway.enable_pki(mount, mount_ttl_seconds(config), f"vaultk8s {config.name}: {ca.description}")
         issuers, keys = gateway.import_issuer_bundle(mount, tree.cas[ca.name].bundle_pem)
+        if not issuers:  # imported by an earlier, interrupted run: the mount's only issuer is it
+            issuer = gateway.read_issuer(mount, "default") or {}
+            issuers, keys = [issuer.get("issuer_id")], [issuer.get("key_id")]
         for issuer in issuers:  # PATCH: a POST would also ask for crl-signing, which kubeadm's CAs lack
             gateway.patch_issuer(mount, issuer, {"issuer_name": ISSUER_NAME})
             gateway.set_default_issuer(mount, issuer)

@@ -243,6 +243,7 @@ class ObservedMount:
     mount_type: str | None
     ca_pem: str | None = None  # the default issuer's certificate
     has_key: bool = False  # the default issuer has its private key in Vault
+    issuer_name: str = ""
 
 
 def plan_cas(config: ClusterConfig, tree: KubeadmTree, observed: Mapping[str, ObservedMount]) -> list[Action]:
@@ -263,6 +264,8 @@ def plan_cas(config: ClusterConfig, tree: KubeadmTree, observed: Mapping[str, Ob
             if not seen.has_key:
                 raise PlanRefused(f"{mount} holds {PKI}{ca.cert_file} without its key: import its bundle "
                                   "by hand or use another vault.mount_prefix")
+            if not seen.issuer_name:  # an adopt stopped between the import and the naming
+                actions.append(Action("import-ca", mount, f"{PKI}{ca.cert_file} is there unnamed: name it"))
             continue
         if have.key_pem is None:
             raise PlanRefused(f"{PKI}{ca_key_file(ca)} missing, and {mount} does not hold {PKI}{ca.cert_file}: "
