@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import ipaddress
+import warnings
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from cryptography import x509
+from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -15,6 +17,11 @@ from vaultk8s.catalog import Usage
 from vaultk8s.keytypes import KEY_TYPES
 
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+
+# kubeadm's CAs have serial number 0 (docs/adopt-facts.md, 2): cryptography warns on every load, and
+# `adopt` would print that warning for a tree it reads correctly. Filtered once, for that warning only.
+warnings.filterwarnings("ignore", message="Parsed a serial number which wasn't positive",
+                        category=CryptographyDeprecationWarning)
 
 _CURVES = {curve.name: curve for curve in (ec.SECP256R1, ec.SECP384R1)}
 _CURVE_KEY_TYPES = {spec.curve: spec.name for spec in KEY_TYPES.values() if spec.curve}

@@ -69,7 +69,7 @@ def kube_cluster_doc(prefix: str, apiserver_port: int, workers: int = 1, key_typ
     return doc
 
 
-def _stop(proc: subprocess.Popen | None) -> None:
+def stop_process(proc: subprocess.Popen | None) -> None:
     if proc is None or proc.poll() is not None:
         return
     proc.terminate()
@@ -169,7 +169,7 @@ class KubeControlPlane:
         self.wait_ready()
 
     def restart_apiserver(self) -> None:
-        _stop(self.apiserver)
+        stop_process(self.apiserver)
         self.start_apiserver()
 
     def wait_ready(self, timeout: float = READY_TIMEOUT) -> None:
@@ -193,8 +193,13 @@ class KubeControlPlane:
     # kube-controller-manager --------------------------------------------------------------------
     def start_controller_manager(self, extra_args: tuple[str, ...] | list[str] = ()) -> subprocess.Popen:
         """kube-controller-manager from controller-manager.conf, external-CA mode (no csrsigning)."""
-        conf, p = self.node_dir / "controller-manager.conf", self.pki
-        index = len(self.controller_managers)
+        return self.spawn_controller_manager(self.node_dir / "controller-manager.conf",
+                                             ["--controllers=*,-csrsigning", "--leader-elect=false", *extra_args])
+
+    def spawn_controller_manager(self, conf: Path, flags: list[str]) -> subprocess.Popen:
+        """kube-controller-manager on conf with the flags every test shares, then `flags` (controllers,
+        signing files, leader election, extras)."""
+        p, index = self.pki, len(self.controller_managers)
         proc = self._spawn(f"kube-controller-manager-{index}", [
             str(self.bin / "kube-controller-manager"),
             f"--kubeconfig={conf}", f"--authentication-kubeconfig={conf}", f"--authorization-kubeconfig={conf}",
@@ -202,9 +207,7 @@ class KubeControlPlane:
             f"--cert-dir={self.workdir / f'kcm-certs-{index}'}",
             f"--client-ca-file={p / 'ca.crt'}", f"--requestheader-client-ca-file={p / 'front-proxy-ca.crt'}",
             f"--root-ca-file={p / 'ca.crt'}", f"--service-account-private-key-file={p / 'sa.key'}",
-            "--use-service-account-credentials=true", "--controllers=*,-csrsigning",
-            "--leader-elect=false", "--cluster-name=kube",
-            *extra_args,
+            "--use-service-account-credentials=true", "--cluster-name=kube", *flags,
         ])
         self.controller_managers.append(proc)
         return proc
@@ -222,7 +225,7 @@ class KubeControlPlane:
 
     def stop(self) -> None:
         for proc in [*self.controller_managers, self.apiserver, self.etcd]:
-            _stop(proc)
+            stop_process(proc)
 
 
 @contextlib.contextmanager

@@ -45,6 +45,40 @@ def test_plain_files_from_kubeadm_are_migrated(tmp_path):
     assert os.path.islink(tmp_path / "pki" / "etcd")
 
 
+def test_plain_files_are_linked_as_they_are_before_new_content(tmp_path, monkeypatch):
+    """kubeadm's apiserver.crt/key: the first version holds the old pair, the second the new one, so
+    a key link never points at a new key while the cert beside it is still the old plain file; the
+    plain etcd/ is exchanged for its link (renameat2), never removed first."""
+    from vaultk8s.store import atomic
+
+    (tmp_path / "pki" / "etcd").mkdir(parents=True)
+    (tmp_path / "pki" / "a.crt").write_bytes(b"old")
+    (tmp_path / "pki" / "a.key").write_bytes(b"old")
+    (tmp_path / "pki" / "etcd" / "x.crt").write_bytes(b"X")
+    published, removed = [], []
+    real_publish, real_rmtree = atomic.PayloadDir._publish, atomic.shutil.rmtree
+    monkeypatch.setattr(atomic.PayloadDir, "_publish",
+                        lambda self, files: published.append(files["a.key"].data) or real_publish(self, files))
+    monkeypatch.setattr(atomic.shutil, "rmtree", lambda path, **kw: removed.append(os.path.islink(
+        tmp_path / "pki" / "etcd")) or real_rmtree(path, **kw))
+    assert PayloadDir(tmp_path / "pki").update({"a.crt": public(b"new"), "a.key": secret(b"new")})
+    assert published == [b"old", b"new"]
+    assert removed and all(removed)  # etcd/ was already the link whenever a directory was removed
+    assert (tmp_path / "pki" / "etcd" / "x.crt").read_bytes() == b"X"
+    assert [p.name for p in (tmp_path / "pki").iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_remove_ca_keys_removes_only_them(tmp_path):
+    (tmp_path / "cp-1" / "pki" / "etcd").mkdir(parents=True)
+    for rel in ("ca.crt", "ca.key", "etcd/ca.key", "front-proxy-ca.key", "sa.key"):
+        (tmp_path / "cp-1" / "pki" / rel).write_bytes(b"x")
+    assert NodeOutput(tmp_path, "cp-1").remove_ca_keys()
+    pki = tmp_path / "cp-1" / "pki"
+    assert [rel for rel in ("ca.crt", "ca.key", "etcd/ca.key", "front-proxy-ca.key", "sa.key")
+            if (pki / rel).exists()] == ["ca.crt", "sa.key"]
+    assert NodeOutput(tmp_path, "cp-1").remove_ca_keys() is False
+
+
 def test_refuses_paths_outside_and_ca_keys(tmp_path):
     with pytest.raises(StoreError):
         PayloadDir(tmp_path / "pki").update({"../evil": public(b"x")})
@@ -87,3 +121,16 @@ def test_write_file_is_atomic_and_idempotent(tmp_path):
     assert write_file(target, secret(b"two"))
     assert target.read_bytes() == b"two" and stat.S_IMODE(target.stat().st_mode) == 0o600
     assert [p.name for p in target.parent.iterdir()] == ["admin.conf"]
+
+
+def test_backup_leaves_the_mode_of_its_directory_alone(tmp_path):
+    """adopt writes /etc/kubernetes.before-vaultk8s.tar: /etc must keep its 0755."""
+    from vaultk8s.store.backup import write_backup
+
+    etc = tmp_path / "etc"
+    etc.mkdir(mode=0o755)
+    etc.chmod(0o755)
+    assert write_backup(etc / "kubernetes.before-vaultk8s.tar", {"pki/ca.key": secret(b"k")})
+    assert stat.S_IMODE(etc.stat().st_mode) == 0o755
+    assert stat.S_IMODE((etc / "kubernetes.before-vaultk8s.tar").stat().st_mode) == 0o600
+    assert write_backup(etc / "kubernetes.before-vaultk8s.tar", {}) is False  # the first one is kept

@@ -42,6 +42,7 @@ def _main(version: bool = typer.Option(False, "--version", callback=_version, is
 
 def _register() -> None:
     """Import each command group here; one line per group keeps merges trivial."""
+    from vaultk8s.cli import adopt
     from vaultk8s.cli import agent
     from vaultk8s.cli import bootstrap
     from vaultk8s.cli import ca
@@ -54,6 +55,7 @@ def _register() -> None:
     from vaultk8s.cli import signer
 
     app.command("bootstrap")(bootstrap.bootstrap)
+    app.command("adopt")(adopt.adopt)
     app.command("agent")(agent.agent)
     app.command("signer")(signer.signer)
     app.command("signer-credentials")(signer.signer_credentials)

@@ -148,6 +148,11 @@ def _apply(action: Action, ca: catalog.CASpec, config: ClusterConfig, gateway: V
         gateway.generate_root_issuer(mount, {**root_params(ca, config), "issuer_name": name, "key_name": name})
     elif action.kind == "hsm-generation":
         _hsm_generation(authority, config, gateway, mount, ca, name, now)
+    elif action.kind == "cross-sign" and plan.vault_root_under_hsm(rotation, authority is not None):
+        # The new token root re-signed by the old root in Vault: the same cross-signed root the
+        # token makes in HSM mode, so leaves chain intermediate -> cross root -> old root alike.
+        new_root = crypto.cert_pem(plan.anchor_of(rotation.new, issuers).cert).decode()
+        _import_named(gateway, mount, gateway.sign_self_issued(mount, rotation.old.id, new_root), name)
     elif action.kind == "cross-sign" and authority is not None:
         new_root = plan.anchor_of(rotation.new, issuers)
         cross = authority.cross_sign(naming.token_root_name(ca.name, rotation.old.generation), new_root.cert, now)
@@ -161,7 +166,7 @@ def _apply(action: Action, ca: catalog.CASpec, config: ClusterConfig, gateway: V
     elif action.kind == "set-default":
         gateway.set_default_issuer(mount, rotation.new.id)
     elif action.kind == "retire-issuer":
-        gateway.patch_issuer(mount, rotation.old.id, {"usage": plan.RETIRED_USAGE, "issuer_name": result.retired_as,
+        gateway.patch_issuer(mount, rotation.old.id, {"usage": plan.retired_usage(rotation.old.cert), "issuer_name": result.retired_as,
                                                       "manual_chain": []})
     elif action.kind == "delete-issuer":
         gateway.delete_issuer(mount, name)

@@ -26,7 +26,7 @@ def ensure_cas(config: ClusterConfig, gateway: VaultGateway, *, now: datetime,
         roots = probe_roots(authority, {ca.name: current_token_root(config, gateway, ca) for ca in catalog.CAS})
         plans = []
         for ca in catalog.CAS:
-            observed = _observe_ca(config.mount(ca.name), gateway, roots.get(ca.name))
+            observed = _observe_ca(config.mount(ca.name), gateway, roots.get(ca.name), config.hsm is not None)
             plans.append((ca, plan_ca(ca, config, observed, gateway.addr)))
         if not dry_run:
             # Roots are made in the token before any Vault write: a token that cannot (mechanism,
@@ -43,14 +43,17 @@ def ensure_cas(config: ClusterConfig, gateway: VaultGateway, *, now: datetime,
     return states, [a for _, actions in plans for a in actions]
 
 
-def _observe_ca(mount: str, gateway: VaultGateway, hsm_root_sha256: str | None = None) -> ObservedCA:
+def _observe_ca(mount: str, gateway: VaultGateway, hsm_root_sha256: str | None = None,
+                hsm: bool = False) -> ObservedCA:
     kind = gateway.mount_type(mount)
     if kind != "pki":
         return ObservedCA(mount_type=kind)
     ca_pem = gateway.read_ca_pem(mount)
     chain = tuple(gateway.read_ca_chain_pem(mount)) if ca_pem else ()
+    # The issuer's name tells an adopted root (kept in HSM mode until `ca rotate`): read only then.
+    name = ((gateway.read_issuer(mount, "default") or {}).get("issuer_name") or "") if ca_pem and hsm else ""
     return ObservedCA(kind, ca_pem, gateway.mount_max_ttl(mount), gateway.read_urls(mount), chain, hsm_root_sha256,
-                      gateway.read_auto_tidy(mount))
+                      gateway.read_auto_tidy(mount), name)
 
 
 def _apply(action: Action, ca: catalog.CASpec, config: ClusterConfig, gateway: VaultGateway,

@@ -11,6 +11,7 @@ class Action:
     #          | write-role
     #          | delete-role | issue | write-file | generate-key | write-kv (service-account key set)
     #          | delete-approle | delete-token-role | delete-entity (policy apply: removed nodes)
+    #          | import-ca | import-sa-key | remove-file (adopt)
     target: str
     reason: str
 

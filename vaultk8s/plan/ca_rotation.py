@@ -27,6 +27,17 @@ from vaultk8s.plan.naming import (CROSS_PREFIX, RETIRED_PREFIX, cross_name, gene
 
 ISSUING = "issuing-certificates"
 RETIRED_USAGE = "crl-signing,ocsp-signing,read-only"
+RETIRED_USAGE_NO_CRL = "ocsp-signing,read-only"
+
+
+def retired_usage(cert: x509.Certificate) -> str:
+    """What a retired issuer may still do: sign CRLs only when its certificate allows cRLSign.
+    kubeadm's CAs do not, and Vault refuses crl-signing for them (docs/adopt-facts.md, 15)."""
+    try:
+        crl_sign = cert.extensions.get_extension_for_class(x509.KeyUsage).value.crl_sign
+    except x509.ExtensionNotFound:
+        crl_sign = True  # no KeyUsage: every usage is allowed
+    return RETIRED_USAGE if crl_sign else RETIRED_USAGE_NO_CRL
 SHOWN_LEAVES = 5  # a refusal names this many leaves, then counts the rest
 
 
@@ -114,6 +125,13 @@ def staged_chain(rotation: Rotation, issuers: list[IssuerView]) -> tuple[str, ..
     return _chain(rotation.old, issuers, (new_anchor.id,) if new_anchor else ())
 
 
+def vault_root_under_hsm(rotation: Rotation, hsm: bool) -> bool:
+    """HSM mode rotating away from a root whose key is in Vault (an adopted kubeadm CA): the token
+    holds no old root to cross-sign with, so Vault's old root signs the new token root."""
+    old = rotation.old or rotation.current
+    return hsm and old.key_id is not None and crypto.is_self_signed(old.cert)
+
+
 def retired_chain(rotation: Rotation, issuers: list[IssuerView]) -> tuple[str, ...]:
     """The new issuer's chain after retire: up to its own root only, no cross-signed certificate."""
     return _chain(rotation.new, issuers)
@@ -191,13 +209,14 @@ def _plan_stage(mount: str, ca_label: str, rotation: Rotation, issuers: list[Iss
                         "new root in the token (non-extractable key) and a new intermediate it signs")
                  if hsm else
                  Action("generate-root", f"{mount}/issuer/{root_name(gen)}", "new root in the same mount, key in Vault"))
-        return [
+        actions = [
             first,
             Action("cross-sign", f"{mount}/issuer/{cross_name(gen)}",
                    f"{rotation.current.name} signs the new key: clients trusting only the old root accept it"),
             Action("chain-issuer", f"{mount}/issuer/{rotation.current.name}",
                    "default chain lists the new root: every trust bundle becomes old + new"),
         ]
+        return actions
     actions = []
     old, new = rotation.old, rotation.new
     if rotation.cross is None:

@@ -14,6 +14,7 @@ from vaultk8s.config import ClusterConfig
 from vaultk8s.errors import PlanRefused
 from vaultk8s.keytypes import vault_key_params
 from vaultk8s.plan.actions import Action
+from vaultk8s.plan.naming import ADOPTED_ROOT
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,7 @@ class ObservedCA:
     chain_pem: tuple[str, ...] = ()  # the default issuer's ca_chain, issuer first
     hsm_root_sha256: str | None = None  # the token's root cert for this CA (HSM mode), hex
     auto_tidy: dict[str, Any] = field(default_factory=dict)
+    issuer_name: str = ""  # the default issuer's name
 
 
 # Short-lived leaves renewed by every node pile up in the certificate store (1000 nodes: ~4500 a
@@ -100,7 +102,7 @@ def check_ca_mode(ca: CASpec, config: ClusterConfig, observed: ObservedCA) -> No
     changes, and every certificate, kubeconfig and ca.crt on every node would need re-trust."""
     mount = config.mount(ca.name)
     issuer = crypto.load_cert(observed.ca_pem)
-    if config.hsm is not None and crypto.is_self_signed(issuer):
+    if config.hsm is not None and crypto.is_self_signed(issuer) and observed.issuer_name != ADOPTED_ROOT:
         raise PlanRefused(
             f"{mount} already has a CA whose root key is in Vault; HSM mode would replace it with a new "
             "CA that every node, kubeconfig and certificate would have to re-trust: remove the hsm: block, "
@@ -111,6 +113,8 @@ def check_ca_mode(ca: CASpec, config: ClusterConfig, observed: ObservedCA) -> No
             f"{mount} holds an intermediate signed by a root outside Vault (HSM mode); without the hsm: "
             "block vaultk8s would not check that root: restore the hsm: block (docs/hsm.md, mode switching)"
         )
+    if config.hsm is not None and crypto.is_self_signed(issuer):
+        return  # adopted: kubeadm's root stays in Vault until `ca rotate` moves the CA to a token root
     if config.hsm is not None and not _signed_by_token_root(issuer, observed):
         found = f"sha256 {observed.hsm_root_sha256}" if observed.hsm_root_sha256 else "none"
         raise PlanRefused(

@@ -76,6 +76,9 @@ def generation_of(issuer_name: str) -> int:
     return int(match.group(1)) if match else 1
 
 
+ADOPTED_ROOT = "adopted"  # generation 1 of an adopted CA: kubeadm's root, imported with its key (docs/adopt.md)
+
+
 def root_name(generation: int) -> str:
     """A generation's signing root in the mount (the first one is bootstrap's `root`)."""
     return "root" if generation == 1 else f"root-g{generation}"

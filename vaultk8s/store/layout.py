@@ -28,6 +28,11 @@ class NodeOutput:
         ensure_dir(self.root)
         return self.pki.update(changes)
 
+    def remove_ca_keys(self) -> bool:
+        """Delete the CA private keys kubeadm left in pki/ (`adopt --remove-ca-keys`, once Vault holds
+        them): the one change to CA_KEY_FILES allowed, and only a removal. False when none is left."""
+        return self.pki.update({rel: None for rel in sorted(CA_KEY_FILES)})
+
     def read_file(self, name: str) -> bytes | None:
         return read_file(self.root / name)
 

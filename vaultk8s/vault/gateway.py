@@ -290,10 +290,28 @@ class VaultGateway:
         issuer = f"{mount}/issuer/{issuer_ref}"
         return self._post(f"{issuer}/sign-intermediate", params, "sign an intermediate with", issuer)["data"]["certificate"]
 
+    def sign_self_issued(self, mount: str, issuer_ref: str, pem: str) -> str:
+        """Another root's self-issued certificate re-signed by this issuer: a cross-signed root."""
+        issuer = f"{mount}/issuer/{issuer_ref}"
+        return self._post(f"{issuer}/sign-self-issued", {"certificate": pem}, "cross-sign a root with",
+                          issuer)["data"]["certificate"]
+
     def import_issuer_cert(self, mount: str, pem: str) -> list[str]:
         """Import certificate(s) as issuers; returns the ids of those new to the mount."""
         data = self._post(f"{mount}/issuers/import/cert", {"pem_bundle": pem}, "import an issuer into", mount)
         return list(((data or {}).get("data") or {}).get("imported_issuers") or [])
+
+    def import_issuer_bundle(self, mount: str, pem_bundle: str) -> tuple[list[str], list[str]]:
+        """Import a CA certificate with its private key (adopt): the (issuer ids, key ids) new to the
+        mount; a bundle already there comes back as ([], []). The bundle is secret: it travels in the
+        request body only, never in a message."""
+        data = self._post(f"{mount}/issuers/import/bundle", {"pem_bundle": pem_bundle}, "import a CA into", mount,
+                          repeat=True)
+        info = (data or {}).get("data") or {}
+        return list(info.get("imported_issuers") or []), list(info.get("imported_keys") or [])
+
+    def name_key(self, mount: str, key_id: str, name: str) -> None:
+        self._post(f"{mount}/key/{key_id}", {"key_name": name}, "name key", f"{mount}/key/{key_id}", repeat=True)
 
     def delete_issuer(self, mount: str, issuer_id: str) -> None:
         self._delete(f"{mount}/issuer/{issuer_id}", "delete issuer")
