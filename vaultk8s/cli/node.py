@@ -47,10 +47,13 @@ def revoke(
     keep_tokens: bool = typer.Option(False, "--keep-tokens", help="Only destroy secret_ids; live tokens run out by TTL."),
     output: common.Output = common.OutputOption,
 ) -> None:
-    """Destroy the node's secret_ids and (default) delete its identity so its live tokens stop working."""
+    """Destroy the node's secret_ids and certificate login and (default) delete its identity so its live
+    tokens stop working. It stays revoked through later `policy apply` runs until `--readmit`."""
     cluster = common.load(config)
     cluster.node(node)
     report = ops.revoke(cluster, node, VaultGateway.from_env(), tokens=not keep_tokens)
     if not common.json_output(output, report):
         typer.echo(f"node {report.node}: {report.secret_ids_destroyed} secret_id(s) destroyed"
-                   + (", identity deleted (its tokens no longer work)" if report.entity_deleted else ""))
+                   + (", certificate login deleted" if report.cert_entry_deleted else "")
+                   + (", identity deleted (its tokens no longer work)" if report.entity_deleted else "")
+                   + f"; `vaultk8s policy apply --readmit {report.node}` admits it again")

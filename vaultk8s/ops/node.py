@@ -9,10 +9,12 @@ every live token of the node useless at once (its templated paths no longer reso
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 from vaultk8s.config import ClusterConfig
 from vaultk8s.errors import PlanRefused, StoreError, VaultError
+from vaultk8s.durations import rfc3339
 from vaultk8s.plan import grants, machine_auth, naming
 from vaultk8s.store.atomic import check_writable, read_file, secret, write_file
 from vaultk8s.vault.gateway import VaultGateway
@@ -41,9 +43,11 @@ def write_credentials(config: ClusterConfig, node_name: str, out: Path, gateway:
     check_writable(out)
     gateway.check_ready()
     am, role = naming.approle_mount(config), naming.approle_role(node.name)
-    if gateway.read_entity(naming.entity_name(config, node.name)) is None:
-        raise PlanRefused(f"node {node.name} has no identity in Vault (new, or revoked): "
-                          "an admin runs `vaultk8s policy apply` first")
+    entity = gateway.read_entity(naming.entity_name(config, node.name))
+    if entity is None:
+        raise PlanRefused(f"node {node.name} has no identity in Vault (new?): an admin runs `vaultk8s policy apply` first")
+    if ((entity.get("metadata") or {}).get(naming.REVOKED_METADATA_KEY)):
+        raise PlanRefused(f"node {node.name} was revoked: an admin runs `vaultk8s policy apply --readmit {node.name}` first")
     report = CredentialsReport(node.name)
     _write_login(out, gateway, am, role, wrap_ttl_seconds, report,
                  f"no AppRole role for node {node.name}: run `vaultk8s policy apply` first")
@@ -138,16 +142,19 @@ class RevokeReport:
     node: str
     secret_ids_destroyed: int = 0
     entity_deleted: bool = False
+    cert_entry_deleted: bool = False
 
     def to_dict(self) -> dict:
         return {"node": self.node, "secret_ids_destroyed": self.secret_ids_destroyed,
-                "entity_deleted": self.entity_deleted}
+                "entity_deleted": self.entity_deleted, "cert_entry_deleted": self.cert_entry_deleted}
 
 
-def revoke(config: ClusterConfig, node_name: str, gateway: VaultGateway, *, tokens: bool = True) -> RevokeReport:
-    """Destroy every secret_id of the node; with tokens, delete its entity so live tokens stop working.
+def revoke(config: ClusterConfig, node_name: str, gateway: VaultGateway, *, tokens: bool = True,
+           now: datetime | None = None) -> RevokeReport:
+    """Destroy every secret_id and the certificate login of the node; with tokens, delete its entity so
+    live tokens stop working. A marker (revoked_marker) keeps the node out through later `policy apply` runs.
 
-    Re-admitting the node afterwards is an admin decision: `policy apply`, then `node credentials`.
+    Re-admitting the node afterwards is an admin decision: `policy apply --readmit`, then `node credentials`.
     """
     node = config.node(node_name)
     gateway.check_ready()
@@ -156,8 +163,24 @@ def revoke(config: ClusterConfig, node_name: str, gateway: VaultGateway, *, toke
     for accessor in gateway.list_secret_id_accessors(am, role):
         gateway.destroy_secret_id_accessor(am, role, accessor)
         report.secret_ids_destroyed += 1
+    cm, entry = naming.cert_mount(config), naming.cert_entry(node.name)
+    if gateway.read_cert_entry(cm, entry) is not None:
+        gateway.delete_cert_entry(cm, entry)
+        report.cert_entry_deleted = True
     name = naming.entity_name(config, node.name)
-    if tokens and gateway.read_entity(name) is not None:
-        gateway.delete_entity(name)
+    entity = gateway.read_entity(name)
+    marker = revoked_marker(config, node, entity, now or datetime.now(timezone.utc))
+    if tokens and entity is not None and not entity.get("disabled"):
+        gateway.delete_entity(name)  # a new (disabled) entity below: old tokens die with the old one
         report.entity_deleted = True
+    gateway.write_entity(name, marker, disabled=tokens)
     return report
+
+
+def revoked_marker(config: ClusterConfig, node, entity: dict | None, now: datetime) -> dict[str, str]:
+    """The revoked node's entity metadata: `policy apply` leaves a node with it out until --readmit.
+
+    Once live tokens are to stop, the marker is a new entity, disabled and without aliases: no login
+    maps to it, and re-admission replaces it rather than re-enabling the old entity (its tokens)."""
+    found = ((entity or {}).get("metadata") or {}).get(naming.REVOKED_METADATA_KEY)
+    return {**machine_auth.entity_metadata(config, node), naming.REVOKED_METADATA_KEY: found or rfc3339(now)}
