@@ -95,19 +95,45 @@ def _write(out: Path, name: str, value: str, report: CredentialsReport) -> None:
 def login_from_dir(directory: Path, gateway: VaultGateway) -> str:
     """Log in with the files `write_credentials` wrote; unwraps a wrapped secret_id once, keeping it 0600.
 
-    This is what `vaultk8s agent` calls; the returned token is never written or printed here.
+    This is what the CSR signer calls; the returned token is never written or printed here.
     """
+    return approle_login(directory, gateway)[0]
+
+
+def approle_login(directory: Path, gateway: VaultGateway) -> tuple[str, str]:
+    """login_from_dir, also returning the secret_id used (the agent destroys it once enrolled)."""
     directory = Path(directory)
     role_id = _read(directory, ROLE_ID_FILE)
-    mount = _read(directory, MOUNT_FILE)
+    mount = read_approle_mount(directory)
+    secret_id = enrolment_secret_id(directory, gateway)
+    return gateway.login_approle(mount, role_id, secret_id), secret_id
+
+
+def enrolment_secret_id(directory: Path, gateway: VaultGateway) -> str:
+    """The secret_id in the directory; a wrapped one is unwrapped once and kept as `secret_id` (0600)."""
+    directory = Path(directory)
     wrapped = read_file(directory / WRAPPED_SECRET_ID_FILE)
-    if wrapped is not None:
-        secret_id = gateway.unwrap(wrapped.decode().strip())["secret_id"]
-        write_file(directory / SECRET_ID_FILE, secret(secret_id.encode()))
-        (directory / WRAPPED_SECRET_ID_FILE).unlink()
-    else:
-        secret_id = _read(directory, SECRET_ID_FILE)
-    return gateway.login_approle(mount, role_id, secret_id)
+    if wrapped is None:
+        return _read(directory, SECRET_ID_FILE)
+    secret_id = gateway.unwrap(wrapped.decode().strip())["secret_id"]
+    write_file(directory / SECRET_ID_FILE, secret(secret_id.encode()))
+    (directory / WRAPPED_SECRET_ID_FILE).unlink()
+    return secret_id
+
+
+def read_approle_mount(directory: Path) -> str:
+    return _read(Path(directory), MOUNT_FILE)
+
+
+def holds_enrolment(directory: Path) -> bool:
+    """The directory still holds an enrolment secret_id (plain or wrapped)."""
+    return any(read_file(Path(directory) / name) for name in (SECRET_ID_FILE, WRAPPED_SECRET_ID_FILE))
+
+
+def forget_enrolment(directory: Path) -> None:
+    """Delete the enrolment secret_id's files (role_id and the mount name stay: not secret on their own)."""
+    for name in (SECRET_ID_FILE, WRAPPED_SECRET_ID_FILE):
+        (Path(directory) / name).unlink(missing_ok=True)
 
 
 def authenticate(gateway: VaultGateway, credentials_dir: Path | None = None, token_file: Path | None = None) -> bool:

@@ -422,6 +422,14 @@ class VaultGateway:
             self.client.token = own
         return (data or {}).get("data") or {}
 
+    def revoke_token(self, token: str) -> None:
+        """Revoke another token of ours (a login made only as a proof) with itself; ours stays in use."""
+        own, self.client.token = self.client.token, token
+        try:
+            self.revoke_self()
+        finally:
+            self.client.token = own
+
     def use_token(self, token: str) -> None:
         """Authenticate later calls with token (the agent's own login); never logged."""
         self.client.token = token
