@@ -95,9 +95,9 @@ def apply(config: ClusterConfig, gateway: VaultGateway, *, dry_run: bool = False
     _ensure_policies(config, gateway, report, dry_run)
     accessors = Accessors(
         _ensure_auth_mount(config, gateway, report, dry_run, "approle", naming.approle_mount(config),
-                           "node machine credentials"),
+                           "AppRole mount for this cluster's nodes", "node machine credentials"),
         _ensure_auth_mount(config, gateway, report, dry_run, "cert", naming.cert_mount(config),
-                           "node certificate logins (kubelet-client)"),
+                           "cert mount for this cluster's nodes' certificate logins", "node certificate logins"),
         _token_accessor(gateway))
     _prune_removed_nodes(config, gateway, report, dry_run, accessors)
     trust = login_trust(config, gateway)
@@ -125,14 +125,14 @@ def _ensure_policies(config: ClusterConfig, gateway: VaultGateway, report: Polic
 
 
 def _ensure_auth_mount(config: ClusterConfig, gateway: VaultGateway, report: PolicyReport, dry_run: bool,
-                       method: str, mount: str, what: str) -> str | None:
+                       method: str, mount: str, why: str, what: str) -> str | None:
     found = gateway.auth_accessor(mount)
     if found is not None:
         if found[0] != method:
             raise PlanRefused(f"auth/{mount} is already a {found[0]!r} auth method, not {method}: "
                               "choose another vault.mount_prefix")
         return found[1]
-    report.actions.append(Action("enable-auth", f"auth/{mount}", f"{method} mount for this cluster's {what}"))
+    report.actions.append(Action("enable-auth", f"auth/{mount}", why))
     if dry_run:
         return None
     gateway.enable_auth(method, mount, f"vaultk8s {config.name}: {what}")
