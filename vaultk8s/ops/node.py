@@ -16,7 +16,7 @@ from vaultk8s.config import ClusterConfig
 from vaultk8s.errors import PlanRefused, StoreError, VaultError
 from vaultk8s.durations import rfc3339
 from vaultk8s.plan import grants, machine_auth, naming
-from vaultk8s.store.atomic import check_writable, read_file, secret, write_file
+from vaultk8s.store.atomic import check_writable, read_file, remove_file, secret, write_file
 from vaultk8s.vault.gateway import VaultGateway
 
 ROLE_ID_FILE = "role_id"
@@ -82,7 +82,7 @@ def _write_login(out: Path, gateway: VaultGateway, am: str, role: str, wrap_ttl_
     secret_id = gateway.generate_secret_id(am, role, wrap_ttl_seconds)
     if wrap_ttl_seconds:
         _write(out, WRAPPED_SECRET_ID_FILE, secret_id, report)
-        (out / SECRET_ID_FILE).unlink(missing_ok=True)  # a stale plain secret_id would shadow the new one
+        remove_file(out / SECRET_ID_FILE)  # a stale plain secret_id would shadow the new one
     else:
         _write(out, SECRET_ID_FILE, secret_id, report)
 
@@ -133,7 +133,7 @@ def holds_enrolment(directory: Path) -> bool:
 def forget_enrolment(directory: Path) -> None:
     """Delete the enrolment secret_id's files (role_id and the mount name stay: not secret on their own)."""
     for name in (SECRET_ID_FILE, WRAPPED_SECRET_ID_FILE):
-        (Path(directory) / name).unlink(missing_ok=True)
+        remove_file(Path(directory) / name)
 
 
 def authenticate(gateway: VaultGateway, credentials_dir: Path | None = None, token_file: Path | None = None) -> bool:
