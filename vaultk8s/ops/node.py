@@ -117,7 +117,7 @@ def enrolment_secret_id(directory: Path, gateway: VaultGateway) -> str:
         return _read(directory, SECRET_ID_FILE)
     secret_id = gateway.unwrap(wrapped.decode().strip())["secret_id"]
     write_file(directory / SECRET_ID_FILE, secret(secret_id.encode()))
-    (directory / WRAPPED_SECRET_ID_FILE).unlink()
+    remove_file(directory / WRAPPED_SECRET_ID_FILE)
     return secret_id
 
 
