@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives import hashes
 
 from tests.conftest import find_free_port
 from tests.helpers.agent import get, start_agent, stop_agent, wait_for
+from tests.helpers.hsm import hsm_section, needs_softhsm, new_token
 from tests.helpers.policy import CLUSTER, applied_cluster, approle_login, call, can_sign, cli, write_cluster
 from vaultk8s import crypto
 from vaultk8s.agent.runner import Agent, AgentSettings
@@ -298,3 +299,25 @@ def test_policy_apply_is_idempotent_shows_drift_and_prunes_cert_entries(vault_en
     gone = call(vault_env, vault_env["VAULT_TOKEN"], "GET",
                 f"auth/{naming.cert_mount(config)}/certs/{naming.cert_entry('worker-2')}")
     assert gone.status_code == 404
+
+
+@needs_softhsm
+def test_hsm_mode_certificate_login_chains_through_the_intermediate(vault_env, tmp_path, mount_prefix, monkeypatch):
+    """HSM mode: leaves are signed by the mount's intermediate; the entry trusts root + intermediate."""
+    new_token(tmp_path / "hsm", monkeypatch)
+    path, config, _, creds, env, out = _enrol(vault_env, tmp_path, mount_prefix, hsm=hsm_section("ec-p384"))
+    first = _agent_once(env, path, out, creds)
+    assert first.returncode == 0, first.stderr
+    assert not (creds / "secret_id").exists()
+    token = _cert_login(env, config, out / NODE, NODE)
+    assert can_sign(vault_env, config, token, NODE)
+
+
+def test_bound_cidrs_hold_for_the_certificate_login(vault_env, tmp_path, mount_prefix):
+    """bind_cidrs (the default): worker-1's certificate logs in only from worker-1's IP, not from here."""
+    path, config, _ = applied_cluster(vault_env, tmp_path, mount_prefix, policy={"bind_cidrs": True})
+    entry = call(vault_env, vault_env["VAULT_TOKEN"], "GET",
+                 f"auth/{naming.cert_mount(config)}/certs/{naming.cert_entry(NODE)}").json()["data"]
+    assert entry["token_bound_cidrs"] == ["10.0.1.1"]
+    env = {k: v for k, v in vault_env.items() if k != "VAULT_TOKEN"}
+    assert _cert_login_refused(env, config, tmp_path / "out" / NODE, NODE)
