@@ -321,3 +321,31 @@ def test_bound_cidrs_hold_for_the_certificate_login(vault_env, tmp_path, mount_p
     assert entry["token_bound_cidrs"] == ["10.0.1.1"]
     env = {k: v for k, v in vault_env.items() if k != "VAULT_TOKEN"}
     assert _cert_login_refused(env, config, tmp_path / "out" / NODE, NODE)
+
+
+def test_secret_id_is_kept_until_the_certificate_login_works(vault_env, tmp_path, mount_prefix, caplog):
+    """No cert entry yet (say, an older `policy apply`): the round succeeds with the enrolment
+    secret_id, which is kept (and its expiry exported) until the certificate logs in."""
+    path, config, _, creds, env, out = _enrol(vault_env, tmp_path, mount_prefix)
+    entry = f"auth/{naming.cert_mount(config)}/certs/{naming.cert_entry(NODE)}"
+    assert call(vault_env, vault_env["VAULT_TOKEN"], "DELETE", entry).ok
+    settings = AgentSettings(config=config, node=NODE, output=node_output(out, NODE), credentials_dir=creds)
+    agent = Agent(settings, connect=lambda: VaultGateway.from_env(env))
+    agent.renew_once()
+    assert (creds / "secret_id").exists()
+    assert "enrolment secret_id kept" in caplog.text
+    expiry = agent.metrics.credential_expiry.labels(NODE, "enrolment")._value.get()
+    assert abs(expiry - (time.time() + 24 * 3600)) < 120
+    assert agent.metrics.last_login.labels(NODE, "approle")._value.get() > 0
+
+    assert cli(vault_env, "policy", "apply", "-c", str(path)).returncode == 0
+    agent.renew_once()
+    assert not (creds / "secret_id").exists()
+    assert agent.metrics.last_login.labels(NODE, "cert")._value.get() > 0
+    assert 'credential="enrolment"' not in _exposition(agent)
+
+
+def _exposition(agent: Agent) -> str:
+    from prometheus_client import generate_latest
+
+    return generate_latest(agent.metrics.registry).decode()
