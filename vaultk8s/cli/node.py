@@ -24,7 +24,11 @@ def credentials(
     token: bool = typer.Option(False, "--token", help="Also write a plain token file with the node's policies and limits."),
     output: common.Output = common.OutputOption,
 ) -> None:
-    """Write the node's AppRole role_id and a new secret_id (and optionally a token) as 0600 files."""
+    """Write the node's AppRole role_id and a new secret_id (and optionally a token) as 0600 files.
+
+    The secret_id is the node's enrolment credential (policy.secret_id_ttl, default 24h): the agent
+    uses it for one round, then logs in with the node's certificate and destroys it (docs/identity.md).
+    """
     wrap_seconds = int(common.duration_flag(wrap_ttl, "--wrap-ttl").total_seconds()) if wrap_ttl else None
     cluster = common.load(config)
     cluster.node(node)  # an unknown node fails before any Vault call

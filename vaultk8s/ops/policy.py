@@ -196,7 +196,7 @@ def _prune_removed_nodes(config: ClusterConfig, gateway: VaultGateway, report: P
 
 
 @dataclass(frozen=True)
-class _NodeIdentity:
+class _NodeIdentity:  # what _ensure_node needs beyond the node itself
     trust: str | None  # the kubernetes-ca bundle the node's cert entry trusts (None: no CA yet)
     readmit: bool  # --readmit: a revoked node gets a new identity
     now: datetime
@@ -212,16 +212,34 @@ def _ensure_node(config: ClusterConfig, node: NodeSpec, gateway: VaultGateway, r
                    dry_run, "write-token-role", True)
     name = naming.entity_name(config, node.name)
     entity = gateway.read_entity(name)
-    if revoked_at(entity) and not _readmitted(node, gateway, report, dry_run, name, ident):
-        _keep_revoked(config, node, gateway, report, dry_run, accessors, revoked_at(entity))
+    when = revoked_at(entity)
+    if when and not ident.readmit:
+        _keep_revoked(config, node, gateway, report, dry_run, accessors, when)
         return
-    entity = gateway.read_entity(name)
+    if when:
+        _readmit(node, gateway, report, dry_run, name)
+        entity = None
+    entity = _ensure_entity(config, node, gateway, report, dry_run, name, entity)
+    _ensure_aliases(node, gateway, report, dry_run, accessors, name, entity, (am, role))
+    # after the aliases: a login before them would make Vault invent a metadata-less entity for the CN
+    _ensure_cert_entry(config, node, gateway, report, dry_run, accessors, ident)
+
+
+def _ensure_entity(config: ClusterConfig, node: NodeSpec, gateway: VaultGateway, report: PolicyReport,
+                   dry_run: bool, name: str, entity: dict | None) -> dict | None:
     metadata = machine_auth.entity_metadata(config, node)
-    if entity is None or (entity.get("metadata") or {}) != metadata or entity.get("disabled"):
-        report.actions.append(Action("write-entity", name, f"identity with metadata node={node.name}"))
-        if not dry_run:
-            gateway.write_entity(name, metadata)
-            entity = gateway.read_entity(name)
+    if entity is not None and (entity.get("metadata") or {}) == metadata and not entity.get("disabled"):
+        return entity
+    report.actions.append(Action("write-entity", name, f"identity with metadata node={node.name}"))
+    if dry_run:
+        return entity
+    gateway.write_entity(name, metadata)
+    return gateway.read_entity(name)
+
+
+def _ensure_aliases(node: NodeSpec, gateway: VaultGateway, report: PolicyReport, dry_run: bool, accessors: Accessors,
+                    name: str, entity: dict | None, approle: tuple[str, str]) -> None:
+    """The entity's aliases: the token role's name, the certificate's CN, the AppRole role_id."""
     aliases = {(a.get("mount_accessor"), a.get("name")) for a in ((entity or {}).get("aliases") or [])}
     if (accessors.token, name) not in aliases:
         _alias_action(report, dry_run, gateway, entity, accessors.token, name, f"plain token files of node {node.name}")
@@ -229,14 +247,12 @@ def _ensure_node(config: ClusterConfig, node: NodeSpec, gateway: VaultGateway, r
     if accessors.cert is None or (accessors.cert, cert_alias) not in aliases:
         _alias_action(report, dry_run, gateway, entity, accessors.cert, cert_alias,
                       f"certificate login of node {node.name}")
-    # after the alias: a login before it would make Vault invent a metadata-less entity for the CN
-    _ensure_cert_entry(config, node, gateway, report, dry_run, accessors, ident)
     if dry_run:
         # diff runs with an auditor token, which may not read role_ids: any alias on the mount counts
         if accessors.approle is None or not any(acc == accessors.approle for acc, _ in aliases):
             report.actions.append(Action("write-alias", f"{name}/role_id", f"binds AppRole login to node {node.name}"))
         return
-    role_id = gateway.role_id(am, role)
+    role_id = gateway.role_id(*approle)
     if (accessors.approle, role_id) not in aliases:
         _alias_action(report, dry_run, gateway, entity, accessors.approle, role_id, f"AppRole login of node {node.name}")
 
@@ -260,16 +276,12 @@ def revoked_at(entity: dict | None) -> str | None:
     return ((entity or {}).get("metadata") or {}).get(naming.REVOKED_METADATA_KEY) or None
 
 
-def _readmitted(node: NodeSpec, gateway: VaultGateway, report: PolicyReport, dry_run: bool, name: str,
-                ident: _NodeIdentity) -> bool:
+def _readmit(node: NodeSpec, gateway: VaultGateway, report: PolicyReport, dry_run: bool, name: str) -> None:
     """--readmit: the revoked marker goes; the node then gets a new entity (never the old one back)."""
-    if not ident.readmit:
-        return False
     report.actions.append(Action("delete-entity", name, f"--readmit {node.name}: a new identity replaces the "
                                  "revoked one"))
     if not dry_run:
         gateway.delete_entity(name)
-    return True
 
 
 def _keep_revoked(config: ClusterConfig, node: NodeSpec, gateway: VaultGateway, report: PolicyReport,
