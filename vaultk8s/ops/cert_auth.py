@@ -14,6 +14,7 @@ from datetime import datetime
 
 from vaultk8s import catalog, crypto
 from vaultk8s.config import ClusterConfig
+from vaultk8s.errors import PermissionDeniedError
 from vaultk8s.ops.leaves import read_ca_state
 from vaultk8s.plan import naming
 from vaultk8s.plan.actions import Action
@@ -43,7 +44,12 @@ def ensure_login_trust(config: ClusterConfig, gateway: VaultGateway, *, dry_run:
     mount, actions = naming.cert_mount(config), []
     for node in config.nodes:
         name = naming.cert_entry(node.name)
-        entry = gateway.read_cert_entry(mount, name)
+        try:
+            entry = gateway.read_cert_entry(mount, name)
+        except PermissionDeniedError:
+            raise PermissionDeniedError(f"this token may not read auth/{mount}/certs/{name}: an operator policy "
+                                        "from before certificate logins? an admin runs `vaultk8s policy apply`, "
+                                        "then re-run") from None
         if entry is None or crypto.same_certificates(entry.get("certificate"), trust):
             continue
         actions.append(Action("write-cert-trust", f"auth/{mount}/certs/{name}",
