@@ -108,15 +108,25 @@ class NodeLogin:
             return
         if login.method != CERT and not self._cert_login_proven(gateway, now):
             return
-        secret_id = login.secret_id or node_ops.enrolment_secret_id(self.credentials_dir, gateway)
+        try:
+            self._destroy(gateway, login.secret_id or node_ops.enrolment_secret_id(self.credentials_dir, gateway))
+        except VaultK8sError as err:  # the round's renewals stand; the next round tries again
+            log.warning("enrolment secret_id kept: cannot destroy it: %s", err)
+            return
+        self.metrics.credential_expiry.remove(self.node, "enrolment")
+        try:
+            node_ops.forget_enrolment(self.credentials_dir)
+        except VaultK8sError as err:  # destroyed in Vault already: the file is useless, not a failure
+            log.warning("%s; it is destroyed in Vault, so only the file is left", err)
+            return
+        log.info("enrolled: node %s logs in with its certificate; its enrolment secret_id is destroyed", self.node)
+
+    def _destroy(self, gateway: VaultGateway, secret_id: str) -> None:
         am = node_ops.read_approle_mount(self.credentials_dir)
         try:
             gateway.destroy_secret_id(am, naming.approle_role(self.node), secret_id)
         except VaultRequestRefused as err:  # expired or destroyed already: it cannot log in either way
             log.info("enrolment secret_id already unusable: %s", err)
-        node_ops.forget_enrolment(self.credentials_dir)
-        self.metrics.credential_expiry.remove(self.node, "enrolment")
-        log.info("enrolled: node %s logs in with its certificate; its enrolment secret_id is destroyed", self.node)
 
     def _cert_login_proven(self, gateway: VaultGateway, now: datetime) -> bool:
         held = login_cert(self.output, now)
