@@ -1,7 +1,8 @@
 #!/bin/sh
 # The compose demo's one-shot operator job (docs/compose.md): initialise and unseal OpenBao, make
-# the PKI, apply the policies, and issue the node's AppRole credentials for its agent. Idempotent:
-# a re-run only unseals, checks, and issues a fresh secret_id.
+# the PKI, apply the policies, and issue the node's enrolment credential (AppRole secret_id, 24h)
+# for its agent, which uses it once and then logs in with the node's own certificate. Idempotent:
+# a re-run only unseals, checks, and issues a fresh secret_id (the agent destroys it at its next round).
 set -eu
 CONFIG=/etc/vaultk8s/cluster.yaml
 CREDS=/var/lib/vaultk8s/credentials

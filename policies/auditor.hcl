@@ -12,6 +12,16 @@ path "auth/approle/role/+" {
   capabilities = ["read"]
 }
 
+# certificate-login inventory
+path "auth/cert/certs" {
+  capabilities = ["list"]
+}
+
+# certificate logins: trust, CN, token limits
+path "auth/cert/certs/+" {
+  capabilities = ["read"]
+}
+
 # check the token
 path "auth/token/lookup-self" {
   capabilities = ["read"]
@@ -57,6 +67,11 @@ path "identity/entity/name/vaultk8s-node-*" {
   capabilities = ["read"]
 }
 
+# the CA bundle certificate logins trust (public)
+path "kubernetes-ca/issuer/default/json" {
+  capabilities = ["read"]
+}
+
 # role inventory
 path "kubernetes-ca/roles" {
   capabilities = ["list"]
@@ -67,7 +82,7 @@ path "kubernetes-ca/roles/+" {
   capabilities = ["read"]
 }
 
-# find the AppRole and token mounts (names and accessors only)
+# find the AppRole, cert and token mounts (names and accessors only)
 path "sys/auth" {
   capabilities = ["read"]
 }

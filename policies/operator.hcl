@@ -57,6 +57,30 @@ path "auth/approle/role/node-worker-2/secret-id-accessor/destroy" {
   capabilities = ["update"]
 }
 
+# cp-1: bootstrap and ca rotate keep its certificate login's trust; node revoke
+path "auth/cert/certs/node-cp-1" {
+  capabilities = ["delete", "read", "update"]
+  allowed_parameters = {
+    "certificate" = []
+  }
+}
+
+# worker-1: bootstrap and ca rotate keep its certificate login's trust; node revoke
+path "auth/cert/certs/node-worker-1" {
+  capabilities = ["delete", "read", "update"]
+  allowed_parameters = {
+    "certificate" = []
+  }
+}
+
+# worker-2: bootstrap and ca rotate keep its certificate login's trust; node revoke
+path "auth/cert/certs/node-worker-2" {
+  capabilities = ["delete", "read", "update"]
+  allowed_parameters = {
+    "certificate" = []
+  }
+}
+
 # cp-1: plain token file
 path "auth/token/create/vaultk8s-node-cp-1" {
   capabilities = ["create", "update"]
@@ -242,19 +266,31 @@ path "front-proxy-ca/sign/front-proxy-client" {
   capabilities = ["create", "update"]
 }
 
-# cp-1: node revoke kills the node's live tokens
+# cp-1: node revoke kills the node's live tokens, leaves a disabled marker
 path "identity/entity/name/vaultk8s-node-cp-1" {
-  capabilities = ["delete", "read"]
+  capabilities = ["create", "delete", "read", "update"]
+  allowed_parameters = {
+    "disabled" = []
+    "metadata" = []
+  }
 }
 
-# worker-1: node revoke kills the node's live tokens
+# worker-1: node revoke kills the node's live tokens, leaves a disabled marker
 path "identity/entity/name/vaultk8s-node-worker-1" {
-  capabilities = ["delete", "read"]
+  capabilities = ["create", "delete", "read", "update"]
+  allowed_parameters = {
+    "disabled" = []
+    "metadata" = []
+  }
 }
 
-# worker-2: node revoke kills the node's live tokens
+# worker-2: node revoke kills the node's live tokens, leaves a disabled marker
 path "identity/entity/name/vaultk8s-node-worker-2" {
-  capabilities = ["delete", "read"]
+  capabilities = ["create", "delete", "read", "update"]
+  allowed_parameters = {
+    "disabled" = []
+    "metadata" = []
+  }
 }
 
 # remove expired leaves from the store

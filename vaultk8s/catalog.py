@@ -147,6 +147,12 @@ CERTS: tuple[CertSpec, ...] = (
              "kube-proxy client; bound to system:node-proxier by default RBAC"),
 )
 
+# The certificate a node's agent logs in to Vault with once enrolled (Vault's cert auth, docs/identity.md):
+# every node has one (control plane too, placement _ALL), its CN system:node:<node> names exactly one
+# node, and it chains to kubernetes-ca, the trust of the node's cert-auth entry.
+LOGIN_CERT = "kubelet-client"
+LOGIN_CA = "kubernetes-ca"
+
 KUBECONFIGS: tuple[KubeconfigSpec, ...] = (
     KubeconfigSpec("admin.conf", "admin", Server.ENDPOINT, True, _CP),
     KubeconfigSpec("super-admin.conf", "super-admin", Server.ENDPOINT, True, _CP),

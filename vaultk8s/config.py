@@ -467,7 +467,7 @@ def _policy(section: dict, leaf_ttl: timedelta | None, problems: list[str]) -> P
     settings = PolicySettings(
         max_leaf_ttl=ttl("max_leaf_ttl", leaf_ttl or timedelta(0)), token_ttl=ttl("token_ttl", timedelta(hours=1)),
         token_max_ttl=ttl("token_max_ttl", timedelta(hours=4)), token_num_uses=count("token_num_uses", 64),
-        secret_id_ttl=ttl("secret_id_ttl", timedelta(hours=720)), secret_id_num_uses=count("secret_id_num_uses", 0),
+        secret_id_ttl=ttl("secret_id_ttl", timedelta(hours=24)), secret_id_num_uses=count("secret_id_num_uses", 0),
         bind_cidrs=bool(section.get("bind_cidrs", True)),
     )
     if settings.token_ttl > settings.token_max_ttl:

@@ -173,3 +173,28 @@ def signed_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
 
 def key_matches(cert: x509.Certificate, key: PrivateKey) -> bool:
     return cert.public_key() == key.public_key()
+
+
+def unusable_anchor(common_name: str, now: datetime) -> bytes:
+    """A self-signed certificate whose key is dropped here: a trust anchor nothing can chain to.
+
+    Vault's cert auth insists on a certificate per entry; before a CA exists this stands in for it.
+    """
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    cert = (certificate_builder(name, name, key.public_key(), now, now + timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .sign(key, hashes.SHA256()))
+    return cert_pem(cert)
+
+
+def same_certificates(a: bytes | str | None, b: bytes | str | None) -> bool:
+    """The same set of certificates in two PEM bundles, whatever their order and line ends."""
+    def prints(pem: bytes | str | None) -> set[str] | None:
+        try:
+            return {fingerprint(c) for c in load_certs(pem)} if pem else set()
+        except ValueError:
+            return None
+
+    found = prints(a)
+    return found is not None and found == prints(b)

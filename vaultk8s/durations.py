@@ -7,7 +7,7 @@ each is already what its readers (and their tests) see in one place.
 from __future__ import annotations
 
 import re
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from vaultk8s.errors import shown
@@ -64,3 +64,8 @@ def days_hours(seconds: int | None) -> str:
 def hours_or_seconds(seconds: int) -> str:
     """"24h" for whole hours, "90s" otherwise: a role's max_ttl in the review matrix."""
     return f"{seconds // 3600}h" if seconds and seconds % 3600 == 0 else f"{seconds}s"
+
+
+def rfc3339(when: datetime) -> str:
+    """A UTC instant as RFC 3339 with a Z, to the second: 2026-12-03T05:45:32Z."""
+    return when.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")

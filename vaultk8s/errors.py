@@ -72,6 +72,10 @@ class VaultRequestRefused(VaultError):
     """Vault processed the request and refused its content (400): the same request cannot succeed later."""
 
 
+class CredentialError(VaultK8sError, exit_code=9):
+    """The node holds nothing Vault would accept (certificate expired or refused, no enrolment secret_id)."""
+
+
 class StoreError(VaultK8sError, exit_code=4):
     """The output directory cannot be read or written."""
 

@@ -100,9 +100,14 @@ def _tens(seconds: float) -> int:
 
 
 def vault_manifest(gateway, mounts: list[str], approle_mount: str, token_roles: list[str],
-                   entities: list[str]) -> dict[str, Any]:
+                   entities: list[str], cert_mount: str | None = None) -> dict[str, Any]:
     """Roles of each PKI mount and the machine-auth objects, read back from Vault."""
-    doc: dict[str, Any] = {"pki_roles": {}, "approle_roles": {}, "token_roles": {}, "entities": {}}
+    doc: dict[str, Any] = {"pki_roles": {}, "approle_roles": {}, "cert_entries": {}, "token_roles": {}, "entities": {}}
+    for name in sorted(gateway.list_cert_entries(cert_mount)) if cert_mount else []:
+        entry = dict(gateway.read_cert_entry(cert_mount, name) or {})
+        entry["certificate"] = sorted(describe_cert(c) for c in x509.load_pem_x509_certificates(
+            (entry.get("certificate") or "").encode()))
+        doc["cert_entries"][name] = entry
     for mount in mounts:
         for name in sorted(gateway.list_roles(mount)):
             doc["pki_roles"][f"{mount}/{name}"] = gateway.read_role(mount, name)

@@ -64,7 +64,9 @@ def test_control_plane_agent_renews_its_components_but_not_people_identities(nod
 
 
 def test_a_worker_credential_cannot_renew_another_node(node_env):
+    """worker-1's enrolment secret_id in worker-2's place (worker-2's own certificate not on disk)."""
     path, _, creds, env, out = node_env
+    (out / "worker-2" / "pki" / "kubelet-client.key").unlink()
     proc = cli(env, "agent", "-c", str(path), "--node", "worker-2", "--out", str(out), "--credentials", str(creds),
                "--once", "--force")
     assert proc.returncode != 0 and "Traceback" not in proc.stderr

@@ -24,7 +24,8 @@ def _exists(env, path):
 
 def _leftovers(config, node):
     name = naming.entity_name(config, node)
-    return [f"auth/{naming.approle_mount(config)}/role/{naming.approle_role(node)}", f"auth/token/roles/{name}",
+    return [f"auth/{naming.approle_mount(config)}/role/{naming.approle_role(node)}",
+            f"auth/{naming.cert_mount(config)}/certs/{naming.cert_entry(node)}", f"auth/token/roles/{name}",
             f"identity/entity/name/{name}"]
 
 

@@ -30,10 +30,11 @@ def test_revoke_kills_secret_ids_and_tokens_of_that_node_only(vault_env, tmp_pat
     assert not can_sign(vault_env, config, plain1, "worker-1")
     assert can_sign(vault_env, config, token2, "worker-2")
 
-    # Re-admission is an admin decision: credentials refuse until `policy apply` restores the identity.
+    # Re-admission is an admin decision: credentials refuse until `policy apply --readmit` gives the
+    # node a new identity; a plain re-run of `policy apply` keeps it out (test_node_identity.py).
     again = cli(vault_env, "node", "credentials", "-c", str(path), "--node", "worker-1", "--out", str(w1), token=operator)
-    assert again.returncode != 0 and "policy apply" in again.stderr
-    assert cli(vault_env, "policy", "apply", "-c", str(path)).returncode == 0
+    assert again.returncode != 0 and "policy apply --readmit worker-1" in again.stderr
+    assert cli(vault_env, "policy", "apply", "-c", str(path), "--readmit", "worker-1").returncode == 0
     write_node_credentials(vault_env, path, "worker-1", w1, operator)
     fresh = approle_login(vault_env, config, w1).json()["auth"]["client_token"]
     assert can_sign(vault_env, config, fresh, "worker-1")

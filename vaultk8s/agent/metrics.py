@@ -6,7 +6,11 @@ from datetime import datetime
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from vaultk8s.errors import PermissionDeniedError, VaultError, VaultRequestRefused
 from vaultk8s.ops.renew import RenewalResult
+
+REJECTED = "rejected"  # Vault answered and refused the credential (400/403)
+UNANSWERED = "error"  # anything else: unreachable, sealed, a broken connection
 
 
 class AgentMetrics:
@@ -22,7 +26,22 @@ class AgentMetrics:
                                registry=self.registry)
         self.last_success = Gauge("vaultk8s_agent_last_success_timestamp_seconds", "End of the last good round.",
                                   ["node"], registry=self.registry)
+        self.failing_since = Gauge("vaultk8s_agent_failing_since_timestamp_seconds",
+                                   "Start of the current run of failed rounds; 0 when the last round succeeded.",
+                                   ["node"], registry=self.registry)
+        self.last_login = Gauge("vaultk8s_agent_last_login_timestamp_seconds", "The last successful Vault login, "
+                                "by method (cert: the node's certificate, approle: the enrolment secret_id).",
+                                ["node", "method"], registry=self.registry)
+        self.login_failures = Counter("vaultk8s_agent_login_failures", "Failed Vault logins by method and reason "
+                                      "(rejected: Vault refused the credential).", ["node", "method", "reason"],
+                                      registry=self.registry)
+        self.leaf_ttl = Gauge("vaultk8s_agent_leaf_ttl_seconds", "The lifetime of the leaves the agent renews "
+                              "(pki.leaf_ttl).", ["node"], registry=self.registry)
+        self.credential_expiry = Gauge("vaultk8s_credential_expiry_timestamp_seconds", "When a credential the agent "
+                                       "logs in with expires (certificate; enrolment while held).",
+                                       ["node", "credential"], registry=self.registry)
         self._expiries: dict[str, dict[str, datetime]] = {}
+        self._failing_since: dict[str, float] = {}
 
     def observe(self, node: str, result: RenewalResult, now: datetime) -> None:
         for name, when in result.expiries.items():
@@ -33,9 +52,18 @@ class AgentMetrics:
         self.rounds.labels(node, "success").inc()
         self.renewed.labels(node).inc(len([n for n in result.renewed if n.endswith(".crt")]))
         self.last_success.labels(node).set(now.timestamp())
+        self.failing_since.labels(node).set(0)
+        self._failing_since[node] = 0.0
 
-    def failed(self, node: str) -> None:
+    def failed(self, node: str, now: datetime) -> None:
         self.rounds.labels(node, "failure").inc()
+        if not self._failing_since.get(node):
+            self._failing_since[node] = now.timestamp()
+            self.failing_since.labels(node).set(now.timestamp())
+
+    def login_failed(self, node: str, method: str, err: VaultError) -> None:
+        reason = REJECTED if isinstance(err, (VaultRequestRefused, PermissionDeniedError)) else UNANSWERED
+        self.login_failures.labels(node, method, reason).inc()
 
     def expiries(self, node: str) -> list[datetime]:
         return list(self._expiries.get(node, {}).values())

@@ -1,6 +1,7 @@
 """The renewal agent: a loop around ops.renew with the clock, the wait and randomness injected.
 
-One round: authenticate (AppRole files from `vaultk8s node credentials`, or a token file), renew
+One round: authenticate (the node's certificate once enrolled, else the enrolment secret_id from
+`vaultk8s node credentials`, see agent/identity.py; or a token file), renew
 what is due on this node, refresh its kubeconfigs, run the reload hooks once for the batch, drop
 the round's AppRole token. Then sleep until the earliest next renewal, or back off after a failure.
 A wake-up (SIGHUP) renews everything now; stop ends the loop between rounds. `health()` and
@@ -20,6 +21,7 @@ from typing import Callable
 
 from vaultk8s import catalog
 from vaultk8s.plan import schedule
+from vaultk8s.agent.identity import Login, NodeLogin
 from vaultk8s.agent.metrics import AgentMetrics
 from vaultk8s.agent.reload import ExecHook, SignalHook
 from vaultk8s.config import ClusterConfig
@@ -65,18 +67,24 @@ class Agent:
         self._seed = self.rng.getrandbits(32)  # this agent's jitter, stable across its rounds
         self._started = self.clock()  # certificates young then get their first renewal spread
         self._vault_failing = False  # the last round failed talking to Vault (not e.g. a reload hook)
+        creds = self.settings.credentials_dir
+        self._login = NodeLogin(self.settings.config, self.settings.node, self.settings.output, Path(creds),
+                                self.metrics) if creds is not None else None
+        self.metrics.leaf_ttl.labels(self.settings.node).set(self.settings.config.leaf_ttl.total_seconds())
 
     # --- one round ------------------------------------------------------------------------------
 
     def renew_once(self, force: bool = False) -> RenewalResult:
         gateway = self.connect()
-        approle = self._authenticate(gateway)
+        login = self._authenticate(gateway)
         try:
             gateway.check_ready()
             result = renew_node(self.settings.config, self.settings.node, self.settings.output, gateway,
                                 now=self.clock(), seed=self._seed, force=force, started=self._started)
+            if login is not None and self._login is not None:  # done enrolling: drop the secret_id
+                self._login.enrolled(gateway, login, self.clock())
         finally:
-            if approle:
+            if login is not None:
                 _quietly(gateway.revoke_self)  # a round's token is not left alive for nobody
         node = self.settings.config.node(self.settings.node)
         written = ensure_node_kubeconfigs(node, self.settings.config, self.settings.output.root.parent,
@@ -91,9 +99,12 @@ class Agent:
         self.metrics.observe(self.settings.node, result, self.clock())
         return result
 
-    def _authenticate(self, gateway: VaultGateway) -> bool:
-        """True when this round logged in (and so owns a token to revoke)."""
-        return authenticate(gateway, self.settings.credentials_dir, self.settings.token_file)
+    def _authenticate(self, gateway: VaultGateway) -> Login | None:
+        """The round's login when it made one (and so owns a token to revoke); None for a given token."""
+        if self._login is not None:
+            return self._login.login(gateway, self.clock())
+        authenticate(gateway, None, self.settings.token_file)
+        return None
 
     def _run_hooks(self, renewed: list[str]) -> None:
         env = dict(os.environ, VAULTK8S_NODE=self.settings.node, VAULTK8S_RENEWED=" ".join(renewed),
@@ -140,7 +151,7 @@ class Agent:
                 self.failures += 1
                 self._vault_failing = isinstance(err, VaultError)
                 self._last_error = str(err)
-                self.metrics.failed(self.settings.node)
+                self.metrics.failed(self.settings.node, self.clock())
                 log.error("renewal failed (%d in a row): %s", self.failures, err)
                 result = None
             if self._stop.is_set():

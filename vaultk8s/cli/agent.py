@@ -26,8 +26,9 @@ def agent(
     out: Path = typer.Option(None, "--out", "-o", help="Output root: the node's files are in OUT/NODE.", file_okay=False),
     node_dir: Path = typer.Option(None, "--node-dir", help="The node's own directory instead, e.g. /etc/kubernetes.",
                                   file_okay=False),
-    credentials: Path = typer.Option(None, "--credentials", help="Directory with role_id and secret_id from "
-                                     "`vaultk8s node credentials` (AppRole login each round).", file_okay=False),
+    credentials: Path = typer.Option(None, "--credentials", help="Directory from `vaultk8s node credentials`: "
+                                     "its secret_id enrols the node once (then destroyed); every later round logs "
+                                     "in with the node's own kubelet-client certificate.", file_okay=False),
     token_file: Path = typer.Option(None, "--token-file", help="A file holding a Vault token (re-read each round)."),
     exec_: list[str] = typer.Option([], "--exec", help="Reload hook run after a renewal, without a shell; "
                                     "gets VAULTK8S_NODE and VAULTK8S_RENEWED. Repeatable."),

@@ -24,7 +24,11 @@ def credentials(
     token: bool = typer.Option(False, "--token", help="Also write a plain token file with the node's policies and limits."),
     output: common.Output = common.OutputOption,
 ) -> None:
-    """Write the node's AppRole role_id and a new secret_id (and optionally a token) as 0600 files."""
+    """Write the node's AppRole role_id and a new secret_id (and optionally a token) as 0600 files.
+
+    The secret_id is the node's enrolment credential (policy.secret_id_ttl, default 24h): the agent
+    uses it for one round, then logs in with the node's certificate and destroys it (docs/identity.md).
+    """
     wrap_seconds = int(common.duration_flag(wrap_ttl, "--wrap-ttl").total_seconds()) if wrap_ttl else None
     cluster = common.load(config)
     cluster.node(node)  # an unknown node fails before any Vault call
@@ -47,10 +51,13 @@ def revoke(
     keep_tokens: bool = typer.Option(False, "--keep-tokens", help="Only destroy secret_ids; live tokens run out by TTL."),
     output: common.Output = common.OutputOption,
 ) -> None:
-    """Destroy the node's secret_ids and (default) delete its identity so its live tokens stop working."""
+    """Destroy the node's secret_ids and certificate login and (default) delete its identity so its live
+    tokens stop working. It stays revoked through later `policy apply` runs until `--readmit`."""
     cluster = common.load(config)
     cluster.node(node)
     report = ops.revoke(cluster, node, VaultGateway.from_env(), tokens=not keep_tokens)
     if not common.json_output(output, report):
         typer.echo(f"node {report.node}: {report.secret_ids_destroyed} secret_id(s) destroyed"
-                   + (", identity deleted (its tokens no longer work)" if report.entity_deleted else ""))
+                   + (", certificate login deleted" if report.cert_entry_deleted else "")
+                   + (", identity deleted (its tokens no longer work)" if report.entity_deleted else "")
+                   + f"; `vaultk8s policy apply --readmit {report.node}` admits it again")

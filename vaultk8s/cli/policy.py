@@ -32,16 +32,19 @@ def render(config: Path = common.ConfigOption, directory: Path = DirOption) -> N
 def apply(
     config: Path = common.ConfigOption,
     dry_run: bool = typer.Option(False, "--dry-run", help="Print what would change; touch nothing."),
+    readmit: list[str] = typer.Option([], "--readmit", help="Admit a node `node revoke` revoked again, with a new "
+                                      "identity (repeatable)."),
     output: common.Output = common.OutputOption,
 ) -> None:
-    """Write the policies, the AppRole mount, and per node its AppRole role, token role and identity.
+    """Write the policies, the AppRole and cert auth mounts, and per node its AppRole role, token role,
+    certificate login and identity.
 
-    Deletes the AppRole role, token role and identity of nodes no longer in the cluster file
-    (only this cluster's: see docs/policies.md).
+    Deletes the AppRole role, cert entry, token role and identity of nodes no longer in the cluster
+    file (only this cluster's: see docs/policies.md). Revoked nodes stay out unless --readmit names them.
 
     Needs an admin token: writing policies and identities is what grants everything else.
     """
-    report = ops.apply(common.load(config), VaultGateway.from_env(), dry_run=dry_run)
+    report = ops.apply(common.load(config), VaultGateway.from_env(), dry_run=dry_run, readmit=tuple(readmit))
     _print_report(report, output, "would" if dry_run else "did")
 
 

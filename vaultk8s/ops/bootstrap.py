@@ -27,6 +27,7 @@ from vaultk8s.config import ClusterConfig
 from vaultk8s.errors import VaultK8sError
 from vaultk8s.ops import sa as sa_ops
 from vaultk8s.ops.cas import ensure_cas
+from vaultk8s.ops.cert_auth import ensure_login_trust
 from vaultk8s.ops.kubeconfigs import ensure_node_kubeconfigs
 from vaultk8s.ops.leaves import CAState, IssuedLeaf, ca_bundle_changes, issue_leaf, key_and_csr_args, leaf_changes, observe_leaf
 from vaultk8s.plan.actions import Action, ActionReport
@@ -92,6 +93,8 @@ def bootstrap(config: ClusterConfig, out: Path, gateway: VaultGateway, *, now: d
     with report.phase("cas"):
         cas, ca_actions = ensure_cas(config, gateway, now=now, dry_run=dry_run)
         report.actions.extend(ca_actions)
+        # before any leaf: a node whose leaves a new root signs can still log in with them
+        report.actions.extend(ensure_login_trust(config, gateway, dry_run=dry_run))
         crash_point("cas")
         sa_keys, sa_actions = sa_ops.ensure_key_set(config, gateway, now=now, dry_run=dry_run)
         crash_point("sa")

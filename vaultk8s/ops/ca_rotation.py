@@ -22,6 +22,7 @@ from vaultk8s.catalog import PKI_DIR
 from vaultk8s.config import ClusterConfig
 from vaultk8s.errors import PlanRefused
 from vaultk8s.ops.bootstrap import bootstrap
+from vaultk8s.ops.cert_auth import ensure_login_trust
 from vaultk8s.ops.hsm_ca import root_authority
 from vaultk8s.ops.kubeconfigs import ensure_kubeconfigs
 from vaultk8s.ops.leaves import observe_leaf, read_ca_state
@@ -75,6 +76,8 @@ def rotate(config: ClusterConfig, out: Path, gateway: VaultGateway, ca_name: str
     with (root_authority(config) if token_needed else contextlib.nullcontext()) as authority:
         for action in result.actions:
             _apply(action, ca, config, gateway, mount, result, authority, now)
+    if ca.name == catalog.LOGIN_CA:  # nodes log in with leaves of this CA: their entries follow the bundle
+        report.actions += ensure_login_trust(config, gateway)
     if result.converge_leaves:
         # bootstrap re-issues every leaf not signed by the default issuer, rewrites bundles and
         # kubeconfigs: the same code a re-run of bootstrap (or an agent) takes after switch.

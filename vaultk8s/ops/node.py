@@ -9,12 +9,14 @@ every live token of the node useless at once (its templated paths no longer reso
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 from vaultk8s.config import ClusterConfig
 from vaultk8s.errors import PlanRefused, StoreError, VaultError
+from vaultk8s.durations import rfc3339
 from vaultk8s.plan import grants, machine_auth, naming
-from vaultk8s.store.atomic import check_writable, read_file, secret, write_file
+from vaultk8s.store.atomic import check_writable, read_file, remove_file, secret, write_file
 from vaultk8s.vault.gateway import VaultGateway
 
 ROLE_ID_FILE = "role_id"
@@ -41,9 +43,11 @@ def write_credentials(config: ClusterConfig, node_name: str, out: Path, gateway:
     check_writable(out)
     gateway.check_ready()
     am, role = naming.approle_mount(config), naming.approle_role(node.name)
-    if gateway.read_entity(naming.entity_name(config, node.name)) is None:
-        raise PlanRefused(f"node {node.name} has no identity in Vault (new, or revoked): "
-                          "an admin runs `vaultk8s policy apply` first")
+    entity = gateway.read_entity(naming.entity_name(config, node.name))
+    if entity is None:
+        raise PlanRefused(f"node {node.name} has no identity in Vault (new?): an admin runs `vaultk8s policy apply` first")
+    if ((entity.get("metadata") or {}).get(naming.REVOKED_METADATA_KEY)):
+        raise PlanRefused(f"node {node.name} was revoked: an admin runs `vaultk8s policy apply --readmit {node.name}` first")
     report = CredentialsReport(node.name)
     _write_login(out, gateway, am, role, wrap_ttl_seconds, report,
                  f"no AppRole role for node {node.name}: run `vaultk8s policy apply` first")
@@ -78,7 +82,7 @@ def _write_login(out: Path, gateway: VaultGateway, am: str, role: str, wrap_ttl_
     secret_id = gateway.generate_secret_id(am, role, wrap_ttl_seconds)
     if wrap_ttl_seconds:
         _write(out, WRAPPED_SECRET_ID_FILE, secret_id, report)
-        (out / SECRET_ID_FILE).unlink(missing_ok=True)  # a stale plain secret_id would shadow the new one
+        remove_file(out / SECRET_ID_FILE)  # a stale plain secret_id would shadow the new one
     else:
         _write(out, SECRET_ID_FILE, secret_id, report)
 
@@ -91,19 +95,45 @@ def _write(out: Path, name: str, value: str, report: CredentialsReport) -> None:
 def login_from_dir(directory: Path, gateway: VaultGateway) -> str:
     """Log in with the files `write_credentials` wrote; unwraps a wrapped secret_id once, keeping it 0600.
 
-    This is what `vaultk8s agent` calls; the returned token is never written or printed here.
+    This is what the CSR signer calls; the returned token is never written or printed here.
     """
+    return approle_login(directory, gateway)[0]
+
+
+def approle_login(directory: Path, gateway: VaultGateway) -> tuple[str, str]:
+    """login_from_dir, also returning the secret_id used (the agent destroys it once enrolled)."""
     directory = Path(directory)
     role_id = _read(directory, ROLE_ID_FILE)
-    mount = _read(directory, MOUNT_FILE)
+    mount = read_approle_mount(directory)
+    secret_id = enrolment_secret_id(directory, gateway)
+    return gateway.login_approle(mount, role_id, secret_id), secret_id
+
+
+def enrolment_secret_id(directory: Path, gateway: VaultGateway) -> str:
+    """The secret_id in the directory; a wrapped one is unwrapped once and kept as `secret_id` (0600)."""
+    directory = Path(directory)
     wrapped = read_file(directory / WRAPPED_SECRET_ID_FILE)
-    if wrapped is not None:
-        secret_id = gateway.unwrap(wrapped.decode().strip())["secret_id"]
-        write_file(directory / SECRET_ID_FILE, secret(secret_id.encode()))
-        (directory / WRAPPED_SECRET_ID_FILE).unlink()
-    else:
-        secret_id = _read(directory, SECRET_ID_FILE)
-    return gateway.login_approle(mount, role_id, secret_id)
+    if wrapped is None:
+        return _read(directory, SECRET_ID_FILE)
+    secret_id = gateway.unwrap(wrapped.decode().strip())["secret_id"]
+    write_file(directory / SECRET_ID_FILE, secret(secret_id.encode()))
+    remove_file(directory / WRAPPED_SECRET_ID_FILE)
+    return secret_id
+
+
+def read_approle_mount(directory: Path) -> str:
+    return _read(Path(directory), MOUNT_FILE)
+
+
+def holds_enrolment(directory: Path) -> bool:
+    """The directory still holds an enrolment secret_id (plain or wrapped)."""
+    return any(read_file(Path(directory) / name) for name in (SECRET_ID_FILE, WRAPPED_SECRET_ID_FILE))
+
+
+def forget_enrolment(directory: Path) -> None:
+    """Delete the enrolment secret_id's files (role_id and the mount name stay: not secret on their own)."""
+    for name in (SECRET_ID_FILE, WRAPPED_SECRET_ID_FILE):
+        remove_file(Path(directory) / name)
 
 
 def authenticate(gateway: VaultGateway, credentials_dir: Path | None = None, token_file: Path | None = None) -> bool:
@@ -138,16 +168,19 @@ class RevokeReport:
     node: str
     secret_ids_destroyed: int = 0
     entity_deleted: bool = False
+    cert_entry_deleted: bool = False
 
     def to_dict(self) -> dict:
         return {"node": self.node, "secret_ids_destroyed": self.secret_ids_destroyed,
-                "entity_deleted": self.entity_deleted}
+                "entity_deleted": self.entity_deleted, "cert_entry_deleted": self.cert_entry_deleted}
 
 
-def revoke(config: ClusterConfig, node_name: str, gateway: VaultGateway, *, tokens: bool = True) -> RevokeReport:
-    """Destroy every secret_id of the node; with tokens, delete its entity so live tokens stop working.
+def revoke(config: ClusterConfig, node_name: str, gateway: VaultGateway, *, tokens: bool = True,
+           now: datetime | None = None) -> RevokeReport:
+    """Destroy every secret_id and the certificate login of the node; with tokens, delete its entity so
+    live tokens stop working. A marker (revoked_marker) keeps the node out through later `policy apply` runs.
 
-    Re-admitting the node afterwards is an admin decision: `policy apply`, then `node credentials`.
+    Re-admitting the node afterwards is an admin decision: `policy apply --readmit`, then `node credentials`.
     """
     node = config.node(node_name)
     gateway.check_ready()
@@ -156,8 +189,24 @@ def revoke(config: ClusterConfig, node_name: str, gateway: VaultGateway, *, toke
     for accessor in gateway.list_secret_id_accessors(am, role):
         gateway.destroy_secret_id_accessor(am, role, accessor)
         report.secret_ids_destroyed += 1
+    cm, entry = naming.cert_mount(config), naming.cert_entry(node.name)
+    if gateway.read_cert_entry(cm, entry) is not None:
+        gateway.delete_cert_entry(cm, entry)
+        report.cert_entry_deleted = True
     name = naming.entity_name(config, node.name)
-    if tokens and gateway.read_entity(name) is not None:
-        gateway.delete_entity(name)
+    entity = gateway.read_entity(name)
+    marker = revoked_marker(config, node, entity, now or datetime.now(timezone.utc))
+    if tokens and entity is not None and not entity.get("disabled"):
+        gateway.delete_entity(name)  # a new (disabled) entity below: old tokens die with the old one
         report.entity_deleted = True
+    gateway.write_entity(name, marker, disabled=tokens)
     return report
+
+
+def revoked_marker(config: ClusterConfig, node, entity: dict | None, now: datetime) -> dict[str, str]:
+    """The revoked node's entity metadata: `policy apply` leaves a node with it out until --readmit.
+
+    Once live tokens are to stop, the marker is a new entity, disabled and without aliases: no login
+    maps to it, and re-admission replaces it rather than re-enabling the old entity (its tokens)."""
+    found = ((entity or {}).get("metadata") or {}).get(naming.REVOKED_METADATA_KEY)
+    return {**machine_auth.entity_metadata(config, node), naming.REVOKED_METADATA_KEY: found or rfc3339(now)}

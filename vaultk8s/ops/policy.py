@@ -1,10 +1,13 @@
 """`vaultk8s policy render|apply|diff|review`: policies/ on disk, policies and auth roles in Vault.
 
-apply writes, in order: the ACL policies, the cluster's AppRole mount, then deletes the AppRole
-role, token role and identity entity of every node no longer in the cluster file (plan/prune.py
-decides which objects are this cluster's), then per node an AppRole role and a token role, and per
-node an identity entity (metadata node=<name>) with two aliases (the AppRole role_id, the token
-role's alias name), and the CSR signer's AppRole role (no entity: its policy names every node). Every step is observed first; re-running changes nothing. Writing policies and
+apply writes, in order: the ACL policies, the cluster's AppRole and cert auth mounts, then deletes
+the AppRole role, cert entry, token role and identity entity of every node no longer in the cluster
+file (plan/prune.py decides which objects are this cluster's), then per node an AppRole role, a
+token role, a cert entry (its kubelet-client certificate logs in, ops/cert_auth.py), and an identity
+entity (metadata node=<name>) with three aliases (the AppRole role_id, the token role's alias name,
+the certificate's CN on the cert mount), and the CSR signer's AppRole role (no entity: its policy
+names every node). A node `node revoke` revoked keeps only its AppRole and token roles (no entity,
+no cert entry) until `--readmit`. Every step is observed first; re-running changes nothing. Writing policies and
 identities needs an admin token (see docs/policies.md).
 """
 
@@ -12,12 +15,14 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from vaultk8s import catalog
+from vaultk8s import catalog, crypto
 from vaultk8s.config import ClusterConfig, NodeSpec
 from vaultk8s.errors import PlanRefused, StoreError, VaultError
+from vaultk8s.ops.cert_auth import login_trust, placeholder_trust
 from vaultk8s.plan import grants, hcl, machine_auth, naming, prune
 from vaultk8s.plan.actions import Action, ActionReport
 from vaultk8s.plan.review import Review, review
@@ -68,17 +73,40 @@ def read_dir(directory: Path) -> dict[str, str | None]:
 
 # --- apply / diff ---------------------------------------------------------------------------------
 
-def apply(config: ClusterConfig, gateway: VaultGateway, *, dry_run: bool = False) -> PolicyReport:
+@dataclass(frozen=True)
+class Accessors:
+    """The cluster's auth mounts as found (None: not mounted yet, only in a dry run)."""
+
+    approle: str | None
+    cert: str | None
+    token: str
+
+    def ours(self) -> set[str]:
+        return {a for a in (self.approle, self.cert, self.token) if a}
+
+
+def apply(config: ClusterConfig, gateway: VaultGateway, *, dry_run: bool = False,
+          readmit: tuple[str, ...] = (), now: datetime | None = None) -> PolicyReport:
+    """readmit: revoked nodes to admit again (each gets a new identity: see revoke_marker)."""
+    for name in readmit:
+        config.node(name)  # validate before writing
     report = PolicyReport()
     gateway.check_ready()
     _ensure_policies(config, gateway, report, dry_run)
-    accessor = _ensure_approle_mount(config, gateway, report, dry_run)
-    token_accessor = _token_accessor(gateway)
-    _prune_removed_nodes(config, gateway, report, dry_run, accessor, token_accessor)
+    accessors = Accessors(
+        _ensure_auth_mount(config, gateway, report, dry_run, "approle", naming.approle_mount(config),
+                           "AppRole mount for this cluster's nodes", "node machine credentials"),
+        _ensure_auth_mount(config, gateway, report, dry_run, "cert", naming.cert_mount(config),
+                           "cert mount for this cluster's nodes' certificate logins", "node certificate logins"),
+        _token_accessor(gateway))
+    _prune_removed_nodes(config, gateway, report, dry_run, accessors)
+    trust = login_trust(config, gateway)
     for node in config.nodes:
-        _ensure_node(config, node, gateway, report, dry_run, accessor, token_accessor)
+        _ensure_node(config, node, gateway, report, dry_run, accessors,
+                     _NodeIdentity(trust, node.name in readmit, now or datetime.now(timezone.utc)))
     _ensure_params(gateway, f"auth/{naming.approle_mount(config)}/role/{naming.CSR_SIGNER_APPROLE_ROLE}",
-                   machine_auth.signer_approle_params(config), report, dry_run, "write-approle", accessor is not None)
+                   machine_auth.signer_approle_params(config), report, dry_run, "write-approle",
+                   accessors.approle is not None)
     return report
 
 
@@ -96,20 +124,24 @@ def _ensure_policies(config: ClusterConfig, gateway: VaultGateway, report: Polic
             gateway.write_policy(name, want)
 
 
-def _ensure_approle_mount(config: ClusterConfig, gateway: VaultGateway, report: PolicyReport,
-                          dry_run: bool) -> str | None:
-    mount = naming.approle_mount(config)
+def _ensure_auth_mount(config: ClusterConfig, gateway: VaultGateway, report: PolicyReport, dry_run: bool,
+                       method: str, mount: str, why: str, what: str) -> str | None:
     found = gateway.auth_accessor(mount)
     if found is not None:
-        if found[0] != "approle":
-            raise PlanRefused(f"auth/{mount} is already a {found[0]!r} auth method, not AppRole: "
+        if found[0] != method:
+            raise PlanRefused(f"auth/{mount} is already a {found[0]!r} auth method, not {method}: "
                               "choose another vault.mount_prefix")
         return found[1]
-    report.actions.append(Action("enable-auth", f"auth/{mount}", "AppRole mount for this cluster's nodes"))
+    report.actions.append(Action("enable-auth", f"auth/{mount}", why))
     if dry_run:
         return None
-    gateway.enable_auth("approle", mount, f"vaultk8s {config.name}: node machine credentials")
+    gateway.enable_auth(method, mount, f"vaultk8s {config.name}: {what}")
     return gateway.auth_accessor(mount)[1]
+
+
+def _accessor_of(gateway: VaultGateway, mount: str, method: str) -> str | None:
+    found = gateway.auth_accessor(mount)
+    return found[1] if found is not None and found[0] == method else None
 
 
 def _token_accessor(gateway: VaultGateway) -> str:
@@ -119,31 +151,33 @@ def _token_accessor(gateway: VaultGateway) -> str:
     return found[1]
 
 
-_DELETE_KINDS = {prune.APPROLE_ROLE: "delete-approle", prune.TOKEN_ROLE: "delete-token-role",
-                 prune.ENTITY: "delete-entity"}
+_DELETE_KINDS = {prune.APPROLE_ROLE: "delete-approle", prune.CERT_ENTRY: "delete-cert-entry",
+                 prune.TOKEN_ROLE: "delete-token-role", prune.ENTITY: "delete-entity"}
 _DELETE_WHY = {prune.APPROLE_ROLE: "its secret_ids stop logging in",
+               prune.CERT_ENTRY: "its certificate stops logging in",
                prune.TOKEN_ROLE: "no new plain tokens",
                prune.ENTITY: "its live tokens stop resolving node paths"}
 
 
-def observe_prune(config: ClusterConfig, gateway: VaultGateway, approle_accessor: str | None,
-                  token_accessor: str | None) -> prune.PrunePlan:
+def observe_prune(config: ClusterConfig, gateway: VaultGateway, accessors: Accessors) -> prune.PrunePlan:
     """Read what removed nodes left behind (names listed, candidates read) and plan the deletions."""
-    mount = naming.approle_mount(config)
-    roles = gateway.list_approle_roles(mount) if approle_accessor is not None else []
+    mount, cm = naming.approle_mount(config), naming.cert_mount(config)
+    roles = gateway.list_approle_roles(mount) if accessors.approle is not None else []
+    entries = gateway.list_cert_entries(cm) if accessors.cert is not None else []
     observed = prune.Observed(
         approle_roles={n: gateway.read_approle_role(mount, n) for n in prune.candidate_approle_roles(config, roles)},
+        cert_entries={n: gateway.read_cert_entry(cm, n) for n in prune.candidate_cert_entries(config, entries)},
         token_roles={n: gateway.read_token_role(n)
                      for n in prune.candidate_entity_names(config, gateway.list_token_roles())},
         entities={n: gateway.read_entity(n) for n in prune.candidate_entity_names(config, gateway.list_entity_names())},
-        approle_accessor=approle_accessor, token_accessor=token_accessor,
+        approle_accessor=accessors.approle, cert_accessor=accessors.cert, token_accessor=accessors.token,
     )
     return prune.plan_prune(config, observed)
 
 
 def _prune_removed_nodes(config: ClusterConfig, gateway: VaultGateway, report: PolicyReport, dry_run: bool,
-                         approle_accessor: str | None, token_accessor: str) -> None:
-    plan = observe_prune(config, gateway, approle_accessor, token_accessor)
+                         accessors: Accessors) -> None:
+    plan = observe_prune(config, gateway, accessors)
     for kept in plan.skipped:
         report.notes.append(f"kept {kept.path}: named like a removed node's {kept.kind}, but {kept.reason}")
     for item in plan.stale:
@@ -153,43 +187,117 @@ def _prune_removed_nodes(config: ClusterConfig, gateway: VaultGateway, report: P
             continue
         if item.kind == prune.APPROLE_ROLE:
             gateway.delete_approle_role(naming.approle_mount(config), naming.approle_role(item.node))
+        elif item.kind == prune.CERT_ENTRY:
+            gateway.delete_cert_entry(naming.cert_mount(config), naming.cert_entry(item.node))
         elif item.kind == prune.TOKEN_ROLE:
             gateway.delete_token_role(naming.entity_name(config, item.node))
         else:
             gateway.delete_entity(naming.entity_name(config, item.node))
 
 
+@dataclass(frozen=True)
+class _NodeIdentity:  # what _ensure_node needs beyond the node itself
+    trust: str | None  # the kubernetes-ca bundle the node's cert entry trusts (None: no CA yet)
+    readmit: bool  # --readmit: a revoked node gets a new identity
+    now: datetime
+
+
 def _ensure_node(config: ClusterConfig, node: NodeSpec, gateway: VaultGateway, report: PolicyReport,
-                 dry_run: bool, accessor: str | None, token_accessor: str) -> None:
+                 dry_run: bool, accessors: Accessors, ident: _NodeIdentity) -> None:
     am, role = naming.approle_mount(config), naming.approle_role(node.name)
     _ensure_params(gateway, f"auth/{am}/role/{role}", machine_auth.approle_params(config, node), report, dry_run,
-                   "write-approle", accessor is not None)
+                   "write-approle", accessors.approle is not None)
     token_role = naming.entity_name(config, node.name)
     _ensure_params(gateway, f"auth/token/roles/{token_role}", machine_auth.token_role_params(config, node), report,
                    dry_run, "write-token-role", True)
     name = naming.entity_name(config, node.name)
     entity = gateway.read_entity(name)
+    when = revoked_at(entity)
+    if when and not ident.readmit:
+        _keep_revoked(config, node, gateway, report, dry_run, accessors, when)
+        return
+    if when:
+        _readmit(node, gateway, report, dry_run, name)
+        entity = None
+    entity = _ensure_entity(config, node, gateway, report, dry_run, name, entity)
+    _ensure_aliases(node, gateway, report, dry_run, accessors, name, entity, (am, role))
+    # after the aliases: a login before them would make Vault invent a metadata-less entity for the CN
+    _ensure_cert_entry(config, node, gateway, report, dry_run, accessors, ident)
+
+
+def _ensure_entity(config: ClusterConfig, node: NodeSpec, gateway: VaultGateway, report: PolicyReport,
+                   dry_run: bool, name: str, entity: dict | None) -> dict | None:
     metadata = machine_auth.entity_metadata(config, node)
-    if entity is None or (entity.get("metadata") or {}) != metadata or entity.get("disabled"):
-        report.actions.append(Action("write-entity", name, f"identity with metadata node={node.name}"))
-        if not dry_run:
-            gateway.write_entity(name, metadata)
-            entity = gateway.read_entity(name)
+    if entity is not None and (entity.get("metadata") or {}) == metadata and not entity.get("disabled"):
+        return entity
+    report.actions.append(Action("write-entity", name, f"identity with metadata node={node.name}"))
+    if dry_run:
+        return entity
+    gateway.write_entity(name, metadata)
+    return gateway.read_entity(name)
+
+
+def _ensure_aliases(node: NodeSpec, gateway: VaultGateway, report: PolicyReport, dry_run: bool, accessors: Accessors,
+                    name: str, entity: dict | None, approle: tuple[str, str]) -> None:
+    """The entity's aliases: the token role's name, the certificate's CN, the AppRole role_id."""
     aliases = {(a.get("mount_accessor"), a.get("name")) for a in ((entity or {}).get("aliases") or [])}
-    if (token_accessor, name) not in aliases:
-        _alias_action(report, dry_run, gateway, entity, token_accessor, name, f"plain token files of node {node.name}")
+    if (accessors.token, name) not in aliases:
+        _alias_action(report, dry_run, gateway, entity, accessors.token, name, f"plain token files of node {node.name}")
+    cert_alias = naming.cert_alias(node.name)
+    if accessors.cert is None or (accessors.cert, cert_alias) not in aliases:
+        _alias_action(report, dry_run, gateway, entity, accessors.cert, cert_alias,
+                      f"certificate login of node {node.name}")
     if dry_run:
         # diff runs with an auditor token, which may not read role_ids: any alias on the mount counts
-        if accessor is None or not any(acc == accessor for acc, _ in aliases):
+        if accessors.approle is None or not any(acc == accessors.approle for acc, _ in aliases):
             report.actions.append(Action("write-alias", f"{name}/role_id", f"binds AppRole login to node {node.name}"))
         return
-    role_id = gateway.role_id(am, role)
-    if (accessor, role_id) not in aliases:
-        _alias_action(report, dry_run, gateway, entity, accessor, role_id, f"AppRole login of node {node.name}")
+    role_id = gateway.role_id(*approle)
+    if (accessors.approle, role_id) not in aliases:
+        _alias_action(report, dry_run, gateway, entity, accessors.approle, role_id, f"AppRole login of node {node.name}")
+
+
+def _ensure_cert_entry(config: ClusterConfig, node: NodeSpec, gateway: VaultGateway, report: PolicyReport,
+                       dry_run: bool, accessors: Accessors, ident: _NodeIdentity) -> None:
+    """The node's certificate login. Before kubernetes-ca exists an entry keeps the trust it has (or
+    gets one nothing chains to); bootstrap sets the real bundle (ops/cert_auth.py)."""
+    cm, entry = naming.cert_mount(config), naming.cert_entry(node.name)
+    have = gateway.read_cert_entry(cm, entry) if accessors.cert is not None else None
+    found = (have or {}).get("certificate")
+    trust = ident.trust or found or placeholder_trust(ident.now)
+    if found and crypto.same_certificates(found, trust):
+        trust = found  # the same certificates, as Vault keeps them
+    _ensure_params(gateway, f"auth/{cm}/certs/{entry}", machine_auth.cert_entry_params(config, node, trust), report,
+                   dry_run, "write-cert-entry", accessors.cert is not None)
+
+
+def revoked_at(entity: dict | None) -> str | None:
+    """When `node revoke` revoked the node whose entity this is (its marker), or None."""
+    return ((entity or {}).get("metadata") or {}).get(naming.REVOKED_METADATA_KEY) or None
+
+
+def _readmit(node: NodeSpec, gateway: VaultGateway, report: PolicyReport, dry_run: bool, name: str) -> None:
+    """--readmit: the revoked marker goes; the node then gets a new entity (never the old one back)."""
+    report.actions.append(Action("delete-entity", name, f"--readmit {node.name}: a new identity replaces the "
+                                 "revoked one"))
+    if not dry_run:
+        gateway.delete_entity(name)
+
+
+def _keep_revoked(config: ClusterConfig, node: NodeSpec, gateway: VaultGateway, report: PolicyReport,
+                  dry_run: bool, accessors: Accessors, when: str) -> None:
+    """A revoked node stays out: no certificate entry, no identity, until `policy apply --readmit`."""
+    report.notes.append(f"node {node.name} was revoked at {when}: kept out (no certificate login, no identity); "
+                        f"`vaultk8s policy apply --readmit {node.name}` admits it again")
+    cm, entry = naming.cert_mount(config), naming.cert_entry(node.name)
+    if accessors.cert is not None and gateway.read_cert_entry(cm, entry) is not None:
+        report.actions.append(Action("delete-cert-entry", f"auth/{cm}/certs/{entry}", f"node {node.name} is revoked"))
+        if not dry_run:
+            gateway.delete_cert_entry(cm, entry)
 
 
 def _alias_action(report: PolicyReport, dry_run: bool, gateway: VaultGateway, entity: dict | None,
-                  mount_accessor: str, alias: str, why: str) -> None:
+                  mount_accessor: str | None, alias: str, why: str) -> None:
     report.actions.append(Action("write-alias", f"{(entity or {}).get('name', '?')}/{alias}", f"binds {why}"))
     if not dry_run:
         gateway.create_entity_alias(entity["id"], mount_accessor, alias)
@@ -227,7 +335,7 @@ def review_vault(config: ClusterConfig, gateway: VaultGateway) -> Review:
         mount = config.mount(ca.name)
         for name in gateway.list_roles(mount):
             roles[(mount, name)] = gateway.read_role(mount, name) or {}
-    found = gateway.auth_accessor(naming.approle_mount(config))
-    approle_accessor = found[1] if found is not None and found[0] == "approle" else None
-    leftovers = observe_prune(config, gateway, approle_accessor, _token_accessor(gateway))
+    leftovers = observe_prune(config, gateway, Accessors(_accessor_of(gateway, naming.approle_mount(config), "approle"),
+                                                         _accessor_of(gateway, naming.cert_mount(config), "cert"),
+                                                         _token_accessor(gateway)))
     return review(config, texts, roles, leftovers)

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from vaultk8s import catalog
 from vaultk8s.catalog import IdentitySpec, Placement
 from vaultk8s.config import ClusterConfig, NodeSpec
-from vaultk8s.plan.naming import (CSR_SIGNER_APPROLE_ROLE, NODE_TEMPLATE, approle_mount, approle_role, entity_name,
-                                  policy_name)
+from vaultk8s.plan.naming import (CSR_SIGNER_APPROLE_ROLE, NODE_TEMPLATE, approle_mount, approle_role, cert_entry,
+                                  cert_mount, entity_name, policy_name)
 from vaultk8s.plan.resolve import resolve_all, role_name
 
 OPERATOR = "operator"
@@ -48,6 +48,16 @@ class Grant:
     def key(self) -> tuple:
         """What a policy grants here, without the comment: capabilities and parameter limits."""
         return (self.path, tuple(sorted(self.capabilities)), tuple(sorted(self.allowed_parameters)))
+
+
+def agent_grants(config: ClusterConfig) -> list[Grant]:
+    """Token self-management, and the node's own enrolment secret_id: the agent reads its expiry and,
+    once the node's certificate logs in, destroys it (templated: another node's is out of reach)."""
+    role = f"auth/{approle_mount(config)}/role/{approle_role(NODE_TEMPLATE)}"
+    return [Grant(p, c, why) for p, c, why in _AGENT_PATHS] + [
+        Grant(f"{role}/secret-id/lookup", ("update",), "the agent reads its enrolment secret_id's expiry"),
+        Grant(f"{role}/secret-id/destroy", ("update",), "the agent destroys its enrolment secret_id once enrolled"),
+    ]
 
 
 def policy_kinds() -> tuple[str, ...]:
@@ -130,8 +140,12 @@ def operator_grants(config: ClusterConfig) -> list[Grant]:
             Grant(f"{role}/secret-id", ("create", "list", "update"), f"{node.name}: issue and list secret_ids"),
             Grant(f"{role}/secret-id-accessor/destroy", ("update",), f"{node.name}: node revoke"),
             Grant(f"auth/token/create/{entity_name(config, node.name)}", SIGN_CAPS, f"{node.name}: plain token file"),
-            Grant(f"identity/entity/name/{entity_name(config, node.name)}", ("delete", "read"),
-                  f"{node.name}: node revoke kills the node's live tokens"),
+            Grant(f"identity/entity/name/{entity_name(config, node.name)}", ("create", "delete", "read", "update"),
+                  f"{node.name}: node revoke kills the node's live tokens, leaves a disabled marker",
+                  (("disabled", ()), ("metadata", ()))),
+            Grant(f"auth/{cert_mount(config)}/certs/{cert_entry(node.name)}", ("delete", "read", "update"),
+                  f"{node.name}: bootstrap and ca rotate keep its certificate login's trust; node revoke",
+                  (("certificate", ()),)),
         ]
     return grants
 
@@ -179,7 +193,9 @@ def _service_account_grants(config: ClusterConfig) -> list[Grant]:
 def auditor_grants(config: ClusterConfig) -> list[Grant]:
     """Read-only: what `policy diff` and `policy review` read. No secret_ids, no signing."""
     grants = [Grant("auth/token/lookup-self", READ_CAPS, "check the token"),
-              Grant("sys/auth", READ_CAPS, "find the AppRole and token mounts (names and accessors only)")]
+              Grant("sys/auth", READ_CAPS, "find the AppRole, cert and token mounts (names and accessors only)"),
+              Grant(f"{config.mount(catalog.LOGIN_CA)}/issuer/default/json", READ_CAPS,
+                    "the CA bundle certificate logins trust (public)")]
     for kind in policy_kinds():
         grants.append(Grant(f"sys/policies/acl/{policy_name(config, kind)}", READ_CAPS, "compare with policies/"))
     for ca in catalog.CAS:
@@ -187,8 +203,11 @@ def auditor_grants(config: ClusterConfig) -> list[Grant]:
         grants += [Grant(f"{mount}/roles", ("list",), "role inventory"),
                    Grant(f"{mount}/roles/+", READ_CAPS, "role parameters")]
     am = approle_mount(config)
+    cm = cert_mount(config)
     grants += [Grant(f"auth/{am}/role", ("list",), "machine-credential inventory"),
-               Grant(f"auth/{am}/role/+", READ_CAPS, "token limits of node credentials")]
+               Grant(f"auth/{am}/role/+", READ_CAPS, "token limits of node credentials"),
+               Grant(f"auth/{cm}/certs", ("list",), "certificate-login inventory"),
+               Grant(f"auth/{cm}/certs/+", READ_CAPS, "certificate logins: trust, CN, token limits")]
     # Nodes removed from the cluster file are found by listing (names only, every cluster's and
     # foreign ones alike) and reading candidates named under this cluster's scheme.
     scheme = entity_name(config, "")
@@ -206,7 +225,7 @@ def grants_for(kind: str, config: ClusterConfig) -> list[Grant]:
     elif kind == AUDITOR:
         grants = auditor_grants(config)
     elif kind == AGENT:
-        grants = [Grant(p, c, why) for p, c, why in _AGENT_PATHS]
+        grants = agent_grants(config)
     else:
         grants = identity_grants(_identity(kind), config)
     return sorted(grants, key=lambda g: g.path)
@@ -223,8 +242,8 @@ _DESCRIPTIONS = {
     OPERATOR: "the bootstrap operator: creates this cluster's CA mounts and roles and issues the first "
               "certificates. Powerful by design (it writes roles); hand it to people, never to nodes.",
     AUDITOR: "a read-only reviewer: reads policies, roles and node credential settings; cannot sign.",
-    AGENT: "token self-management (lookup, renew, revoke its own token); carried by every node credential "
-           "and by the CSR signer's.",
+    AGENT: "token self-management (lookup, renew, revoke its own token) and the node's own enrolment "
+           "secret_id (expiry, destroy); carried by every node credential and by the CSR signer's.",
 }
 
 

@@ -12,7 +12,8 @@ from typing import Any
 from vaultk8s.config import ClusterConfig, NodeSpec, PolicySettings
 from vaultk8s.durations import vault_ttl, whole_seconds
 from vaultk8s.plan.grants import AGENT, CSR_SIGNER, node_policy_kinds
-from vaultk8s.plan.naming import NODE_METADATA_KEY, entity_name, policy_name, token_display_name
+from vaultk8s.plan.naming import (NODE_METADATA_KEY, cert_alias, cert_entry, entity_name, policy_name,
+                                  token_display_name)
 
 
 def node_policies(config: ClusterConfig, node: NodeSpec) -> list[str]:
@@ -55,6 +56,24 @@ def _approle_role(settings: PolicySettings, policies: list[str], cidrs: list[str
         "secret_id_ttl": whole_seconds(settings.secret_id_ttl),
         "secret_id_num_uses": settings.secret_id_num_uses,
         "bind_secret_id": True,
+    }
+
+
+def cert_entry_params(config: ClusterConfig, node: NodeSpec, certificate: str) -> dict[str, Any]:
+    """The node's entry on the cert mount: its own kubelet-client certificate (CN system:node:<node>,
+    chained to `certificate`, the kubernetes-ca trust) logs in with the node's policies only."""
+    settings = config.policy
+    return {
+        "certificate": certificate,
+        "allowed_common_names": [cert_alias(node.name)],
+        "display_name": cert_entry(node.name),
+        "token_policies": node_policies(config, node),
+        "token_no_default_policy": True,
+        "token_type": "service",
+        "token_ttl": whole_seconds(settings.token_ttl),
+        "token_max_ttl": whole_seconds(settings.token_max_ttl),
+        "token_num_uses": settings.token_num_uses,
+        "token_bound_cidrs": bound_cidrs(node, settings),
     }
 
 

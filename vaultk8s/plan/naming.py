@@ -15,6 +15,7 @@ from vaultk8s.config import ClusterConfig
 
 NODE_METADATA_KEY = "node"  # on a node's identity entity, written only by `vaultk8s policy apply`
 NODE_TEMPLATE = "{{identity.entity.metadata." + NODE_METADATA_KEY + "}}"  # that metadata in a policy path
+REVOKED_METADATA_KEY = "revoked"  # on a revoked node's (disabled, alias-less) entity: `node revoke` time
 CSR_SIGNER_APPROLE_ROLE = "csr-signer"  # on the cluster's AppRole mount; never `node-<name>`
 
 _NODE = "node-"
@@ -37,6 +38,26 @@ def policy_name(config: ClusterConfig, kind: str) -> str:
 def approle_mount(config: ClusterConfig) -> str:
     """The cluster's AppRole auth mount; prefix "" gives Vault's default `approle`, which others may share."""
     return f"{config.mount_prefix}approle"
+
+
+def cert_mount(config: ClusterConfig) -> str:
+    """The cluster's TLS certificate auth mount: nodes log in with their own kubelet-client certificate."""
+    return f"{config.mount_prefix}cert"
+
+
+def cert_entry(node: str) -> str:
+    """The node's entry on the cert mount (`certs/<entry>`), named like its AppRole role."""
+    return f"{_NODE}{node}"
+
+
+def cert_alias(node: str) -> str:
+    """The entity alias name Vault gives a cert login: the certificate's CN."""
+    return f"system:node:{node}"
+
+
+def node_of_cert_entry(name: str) -> str | None:
+    """The node a cert entry name on this cluster's cert mount is for, or None."""
+    return _after(_NODE, name)
 
 
 def approle_role(node: str) -> str:

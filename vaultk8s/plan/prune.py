@@ -10,11 +10,11 @@ Ownership is decided on content, never on the name alone, because the names do n
 clusters on their own: prefix `""` gives `vaultk8s-node-x-node-a` for node `x-node-a`, and prefix
 `node-x/` gives the same name for node `a`; prefix `""` also uses Vault's default `approle/` path,
 which others may share. An object is this cluster's only if
-- AppRole role `node-<n>` on this cluster's mount: its token_policies are all this cluster's
-  vaultk8s policies (and there is at least one);
+- AppRole role `node-<n>` on this cluster's mount, or cert entry `node-<n>` on its cert mount: its
+  token_policies are all this cluster's vaultk8s policies (and there is at least one);
 - token role: the same for allowed_policies, and it binds only to its own entity alias name;
 - entity: metadata `node=<n>` and `cluster=<cluster name>` with `entity_name(config, n)` equal
-  to its name, and aliases only on this cluster's AppRole mount or the token mount.
+  to its name, and aliases only on this cluster's AppRole or cert mount or the token mount.
 Objects that carry the naming scheme but fail the check are kept and reported (`Skipped`).
 """
 
@@ -25,10 +25,11 @@ from typing import Any, Mapping
 
 from vaultk8s.config import ClusterConfig
 from vaultk8s.plan.grants import policy_kinds
-from vaultk8s.plan.naming import (NODE_METADATA_KEY, approle_mount, entity_name, node_of_approle_role,
-                                  node_of_entity_name, policy_name)
+from vaultk8s.plan.naming import (NODE_METADATA_KEY, approle_mount, cert_mount, entity_name, node_of_approle_role,
+                                  node_of_cert_entry, node_of_entity_name, policy_name)
 
 APPROLE_ROLE = "approle-role"
+CERT_ENTRY = "cert-entry"
 TOKEN_ROLE = "token-role"
 ENTITY = "entity"
 
@@ -46,11 +47,13 @@ class Observed:
     entities: Mapping[str, dict[str, Any] | None] = field(default_factory=dict)
     approle_accessor: str | None = None
     token_accessor: str | None = None
+    cert_entries: Mapping[str, dict[str, Any] | None] = field(default_factory=dict)
+    cert_accessor: str | None = None
 
 
 @dataclass(frozen=True)
 class Stale:
-    kind: str  # approle-role | token-role | entity
+    kind: str  # approle-role | cert-entry | token-role | entity
     node: str
     path: str  # the Vault path that is deleted
 
@@ -77,6 +80,11 @@ def _removed(config: ClusterConfig, node: str | None) -> bool:
 def candidate_approle_roles(config: ClusterConfig, names: list[str]) -> list[str]:
     """Listed AppRole role names that look like a node's and name no node in the cluster file."""
     return sorted(n for n in names if _removed(config, node_of_approle_role(n)))
+
+
+def candidate_cert_entries(config: ClusterConfig, names: list[str]) -> list[str]:
+    """Listed cert entry names on this cluster's cert mount that look like a node's and name no node in the file."""
+    return sorted(n for n in names if _removed(config, node_of_cert_entry(n)))
 
 
 def candidate_entity_names(config: ClusterConfig, names: list[str]) -> list[str]:
@@ -117,15 +125,15 @@ def token_role_problem(config: ClusterConfig, name: str, data: Mapping[str, Any]
     return None
 
 
-def entity_problem(config: ClusterConfig, name: str, data: Mapping[str, Any],
-                   approle_accessor: str | None, token_accessor: str | None) -> str | None:
+def entity_problem(config: ClusterConfig, name: str, data: Mapping[str, Any], *accessors: str | None) -> str | None:
+    """accessors: this cluster's auth mounts (AppRole, cert, token); aliases elsewhere make it not ours."""
     metadata = data.get("metadata") or {}
     node = metadata.get(NODE_METADATA_KEY)
     if not node or entity_name(config, str(node)) != name:
         return f"metadata node={node!r} does not give this name under this cluster's prefix"
     if metadata.get("cluster") != config.name:
         return f"metadata cluster={metadata.get('cluster')!r}, not {config.name!r}"
-    ours = {a for a in (approle_accessor, token_accessor) if a}
+    ours = {a for a in accessors if a}
     for alias in data.get("aliases") or []:
         if alias.get("mount_accessor") not in ours:
             return f"has an alias on another auth mount ({alias.get('mount_path') or alias.get('mount_accessor')})"
@@ -135,7 +143,7 @@ def entity_problem(config: ClusterConfig, name: str, data: Mapping[str, Any],
 # --- the plan -------------------------------------------------------------------------------------
 
 def plan_prune(config: ClusterConfig, observed: Observed) -> PrunePlan:
-    """Stale objects in deletion order per node: AppRole role (no new logins), token role (no new
+    """Stale objects in deletion order per node: AppRole role and cert entry (no new logins), token role (no new
     tokens), entity (live tokens lose their templated paths; OpenBao refuses tokens whose entity is gone)."""
     stale: list[Stale] = []
     skipped: list[Skipped] = []
@@ -153,14 +161,19 @@ def plan_prune(config: ClusterConfig, observed: Observed) -> PrunePlan:
     for name in candidate_approle_roles(config, list(observed.approle_roles)):
         consider(APPROLE_ROLE, node_of_approle_role(name), f"auth/{mount}/role/{name}",
                  observed.approle_roles[name], lambda d: approle_role_problem(config, d))
+    cert = cert_mount(config)
+    for name in candidate_cert_entries(config, list(observed.cert_entries)):
+        consider(CERT_ENTRY, node_of_cert_entry(name), f"auth/{cert}/certs/{name}",
+                 observed.cert_entries[name], lambda d: approle_role_problem(config, d))
     for name in candidate_entity_names(config, list(observed.token_roles)):
         consider(TOKEN_ROLE, node_of_entity_name(config, name), f"auth/token/roles/{name}",
                  observed.token_roles[name], lambda d, n=name: token_role_problem(config, n, d))
     for name in candidate_entity_names(config, list(observed.entities)):
         consider(ENTITY, node_of_entity_name(config, name), f"identity/entity/name/{name}",
                  observed.entities[name],
-                 lambda d, n=name: entity_problem(config, n, d, observed.approle_accessor, observed.token_accessor))
-    order = {APPROLE_ROLE: 0, TOKEN_ROLE: 1, ENTITY: 2}
+                 lambda d, n=name: entity_problem(config, n, d, observed.approle_accessor, observed.cert_accessor,
+                                                  observed.token_accessor))
+    order = {APPROLE_ROLE: 0, CERT_ENTRY: 1, TOKEN_ROLE: 2, ENTITY: 3}
     stale.sort(key=lambda s: (s.node, order[s.kind]))
     skipped.sort(key=lambda s: s.path)
     return PrunePlan(tuple(stale), tuple(skipped))

@@ -138,6 +138,19 @@ def _remove_stale_tmps(path: Path) -> None:
                 tmp.unlink()
 
 
+def remove_file(path: Path) -> bool:
+    """Delete path (True when it existed); the directory entry's removal is made durable."""
+    path = Path(path)
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return False
+    except OSError as err:
+        raise StoreError(f"cannot delete {path}: {err.strerror}") from None
+    _fsync_dir(path.parent)
+    return True
+
+
 def read_file(path: Path) -> bytes | None:
     try:
         return path.read_bytes()

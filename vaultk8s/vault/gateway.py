@@ -409,6 +409,37 @@ class VaultGateway:
             data = self.client.auth.approle.login(role_id, secret_id, use_token=False, mount_point=mount)
         return data["auth"]["client_token"]
 
+    def lookup_secret_id(self, mount: str, role: str, secret_id: str) -> dict[str, Any] | None:
+        """The secret_id's properties (expiration_time, ...); None when Vault no longer knows it."""
+        path = f"auth/{mount}/role/{role}/secret-id/lookup"
+        data = self._get("look up a secret_id at", path, lambda: self.client.write_data(path, data={"secret_id": secret_id}))
+        return (data or {}).get("data") if isinstance(data, dict) else None
+
+    def destroy_secret_id(self, mount: str, role: str, secret_id: str) -> None:
+        self._post(f"auth/{mount}/role/{role}/secret-id/destroy", {"secret_id": secret_id}, "destroy a secret_id at",
+                   repeat=True)
+
+    def login_cert(self, mount: str, name: str, cert_file: str, key_file: str) -> str:
+        """A token for the certificate entry `name`, presenting cert_file/key_file as the TLS client
+        certificate (hvac's adapter passes `cert=` to requests); this gateway's own token is not changed."""
+        with self._translate("log in at", f"auth/{mount}/login"):
+            data = self.client.adapter.login(f"/v1/auth/{mount}/login", use_token=False, json={"name": name},
+                                             cert=(cert_file, key_file))
+        return data["auth"]["client_token"]
+
+    def list_cert_entries(self, mount: str) -> list[str]:
+        return self._list_keys(f"auth/{mount}/certs", "list certificate entries at")
+
+    def read_cert_entry(self, mount: str, name: str) -> dict[str, Any] | None:
+        return self._read_data(f"auth/{mount}/certs/{name}", "read certificate entry")
+
+    def write_cert_trust(self, mount: str, name: str, certificate: str) -> None:
+        """Only the entry's trusted CA certificates: a write with some fields merges into the entry."""
+        self._post(f"auth/{mount}/certs/{name}", {"certificate": certificate}, "write the trust of", repeat=True)
+
+    def delete_cert_entry(self, mount: str, name: str) -> None:
+        self._delete(f"auth/{mount}/certs/{name}", "delete certificate entry")
+
     def unwrap(self, wrapping_token: str) -> dict[str, Any]:
         """The wrapping token authenticates its own unwrap (single use), so it stands in for ours."""
         own, self.client.token = self.client.token, wrapping_token
@@ -418,6 +449,14 @@ class VaultGateway:
         finally:
             self.client.token = own
         return (data or {}).get("data") or {}
+
+    def revoke_token(self, token: str) -> None:
+        """Revoke another token of ours (a login made only as a proof) with itself; ours stays in use."""
+        own, self.client.token = self.client.token, token
+        try:
+            self.revoke_self()
+        finally:
+            self.client.token = own
 
     def use_token(self, token: str) -> None:
         """Authenticate later calls with token (the agent's own login); never logged."""
@@ -449,9 +488,9 @@ class VaultGateway:
     def read_entity(self, name: str) -> dict[str, Any] | None:
         return self._read_data(f"identity/entity/name/{name}", "read entity")
 
-    def write_entity(self, name: str, metadata: dict[str, str]) -> str:
-        """Create or update the named entity; returns its id."""
-        self._post(f"identity/entity/name/{name}", {"metadata": dict(metadata), "disabled": False}, "write entity",
+    def write_entity(self, name: str, metadata: dict[str, str], *, disabled: bool = False) -> str:
+        """Create or update the named entity; returns its id. A disabled entity's aliases cannot log in."""
+        self._post(f"identity/entity/name/{name}", {"metadata": dict(metadata), "disabled": disabled}, "write entity",
                    repeat=True)
         entity = self.read_entity(name)
         if not entity:
