@@ -12,6 +12,16 @@ path "auth/approle/role/+" {
   capabilities = ["read"]
 }
 
+# the signer's JWT login: public keys and issuer
+path "auth/jwt/config" {
+  capabilities = ["read"]
+}
+
+# the signer's JWT role
+path "auth/jwt/role/csr-signer" {
+  capabilities = ["read"]
+}
+
 # check the token
 path "auth/token/lookup-self" {
   capabilities = ["read"]

@@ -57,6 +57,15 @@ path "auth/approle/role/node-worker-2/secret-id-accessor/destroy" {
   capabilities = ["update"]
 }
 
+# the signer's JWT login: service-account public keys, kept equal to sa.pub
+path "auth/jwt/config" {
+  capabilities = ["read", "update"]
+  allowed_parameters = {
+    "bound_issuer" = ["https://kubernetes.default.svc.cluster.local"]
+    "jwt_validation_pubkeys" = []
+  }
+}
+
 # cp-1: plain token file
 path "auth/token/create/vaultk8s-node-cp-1" {
   capabilities = ["create", "update"]

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from vaultk8s import catalog
 from vaultk8s.catalog import IdentitySpec, Placement
 from vaultk8s.config import ClusterConfig, NodeSpec
-from vaultk8s.plan.naming import (CSR_SIGNER_APPROLE_ROLE, NODE_TEMPLATE, approle_mount, approle_role, entity_name,
-                                  policy_name)
+from vaultk8s.plan.naming import (CSR_SIGNER_APPROLE_ROLE, CSR_SIGNER_JWT_ROLE, NODE_TEMPLATE, approle_mount,
+                                  approle_role, entity_name, jwt_mount, policy_name)
 from vaultk8s.plan.resolve import resolve_all, role_name
 
 OPERATOR = "operator"
@@ -117,6 +117,7 @@ def operator_grants(config: ClusterConfig) -> list[Grant]:
         if config.hsm is not None:
             grants += _hsm_intermediate_grants(mount)
     grants += _service_account_grants(config)
+    grants += _signer_jwt_config_grants(config)
     for rc in sorted({(rc.mount, rc.role) for rc in resolve_all(config)}):
         grants.append(Grant(f"{rc[0]}/sign/{rc[1]}", SIGN_CAPS, "initial issuance by bootstrap"))
     am = approle_mount(config)
@@ -176,6 +177,14 @@ def _service_account_grants(config: ClusterConfig) -> list[Grant]:
     ]
 
 
+def _signer_jwt_config_grants(config: ClusterConfig) -> list[Grant]:
+    """bootstrap and `sa rotate` keep the JWT mount's keys equal to sa.pub's: only those keys, and
+    the issuer only as the cluster file has it (Vault resets a field a config write omits)."""
+    limits = (("bound_issuer", (config.service_account.issuer,)), ("jwt_validation_pubkeys", ()))
+    return [Grant(f"auth/{jwt_mount(config)}/config", ("read", "update"),
+                  "the signer's JWT login: service-account public keys, kept equal to sa.pub", limits)]
+
+
 def auditor_grants(config: ClusterConfig) -> list[Grant]:
     """Read-only: what `policy diff` and `policy review` read. No secret_ids, no signing."""
     grants = [Grant("auth/token/lookup-self", READ_CAPS, "check the token"),
@@ -189,6 +198,9 @@ def auditor_grants(config: ClusterConfig) -> list[Grant]:
     am = approle_mount(config)
     grants += [Grant(f"auth/{am}/role", ("list",), "machine-credential inventory"),
                Grant(f"auth/{am}/role/+", READ_CAPS, "token limits of node credentials")]
+    jm = jwt_mount(config)
+    grants += [Grant(f"auth/{jm}/config", READ_CAPS, "the signer's JWT login: public keys and issuer"),
+               Grant(f"auth/{jm}/role/{CSR_SIGNER_JWT_ROLE}", READ_CAPS, "the signer's JWT role")]
     # Nodes removed from the cluster file are found by listing (names only, every cluster's and
     # foreign ones alike) and reading candidates named under this cluster's scheme.
     scheme = entity_name(config, "")

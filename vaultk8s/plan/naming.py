@@ -13,6 +13,8 @@ from vaultk8s.config import ClusterConfig
 NODE_METADATA_KEY = "node"  # on a node's identity entity, written only by `vaultk8s policy apply`
 NODE_TEMPLATE = "{{identity.entity.metadata." + NODE_METADATA_KEY + "}}"  # that metadata in a policy path
 CSR_SIGNER_APPROLE_ROLE = "csr-signer"  # on the cluster's AppRole mount; never `node-<name>`
+CSR_SIGNER_JWT_ROLE = "csr-signer"  # on the cluster's JWT mount (issue 17's Contract names it)
+SIGNER_JWT_AUDIENCE = "vaultk8s"  # the projected token's audience (deploy/signer/signer.yaml)
 
 _NODE = "node-"
 
@@ -29,6 +31,11 @@ def policy_name(config: ClusterConfig, kind: str) -> str:
 def approle_mount(config: ClusterConfig) -> str:
     """The cluster's AppRole auth mount; prefix "" gives Vault's default `approle`, which others may share."""
     return f"{config.mount_prefix}approle"
+
+
+def jwt_mount(config: ClusterConfig) -> str:
+    """The cluster's JWT auth mount: the CSR signer logs in with its projected ServiceAccount token."""
+    return f"{config.mount_prefix}jwt"
 
 
 def approle_role(node: str) -> str:
