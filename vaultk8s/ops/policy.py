@@ -4,7 +4,8 @@ apply writes, in order: the ACL policies, the cluster's AppRole mount, then dele
 role, token role and identity entity of every node no longer in the cluster file (plan/prune.py
 decides which objects are this cluster's), then per node an AppRole role and a token role, and per
 node an identity entity (metadata node=<name>) with two aliases (the AppRole role_id, the token
-role's alias name), and the CSR signer's AppRole role (no entity: its policy names every node). Every step is observed first; re-running changes nothing. Writing policies and
+role's alias name), and the CSR signer's AppRole role (no entity: its policy names every node), and its
+JWT mount, role and keys (ops/signer_auth.py). Every step is observed first; re-running changes nothing. Writing policies and
 identities needs an admin token (see docs/policies.md).
 """
 
@@ -18,6 +19,8 @@ from typing import Any
 from vaultk8s import catalog
 from vaultk8s.config import ClusterConfig, NodeSpec
 from vaultk8s.errors import PlanRefused, StoreError, VaultError
+from vaultk8s.ops import sa as sa_ops
+from vaultk8s.ops import signer_auth
 from vaultk8s.plan import grants, hcl, machine_auth, naming, prune
 from vaultk8s.plan.actions import Action, ActionReport
 from vaultk8s.plan.review import Review, review
@@ -79,7 +82,23 @@ def apply(config: ClusterConfig, gateway: VaultGateway, *, dry_run: bool = False
         _ensure_node(config, node, gateway, report, dry_run, accessor, token_accessor)
     _ensure_params(gateway, f"auth/{naming.approle_mount(config)}/role/{naming.CSR_SIGNER_APPROLE_ROLE}",
                    machine_auth.signer_approle_params(config), report, dry_run, "write-approle", accessor is not None)
+    _ensure_signer_jwt(config, gateway, report, dry_run)
     return report
+
+
+def _ensure_signer_jwt(config: ClusterConfig, gateway: VaultGateway, report: PolicyReport, dry_run: bool) -> None:
+    """The signer's JWT login (ops/signer_auth.py): the mount, role csr-signer, config = sa.pub's keys."""
+    mounted = signer_auth.ensure_mount(config, gateway, report.actions, dry_run)
+    mount = naming.jwt_mount(config)
+    _ensure_params(gateway, f"auth/{mount}/role/{naming.CSR_SIGNER_JWT_ROLE}",
+                   machine_auth.signer_jwt_role_params(config), report, dry_run, "write-jwt-role", mounted)
+    keys, note = sa_ops.readable_key_set(gateway, config.service_account)
+    if keys is None:
+        report.notes.append(note)
+    elif not mounted:  # a dry run before the mount exists
+        report.actions.append(Action("write-jwt-config", f"auth/{mount}/config", "missing"))
+    else:
+        report.actions.extend(signer_auth.sync_keys(config, gateway, keys, dry_run))
 
 
 def _ensure_policies(config: ClusterConfig, gateway: VaultGateway, report: PolicyReport, dry_run: bool) -> None:

@@ -381,6 +381,38 @@ class VaultGateway:
             data = self.client.auth.approle.login(role_id, secret_id, use_token=False, mount_point=mount)
         return data["auth"]["client_token"]
 
+    def login_jwt(self, mount: str, role: str, jwt: str) -> tuple[str, int]:
+        """(token, lease seconds) for a JWT (the signer's projected ServiceAccount token); this
+        gateway's own token is not changed. The JWT goes in the body only, never in a message."""
+        with self._translate("log in at", f"auth/{mount}/login"):
+            data = self.client.write_data(f"auth/{mount}/login", data={"role": role, "jwt": jwt})
+        auth = data["auth"]
+        return auth["client_token"], int(auth.get("lease_duration") or 0)
+
+    def token_ttl(self) -> int:
+        """Seconds left on this gateway's own token (0: never expires)."""
+        with self._translate("look up", "auth/token/lookup-self"):
+            data = self.client.auth.token.lookup_self()
+        return int(((data or {}).get("data") or {}).get("ttl") or 0)
+
+    def read_auth_config(self, path: str) -> tuple[bool, dict[str, Any] | None]:
+        """(mounted, config): a 404 with no error is a mount without config yet; one saying "no
+        handler for route" means no auth method is mounted there."""
+        with self._translate("read", path):
+            try:
+                return True, (self.client.read(path) or {}).get("data")
+            except hv.InvalidPath as err:
+                return not any("no handler for route" in str(e) for e in (getattr(err, "errors", None) or [])), None
+
+    def write_auth_config(self, path: str, data: dict[str, Any]) -> bool:
+        """An upsert of an auth method's config; False when no auth method is mounted there (404)."""
+        with self._translate("write", path), repeatable():
+            try:
+                self.client.write_data(path, data=dict(data))
+            except hv.InvalidPath:
+                return False
+        return True
+
     def unwrap(self, wrapping_token: str) -> dict[str, Any]:
         """The wrapping token authenticates its own unwrap (single use), so it stands in for ours."""
         own, self.client.token = self.client.token, wrapping_token
