@@ -123,18 +123,26 @@ def operator_grants(config: ClusterConfig) -> list[Grant]:
     am = approle_mount(config)
     signer = f"auth/{am}/role/{CSR_SIGNER_APPROLE_ROLE}"
     grants += [Grant(f"{signer}/role-id", READ_CAPS, "csr-signer: signer credentials"),
-               Grant(f"{signer}/secret-id", ("create", "list", "update"), "csr-signer: issue and list secret_ids")]
+               Grant(f"{signer}/secret-id", ("create", "list", "update"), "csr-signer: issue and list secret_ids"),
+               _secret_id_lookup(signer, "csr-signer")]
     for node in config.nodes:
         role = f"auth/{am}/role/{approle_role(node.name)}"
         grants += [
             Grant(f"{role}/role-id", READ_CAPS, f"{node.name}: node credentials"),
             Grant(f"{role}/secret-id", ("create", "list", "update"), f"{node.name}: issue and list secret_ids"),
             Grant(f"{role}/secret-id-accessor/destroy", ("update",), f"{node.name}: node revoke"),
+            _secret_id_lookup(role, node.name),
             Grant(f"auth/token/create/{entity_name(config, node.name)}", SIGN_CAPS, f"{node.name}: plain token file"),
             Grant(f"identity/entity/name/{entity_name(config, node.name)}", ("delete", "read"),
                   f"{node.name}: node revoke kills the node's live tokens"),
         ]
     return grants
+
+
+def _secret_id_lookup(role_path: str, who: str) -> Grant:
+    """`vaultk8s status`: a secret_id's expiry by its accessor (metadata only, never the secret_id)."""
+    return Grant(f"{role_path}/secret-id-accessor/lookup", ("update",), f"{who}: status shows secret_id expiry",
+                 (("secret_id_accessor", ()),))
 
 
 def _hsm_intermediate_grants(mount: str) -> list[Grant]:

@@ -365,6 +365,29 @@ class VaultGateway:
         self._post(f"auth/{mount}/role/{role}/secret-id-accessor/destroy", {"secret_id_accessor": accessor},
                    "destroy a secret_id at", repeat=True)
 
+    def lookup_secret_id_accessor(self, mount: str, role: str, accessor: str) -> dict[str, Any] | None:
+        """A secret_id's metadata by its accessor (creation_time, expiration_time, uses): never the secret_id."""
+        path = f"auth/{mount}/role/{role}/secret-id-accessor/lookup"
+        with self._translate("look up a secret_id at", path):
+            try:
+                data = self.client.write_data(path, data={"secret_id_accessor": accessor})
+            except hv.InvalidPath:
+                return None
+        return (data or {}).get("data") if isinstance(data, dict) else None
+
+    def list_token_accessors(self) -> list[str]:
+        """Every token's accessor in Vault (needs sudo on auth/token/accessors)."""
+        return self._list_keys("auth/token/accessors", "list token accessors at")
+
+    def lookup_token_accessor(self, accessor: str) -> dict[str, Any] | None:
+        """A token's properties (policies, expire_time, display_name) by accessor; None when it is gone."""
+        with self._translate("look up a token at", "auth/token/lookup-accessor"):
+            try:
+                data = self.client.write_data("auth/token/lookup-accessor", data={"accessor": accessor})
+            except (hv.InvalidPath, hv.InvalidRequest):
+                return None
+        return (data or {}).get("data") if isinstance(data, dict) else None
+
     def list_approle_roles(self, mount: str) -> list[str]:
         return self._list_keys(f"auth/{mount}/role", "list AppRole roles at")
 
