@@ -24,6 +24,7 @@ from tests.helpers.cluster import REPO, run_cli
 from tests.helpers.csr import SignerProcess, make_request, post_csr, wait_csr
 from tests.helpers.kube import KubeControlPlane, loopback_port, running_control_plane
 from tests.helpers.policy import call, make_token
+from tests.helpers.redacted import RedactedEnv, Secret
 
 pytestmark = pytest.mark.integration
 
@@ -34,14 +35,14 @@ AUDIENCE = "vaultk8s"
 @dataclass
 class Kube:
     plane: KubeControlPlane
-    env: dict[str, str]
+    env: RedactedEnv
     config: ClusterConfig
     kubeconfig: Path  # the signer's ServiceAccount, for the Kubernetes API
 
     def token(self, account: str = "vaultk8s-signer", audience: str = AUDIENCE) -> str:
         """A token from the API server's TokenRequest API, 10 minutes (the projected volume's lifetime)."""
-        return self.plane.kubectl("-n", "kube-system", "create", "token", account, f"--audience={audience}",
-                                  "--duration=10m").stdout.strip()
+        return Secret(self.plane.kubectl("-n", "kube-system", "create", "token", account, f"--audience={audience}",
+                                         "--duration=10m").stdout.strip())
 
     def login(self, jwt: str) -> requests.Response:
         return call(self.env, "", "POST", f"auth/{naming.jwt_mount(self.config)}/login",
@@ -67,7 +68,7 @@ def _kubeconfig(plane: KubeControlPlane, token: str, path: Path) -> Path:
 @pytest.fixture(scope="module")
 def kube(openbao, tmp_path_factory) -> Kube:
     tmp = tmp_path_factory.mktemp("signer-jwt")
-    env = openbao.as_environ()
+    env = RedactedEnv(openbao.as_environ())
     prefix = f"j{secrets.token_hex(4)}/"
     with running_control_plane(tmp, env, prefix, workers=1,
                                policy={"token_ttl": "1m", "token_max_ttl": "2m", "bind_cidrs": False}) as plane:
@@ -99,7 +100,7 @@ def test_the_signer_signs_with_its_token_past_several_vault_token_lifetimes(kube
     jwt_file = tmp_path / "token"
     jwt_file.write_text(kube.token())
     port = loopback_port()
-    env = {k: v for k, v in kube.env.items() if k != "VAULT_TOKEN"}  # no Vault secret at all
+    env = RedactedEnv({k: v for k, v in kube.env.items() if k != "VAULT_TOKEN"})  # no Vault secret at all
     kubelet_conf = kube.plane.out / "worker-1" / "kubelet.conf"
     started = time.monotonic()
     with SignerProcess(kube.plane.workdir, env, "--config", str(kube.plane.cluster_file), "--kubeconfig",
@@ -129,13 +130,13 @@ def test_the_signer_signs_with_its_token_past_several_vault_token_lifetimes(kube
 
 def test_sa_rotation_moves_the_jwt_keys_with_the_api_server(kube):
     plane, path = kube.plane, str(kube.plane.cluster_file)
-    operator = make_token(kube.env, [naming.policy_name(kube.config, "operator")])
+    operator = Secret(make_token(kube.env, [naming.policy_name(kube.config, "operator")]))
     old = kube.token()
     assert kube.jwt_keys() == 1
 
     def rotate(phase: str, *extra: str) -> None:
         done = run_cli("sa", "rotate", "--config", path, "--out", str(plane.out), "--phase", phase, *extra,
-                       env={**kube.env, "VAULT_TOKEN": operator})  # the operator's limited grant suffices
+                       env=RedactedEnv(kube.env, VAULT_TOKEN=str(operator)))  # the operator's limited grant suffices
         assert done.returncode == 0, done.stderr
         plane.restart_apiserver()
         assert run_cli("policy", "diff", "--config", path, env=kube.env).returncode == 0
