@@ -14,8 +14,10 @@ from datetime import datetime
 from pathlib import Path
 
 from vaultk8s.config import ClusterConfig
-from vaultk8s.errors import PlanRefused, StoreError
+from vaultk8s.errors import PlanRefused, StoreError, VaultError
+from vaultk8s.ops.node import SECRET_ID_FILE
 from vaultk8s.plan import jwt_claims, machine_auth, naming, sa
+from vaultk8s.plan import status as plan_status
 from vaultk8s.plan.actions import Action
 from vaultk8s.store.atomic import read_file
 from vaultk8s.vault.gateway import VaultGateway
@@ -63,6 +65,20 @@ def sync_keys(config: ClusterConfig, gateway: VaultGateway, keys: sa.KeySet, dry
 class Login:
     lease_seconds: int  # of the Vault token (0: no expiry)
     credential_expiry: datetime | None  # the JWT's `exp`
+
+
+def approle_secret_id_expiry(config: ClusterConfig, gateway: VaultGateway, credentials_dir: Path) -> datetime | None:
+    """When the signer's own AppRole secret_id (in credentials_dir, after login unwrapped it) lapses;
+    None when it has no end or cannot be read (a gauge, not worth failing a login for)."""
+    data = read_file(Path(credentials_dir) / SECRET_ID_FILE)
+    if not data:
+        return None
+    try:
+        found = gateway.lookup_secret_id(naming.approle_mount(config), naming.CSR_SIGNER_APPROLE_ROLE,
+                                         data.decode(errors="replace").strip())
+    except VaultError:
+        return None
+    return plan_status.vault_time((found or {}).get("expiration_time"))
 
 
 def login(config: ClusterConfig, gateway: VaultGateway, jwt_file: Path) -> Login:

@@ -229,6 +229,10 @@ def grants_for(kind: str, config: ClusterConfig) -> list[Grant]:
         grants = [Grant(p, c, why) for p, c, why in _AGENT_PATHS]
     else:
         grants = identity_grants(_identity(kind), config)
+    if kind == CSR_SIGNER:
+        grants.append(Grant(f"auth/{approle_mount(config)}/role/{CSR_SIGNER_APPROLE_ROLE}/secret-id/lookup", ("update",),
+                            "a signer on AppRole exports its own secret_id's expiry (it must hold the secret_id)",
+                            (("secret_id", ()),)))
     return sorted(grants, key=lambda g: g.path)
 
 

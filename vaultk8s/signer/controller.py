@@ -121,6 +121,9 @@ class VaultSigner:
                 self.metrics.credential_expiry.labels("jwt").set(login.credential_expiry.timestamp())
             return True, login.lease_seconds
         owned = authenticate(gateway, self.settings.credentials_dir, self.settings.token_file)
+        if self.settings.credentials_dir is not None:
+            expiry = signer_auth.approle_secret_id_expiry(self.settings.config, gateway, self.settings.credentials_dir)
+            self.metrics.credential_expiry.labels("secret_id").set(expiry.timestamp() if expiry else 0)
         return owned, gateway.token_ttl()
 
     def close(self) -> None:
