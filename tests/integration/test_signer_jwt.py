@@ -22,7 +22,7 @@ from vaultk8s.plan import machine_auth, naming
 
 from tests.helpers.cluster import REPO, run_cli
 from tests.helpers.csr import SignerProcess, make_request, post_csr, wait_csr
-from tests.helpers.kube import KubeControlPlane, loopback_port, running_control_plane
+from tests.helpers.kube import KubeControlPlane, loopback_port, running_control_plane, token_kubeconfig
 from tests.helpers.policy import call, make_token
 from tests.helpers.redacted import RedactedEnv, Secret
 
@@ -53,18 +53,6 @@ class Kube:
         return len(call(self.env, self.env["VAULT_TOKEN"], "GET", path).json()["data"]["jwt_validation_pubkeys"])
 
 
-def _kubeconfig(plane: KubeControlPlane, token: str, path: Path) -> Path:
-    import yaml
-
-    doc = {"apiVersion": "v1", "kind": "Config", "current-context": "c",
-           "clusters": [{"name": "k", "cluster": {"server": plane.url, "certificate-authority": str(plane.pki / "ca.crt")}}],
-           "users": [{"name": "u", "user": {"token": token}}],
-           "contexts": [{"name": "c", "context": {"cluster": "k", "user": "u"}}]}
-    path.write_text(yaml.safe_dump(doc))
-    path.chmod(0o600)
-    return path
-
-
 @pytest.fixture(scope="module")
 def kube(openbao, tmp_path_factory) -> Kube:
     tmp = tmp_path_factory.mktemp("signer-jwt")
@@ -77,7 +65,7 @@ def kube(openbao, tmp_path_factory) -> Kube:
         plane.kubectl("-n", "kube-system", "create", "serviceaccount", "someone-else")
         run_cli("policy", "apply", "--config", str(plane.cluster_file), env=env, check=True)
         api = plane.kubectl("-n", "kube-system", "create", "token", "vaultk8s-signer", "--duration=2h").stdout.strip()
-        yield Kube(plane, env, load_config(plane.cluster_file), _kubeconfig(plane, api, tmp / "signer.conf"))
+        yield Kube(plane, env, load_config(plane.cluster_file), token_kubeconfig(plane, api, tmp / "signer.conf"))
 
 
 def test_the_projected_token_logs_in_and_nothing_else_does(kube):

@@ -29,7 +29,7 @@ from vaultk8s.config import ClusterConfig, load_config
 from tests.helpers.cluster import REPO, openssl_verify, run_cli
 from tests.helpers.csr import (CLIENT_USAGES, SignerProcess, TcpProxy, conditions, get_csr, issued_pem, make_request,
                                post_csr, wait_csr)
-from tests.helpers.kube import KubeControlPlane, loopback_port, running_control_plane
+from tests.helpers.kube import KubeControlPlane, loopback_port, running_control_plane, token_kubeconfig
 from tests.helpers.hsm import hsm_section, init_dev_token, needs_softhsm, token_environ
 from tests.helpers.policy import call
 
@@ -61,16 +61,6 @@ class Kube:
         return len(resp.json()["data"]["keys"])
 
 
-def _token_kubeconfig(plane: KubeControlPlane, token: str, path: Path) -> Path:
-    doc = {"apiVersion": "v1", "kind": "Config", "current-context": "c",
-           "clusters": [{"name": "k", "cluster": {"server": plane.url, "certificate-authority": str(plane.pki / "ca.crt")}}],
-           "users": [{"name": "u", "user": {"token": token}}],
-           "contexts": [{"name": "c", "context": {"cluster": "k", "user": "u"}}]}
-    path.write_text(yaml.safe_dump(doc))
-    path.chmod(0o600)
-    return path
-
-
 @pytest.fixture(scope="module")
 def kube(openbao, tmp_path_factory) -> Kube:
     tmp = tmp_path_factory.mktemp("signer")
@@ -87,7 +77,7 @@ def kube(openbao, tmp_path_factory) -> Kube:
                 check=True)
         token = plane.kubectl("-n", "kube-system", "create", "token", "vaultk8s-signer", "--duration=2h").stdout.strip()
         yield Kube(plane, env, load_config(plane.cluster_file), credentials,
-                   _token_kubeconfig(plane, token, tmp / "signer.conf"))
+                   token_kubeconfig(plane, token, tmp / "signer.conf"))
 
 
 def _bootstrap_token(plane: KubeControlPlane) -> str:
