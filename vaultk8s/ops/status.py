@@ -75,10 +75,8 @@ def issuer_lifetimes(config: ClusterConfig, gateway: VaultGateway) -> list[Lifet
 
 def _issuer_facts(mount: str, issuer_id: str, info: dict, data: dict) -> plan.IssuerFacts:
     cert = crypto.load_certs(data["certificate"])[0]
-    # By its own key, not by name: a cross-signed root has the same subject and issuer text as a root.
-    self_signed = crypto.signed_by(cert, cert)
     return plan.IssuerFacts(mount, issuer_id, data.get("issuer_name") or info.get("issuer_name") or "",
-                            data.get("key_id") or "", self_signed,
+                            data.get("key_id") or "", crypto.is_self_signed(cert),
                             cert.subject.rfc4514_string(), cert.not_valid_after_utc, bool(info.get("is_default")))
 
 
