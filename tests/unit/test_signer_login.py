@@ -96,8 +96,10 @@ def test_an_expired_session_is_not_revoked_and_a_refused_login_is_counted(tmp_pa
     signer.session()
     clock.now += 61
     vault.refuse = True
-    with pytest.raises(VaultError):
+    with pytest.raises(VaultError) as refused:
         signer.session()
+    assert not isinstance(refused.value, VaultRequestRefused)  # a refused login never fails the CSR
+    assert "jwt login was refused" in str(refused.value)
     assert vault.revoked == 0
     assert _value(metrics, "vaultk8s_signer_login_failures_total", method="jwt", reason="rejected") == 1
     (tmp_path / "token").write_text("")

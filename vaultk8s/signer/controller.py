@@ -105,6 +105,8 @@ class VaultSigner:
                 gateway.check_ready()
             except VaultK8sError as err:
                 self.metrics.login_failures.labels(self.settings.login_method, login_failure_reason(err)).inc()
+                if isinstance(err, VaultRequestRefused):  # the credential, not the CSR: retried, never Failed
+                    raise VaultError(f"the signer's {self.settings.login_method} login was refused: {err}") from None
                 raise
             self.metrics.logged_in(self.settings.login_method, self.clock(), lease)
             self._gateway = gateway
