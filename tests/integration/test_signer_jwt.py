@@ -8,6 +8,7 @@ tests run in order: the last one rotates the service-account keys and restarts k
 
 from __future__ import annotations
 
+import json
 import re
 import secrets
 import time
@@ -114,6 +115,37 @@ def test_the_signer_signs_with_its_token_past_several_vault_token_lifetimes(kube
     assert "vaultk8s_signer_login_failures_total" not in metrics.replace("# HELP vaultk8s_signer_login_failures_total",
                                                                          "").replace("# TYPE vaultk8s_signer_login_failures_total", "")
     assert "eyJ" not in log and "denied" not in log.lower(), log[-2000:]
+
+
+def _metric(port: int, line_prefix: str) -> float:
+    try:
+        text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    except requests.ConnectionError:  # still starting
+        return 0.0
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(line_prefix))
+
+
+def test_a_refused_token_is_counted_and_retried_never_fails_the_csr(kube, tmp_path):
+    jwt_file = tmp_path / "token"
+    jwt_file.write_text(kube.token(audience="not-vaultk8s"))
+    port = loopback_port()
+    env = RedactedEnv({k: v for k, v in kube.env.items() if k != "VAULT_TOKEN"})
+    kubelet_conf = kube.plane.out / "worker-1" / "kubelet.conf"
+    with SignerProcess(kube.plane.workdir, env, "--config", str(kube.plane.cluster_file), "--kubeconfig",
+                       str(kube.kubeconfig), "--jwt-file", str(jwt_file),
+                       "--metrics-addr", f"127.0.0.1:{port}") as signer:
+        name = post_csr(kube.plane, make_request("system:node:worker-1")[1], kubeconfig=kubelet_conf)
+        deadline = time.monotonic() + 60
+        rejected = 'vaultk8s_signer_login_failures_total{method="jwt",reason="rejected"}'
+        while _metric(port, rejected) < 1:
+            assert time.monotonic() < deadline and signer.proc.poll() is None, signer.text()[-2000:]
+            time.sleep(0.5)
+        csr = json.loads(kube.plane.kubectl("get", "csr", name, "-o", "json").stdout)
+        assert "Failed" not in {c["type"] for c in (csr.get("status") or {}).get("conditions") or []}
+        jwt_file.write_text(kube.token())  # the next retry reads the file again
+        wait_csr(kube.plane, name, timeout=90)
+        log = signer.text()
+    assert "login was refused" in log and "eyJ" not in log
 
 
 def test_sa_rotation_moves_the_jwt_keys_with_the_api_server(kube):
