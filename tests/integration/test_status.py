@@ -14,7 +14,7 @@ import pytest
 from vaultk8s.config import ClusterConfig
 from vaultk8s.plan import naming
 
-from tests.helpers.policy import applied_cluster, cli
+from tests.helpers.policy import applied_cluster, cli, make_token
 from tests.helpers.redacted import RedactedEnv, Secret
 
 pytestmark = pytest.mark.integration
@@ -88,6 +88,12 @@ def test_status_exit_code_follows_warn_and_names_what_is_due(cluster):
     tokens = [i for i in report["items"] if i["kind"] == "token"]
     assert tokens and all(not t["due"] for t in tokens)
     assert not any("auth/token/accessors" in n for n in report["notes"])
+    # an auditor sees the CAs (PKI serves them without a token) and is told what it may not read
+    auditor = Secret(make_token(vault_env, [naming.policy_name(cluster.config, "auditor")]))
+    done, report = _status(vault_env, path, out, "1s", token=auditor)
+    assert done.returncode == 0, done.stderr
+    assert {"leaf", "ca-root", "ca-cross-signed"} == {i["kind"] for i in report["items"]}
+    assert [n.split(":")[0] for n in report["notes"]] == ["service-account keys", "secret_ids", "tokens"]
     # the defaults: the signer's AppRole secret_id (secret_id_ttl 720h) lapses within --warn 30d, so
     # it is due from the day it is made; nothing else is
     text = cli(vault_env, "status", "-c", str(path), "--out", str(out), token=operator)

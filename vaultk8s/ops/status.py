@@ -63,21 +63,23 @@ def leaf_lifetimes(out: Path, now: datetime) -> list[Lifetime]:
 
 
 def issuer_lifetimes(config: ClusterConfig, gateway: VaultGateway) -> list[Lifetime]:
+    """Every issuer of the three mounts: PKI lists issuers (with key_id) and serves their
+    certificates without a token, so any caller sees them."""
     facts = []
     for ca in catalog.CAS:
         mount = config.mount(ca.name)
         for issuer_id, info in sorted(gateway.list_issuers(mount).items()):
-            data = gateway.read_issuer(mount, issuer_id) or {}
-            if data.get("certificate"):
-                facts.append(_issuer_facts(mount, issuer_id, info, data))
+            pem = gateway.read_issuer_certificate(mount, issuer_id)
+            if pem:
+                facts.append(_issuer_facts(mount, issuer_id, info, pem))
     return plan.issuer_lifetimes(facts)
 
 
-def _issuer_facts(mount: str, issuer_id: str, info: dict, data: dict) -> plan.IssuerFacts:
-    cert = crypto.load_certs(data["certificate"])[0]
-    return plan.IssuerFacts(mount, issuer_id, data.get("issuer_name") or info.get("issuer_name") or "",
-                            data.get("key_id") or "", crypto.is_self_signed(cert),
-                            cert.subject.rfc4514_string(), cert.not_valid_after_utc, bool(info.get("is_default")))
+def _issuer_facts(mount: str, issuer_id: str, info: dict, pem: str) -> plan.IssuerFacts:
+    cert = crypto.load_certs(pem)[0]
+    return plan.IssuerFacts(mount, issuer_id, info.get("issuer_name") or "", info.get("key_id") or "",
+                            crypto.is_self_signed(cert), cert.subject.rfc4514_string(), cert.not_valid_after_utc,
+                            bool(info.get("is_default")))
 
 
 def sa_key_lifetimes(config: ClusterConfig, gateway: VaultGateway) -> list[Lifetime]:

@@ -262,6 +262,12 @@ class VaultGateway:
         # OpenBao answers 500 "unable to find PKI issuer" for an unknown ref.
         return self._read_data(f"{mount}/issuer/{ref}", "read issuer", absent=(hv.InvalidPath, hv.InternalServerError))
 
+    def read_issuer_certificate(self, mount: str, ref: str) -> str | None:
+        """An issuer's certificate (PEM) from `issuer/<ref>/json`, which PKI serves without a token."""
+        data = self._read_data(f"{mount}/issuer/{ref}/json", "read issuer",
+                               absent=(hv.InvalidPath, hv.InternalServerError))
+        return (data or {}).get("certificate") or None
+
     def patch_issuer(self, mount: str, ref: str, fields: dict[str, Any]) -> None:
         """PATCH only the given fields: a POST to issuer/<ref> resets the ones it omits (issuer_name)."""
         with self._translate("update issuer", f"{mount}/issuer/{ref}"):
