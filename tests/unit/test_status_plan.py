@@ -63,3 +63,22 @@ def test_vault_times():
     assert plan.vault_time("2026-12-03T05:57:54+01:00") == datetime(2026, 12, 3, 4, 57, 54, tzinfo=timezone.utc)
     for none in ("0001-01-01T00:00:00Z", "", None, "yesterday", 5):
         assert plan.vault_time(none) is None
+
+
+def test_sa_keys_by_age_against_policy():
+    from vaultk8s import crypto
+    from vaultk8s.config import SASettings
+    from vaultk8s.plan import sa
+
+    settings = SASettings("rsa-2048", "kv", "demo/service-account", timedelta(hours=48), "https://i", DAY * 365)
+    first = sa.initial(sa.new_key(crypto.generate_key("ec-p256"), NOW - DAY * 400), NOW - DAY * 400)
+    staged = sa.apply_phase(first, sa.SARotationPhase.STAGE, NOW - DAY, settings.grace_period,
+                            new=sa.new_key(crypto.generate_key("ec-p256"), NOW - DAY))
+    promoted = sa.apply_phase(staged, sa.SARotationPhase.PROMOTE, NOW - DAY, settings.grace_period)
+    items = {i.detail.split(" ")[0]: i for i in plan.sa_key_lifetimes(promoted, settings)}
+    previous, active = items["previous"], items["active"]
+    assert previous.not_after == NOW - DAY + timedelta(hours=48) and previous.renewal is Renewal.DEADLINE
+    assert active.not_after == NOW - DAY + DAY * 365 and active.renewal is Renewal.PERSON
+    assert not plan.is_due(previous, NOW, WARN) and plan.is_due(previous, NOW + DAY * 2, WARN)
+    old = {i.detail.split(" ")[0]: i for i in plan.sa_key_lifetimes(first, settings)}["active"]
+    assert plan.is_due(old, NOW, WARN)  # 400 days active: past service_account.max_age

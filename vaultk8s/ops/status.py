@@ -21,7 +21,6 @@ from vaultk8s.errors import PermissionDeniedError
 from vaultk8s.ops import check
 from vaultk8s.ops import sa as sa_ops
 from vaultk8s.plan import grants, naming
-from vaultk8s.plan import sa as sa_plan
 from vaultk8s.plan import status as plan
 from vaultk8s.plan.status import Lifetime, Renewal
 from vaultk8s.vault.gateway import VaultGateway
@@ -85,22 +84,7 @@ def _issuer_facts(mount: str, issuer_id: str, info: dict, pem: str) -> plan.Issu
 def sa_key_lifetimes(config: ClusterConfig, gateway: VaultGateway) -> list[Lifetime]:
     settings = config.service_account
     stored = sa_ops.read_key_set(gateway, settings) if gateway.kv_version(settings.kv_mount) == "2" else None
-    if stored is None:
-        return []
-    where = f"{settings.kv_mount}/data/{settings.kv_path}"
-    items = []
-    for key in stored.keys.keys:
-        name = f"{where}#{key.id[:12]}"
-        if key.state is sa_plan.KeyState.PREVIOUS:
-            items.append(Lifetime(plan.SA_KEY, name, sa_plan.retire_after(key, settings.grace_period),
-                                  Renewal.DEADLINE, "vaultk8s sa rotate --phase retire",
-                                  f"previous key: in sa.pub until retired (grace {settings.grace_period})"))
-        elif key.state in (sa_plan.KeyState.ACTIVE, sa_plan.KeyState.STAGED):
-            since = key.activated or key.created
-            items.append(Lifetime(plan.SA_KEY, name, since + settings.max_age, Renewal.PERSON,
-                                  "vaultk8s sa rotate", f"{key.state.value} key, {key.key_type}: rotate after "
-                                  f"service_account.max_age"))
-    return items
+    return plan.sa_key_lifetimes(stored.keys, settings) if stored is not None else []
 
 
 def secret_id_lifetimes(config: ClusterConfig, gateway: VaultGateway) -> list[Lifetime]:

@@ -17,6 +17,8 @@ from datetime import datetime, timedelta, timezone
 from enum import Enum
 from typing import Any
 
+from vaultk8s.config import SASettings
+from vaultk8s.plan import sa
 from vaultk8s.plan.schedule import RENEW_FRACTION
 
 LEAF = "leaf"
@@ -90,6 +92,25 @@ def plan_status(items: list[Lifetime], now: datetime, warn: timedelta, notes: li
     never = datetime.max.replace(tzinfo=timezone.utc)
     ordered = tuple(sorted(items, key=lambda i: (i.not_after or never, i.kind, i.name)))
     return StatusReport(ordered, tuple(is_due(i, now, warn) for i in ordered), warn, tuple(notes))
+
+
+# --- service-account keys -----------------------------------------------------------------------
+
+def sa_key_lifetimes(keys: sa.KeySet, settings: SASettings) -> list[Lifetime]:
+    """By age against policy: the active (and a staged) key `max_age` after activation (creation),
+    a previous key at its retire time. Retired keys are gone from sa.pub: not listed."""
+    where = f"{settings.kv_mount}/data/{settings.kv_path}"
+    items = []
+    for key in keys.keys:
+        name = f"{where}#{key.id[:12]}"
+        if key.state is sa.KeyState.PREVIOUS:
+            items.append(Lifetime(SA_KEY, name, sa.retire_after(key, settings.grace_period), Renewal.DEADLINE,
+                                  "vaultk8s sa rotate --phase retire", "previous key: in sa.pub until retired"))
+        elif key.state in (sa.KeyState.ACTIVE, sa.KeyState.STAGED):
+            items.append(Lifetime(SA_KEY, name, (key.activated or key.created) + settings.max_age, Renewal.PERSON,
+                                  "vaultk8s sa rotate", f"{key.state.value} key, {key.key_type}: rotate after "
+                                  "service_account.max_age"))
+    return items
 
 
 # --- issuers --------------------------------------------------------------------------------------
