@@ -59,6 +59,9 @@ def signer(
     if credentials is not None and not (credentials / ops.ROLE_ID_FILE).is_file():
         raise ConfigError(f"--credentials {credentials} holds no role_id: run `vaultk8s signer-credentials`",
                           "command line")
+    if jwt_file is not None and not jwt_file.is_file():
+        raise ConfigError(f"--jwt-file {jwt_file} does not exist: mount the projected ServiceAccount token "
+                          "(deploy/signer/signer.yaml)", "command line")
     VaultGateway.from_env()  # VAULT_ADDR missing: fail now, not at the first CSR
     settings = SignerSettings(config=cluster, approve_serving=approve_serving, credentials_dir=credentials,
                               token_file=token_file, jwt_file=jwt_file, resync_seconds=resync_seconds)
