@@ -22,7 +22,7 @@ from vaultk8s.config import ClusterConfig, load_config
 from vaultk8s.plan import machine_auth, naming
 
 from tests.helpers.cluster import REPO, run_cli
-from tests.helpers.csr import SignerProcess, make_request, post_csr, wait_csr
+from tests.helpers.csr import SignerProcess, make_request, metric_total, post_csr, wait_csr
 from tests.helpers.kube import KubeControlPlane, loopback_port, running_control_plane, token_kubeconfig
 from tests.helpers.policy import call, make_token
 from tests.helpers.redacted import RedactedEnv, Secret
@@ -117,14 +117,6 @@ def test_the_signer_signs_with_its_token_past_several_vault_token_lifetimes(kube
     assert "eyJ" not in log and "denied" not in log.lower(), log[-2000:]
 
 
-def _metric(port: int, line_prefix: str) -> float:
-    try:
-        text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
-    except requests.ConnectionError:  # still starting
-        return 0.0
-    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(line_prefix))
-
-
 def test_a_refused_token_is_counted_and_retried_never_fails_the_csr(kube, tmp_path):
     jwt_file = tmp_path / "token"
     jwt_file.write_text(kube.token(audience="not-vaultk8s"))
@@ -137,7 +129,7 @@ def test_a_refused_token_is_counted_and_retried_never_fails_the_csr(kube, tmp_pa
         name = post_csr(kube.plane, make_request("system:node:worker-1")[1], kubeconfig=kubelet_conf)
         deadline = time.monotonic() + 60
         rejected = 'vaultk8s_signer_login_failures_total{method="jwt",reason="rejected"}'
-        while _metric(port, rejected) < 1:
+        while metric_total(port, rejected) < 1:
             assert time.monotonic() < deadline and signer.proc.poll() is None, signer.text()[-2000:]
             time.sleep(0.5)
         csr = json.loads(kube.plane.kubectl("get", "csr", name, "-o", "json").stdout)

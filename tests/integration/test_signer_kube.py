@@ -28,7 +28,7 @@ from vaultk8s.config import ClusterConfig, load_config
 
 from tests.helpers.cluster import REPO, openssl_verify, run_cli
 from tests.helpers.csr import (CLIENT_USAGES, SignerProcess, TcpProxy, conditions, get_csr, issued_pem, make_request,
-                               post_csr, wait_csr)
+                               metric_total, post_csr, wait_csr)
 from tests.helpers.kube import KubeControlPlane, loopback_port, running_control_plane, token_kubeconfig
 from tests.helpers.hsm import hsm_section, init_dev_token, needs_softhsm, token_environ
 from tests.helpers.policy import call
@@ -275,14 +275,6 @@ def test_two_signers_sign_each_csr_exactly_once(kube):
     assert kube.issued_count() == before + len(names) + 1
 
 
-def _metric_total(port: int, line_prefix: str) -> float:
-    try:
-        text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
-    except requests.ConnectionError:  # the process is still starting
-        return 0.0
-    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(line_prefix))
-
-
 def test_vault_down_is_retried_with_backoff_never_failed(kube):
     plane = kube.plane
     target = int(kube.env["VAULT_ADDR"].rsplit(":", 1)[1])
@@ -292,7 +284,7 @@ def test_vault_down_is_retried_with_backoff_never_failed(kube):
     with kube.signer("--metrics-addr", f"127.0.0.1:{port}", vault_addr=f"https://127.0.0.1:{proxy.port}") as signer:
         name = post_csr(plane, make_request("system:node:worker-1")[1], kubeconfig=plane.out / "worker-1" / "kubelet.conf")
         deadline = time.monotonic() + 90
-        while _metric_total(port, 'vaultk8s_signer_transient_errors_total{component="vault"}') < 2:
+        while metric_total(port, 'vaultk8s_signer_transient_errors_total{component="vault"}') < 2:
             assert time.monotonic() < deadline, signer.text()
             time.sleep(1)
         csr = get_csr(plane, name)
@@ -305,10 +297,10 @@ def test_vault_down_is_retried_with_backoff_never_failed(kube):
             proxy.stop()
         assert "Failed" not in conditions(get_csr(plane, name))
         # its Vault identity, exported: the AppRole secret_id lapses after policy.secret_id_ttl (720h)
-        expiry = _metric_total(port, 'vaultk8s_signer_credential_expiry_timestamp_seconds{credential="secret_id"}')
+        expiry = metric_total(port, 'vaultk8s_signer_credential_expiry_timestamp_seconds{credential="secret_id"}')
         assert time.time() + 700 * 3600 < expiry < time.time() + 721 * 3600
-        assert _metric_total(port, 'vaultk8s_signer_last_login_timestamp_seconds{method="approle"}') > 0
-        assert _metric_total(port, 'vaultk8s_signer_login_failures_total{method="approle",reason="unavailable"}') >= 1
+        assert metric_total(port, 'vaultk8s_signer_last_login_timestamp_seconds{method="approle"}') > 0
+        assert metric_total(port, 'vaultk8s_signer_login_failures_total{method="approle",reason="unavailable"}') >= 1
     assert kube.issued_count() == before + 1
 
 
