@@ -435,8 +435,9 @@ class VaultGateway:
         """(mounted, config): a 404 with no error is a mount without config yet; one saying "no
         handler for route" means no auth method is mounted there."""
         with self._translate("read", path):
-            try:
-                return True, (self.client.read(path) or {}).get("data")
+            try:  # the adapter, not client.read: that one answers None for every 404
+                data = self.client.adapter.get(f"/v1/{path}")
+                return True, (data.get("data") if isinstance(data, dict) else None)
             except hv.InvalidPath as err:
                 return not any("no handler for route" in str(e) for e in (getattr(err, "errors", None) or [])), None
 
