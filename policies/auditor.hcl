@@ -22,6 +22,16 @@ path "auth/cert/certs/+" {
   capabilities = ["read"]
 }
 
+# the signer's JWT login: public keys and issuer
+path "auth/jwt/config" {
+  capabilities = ["read"]
+}
+
+# the signer's JWT role
+path "auth/jwt/role/csr-signer" {
+  capabilities = ["read"]
+}
+
 # check the token
 path "auth/token/lookup-self" {
   capabilities = ["read"]

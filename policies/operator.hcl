@@ -12,6 +12,14 @@ path "auth/approle/role/csr-signer/secret-id" {
   capabilities = ["create", "list", "update"]
 }
 
+# csr-signer: status shows secret_id expiry
+path "auth/approle/role/csr-signer/secret-id-accessor/lookup" {
+  capabilities = ["update"]
+  allowed_parameters = {
+    "secret_id_accessor" = []
+  }
+}
+
 # cp-1: node credentials
 path "auth/approle/role/node-cp-1/role-id" {
   capabilities = ["read"]
@@ -25,6 +33,14 @@ path "auth/approle/role/node-cp-1/secret-id" {
 # cp-1: node revoke
 path "auth/approle/role/node-cp-1/secret-id-accessor/destroy" {
   capabilities = ["update"]
+}
+
+# cp-1: status shows secret_id expiry
+path "auth/approle/role/node-cp-1/secret-id-accessor/lookup" {
+  capabilities = ["update"]
+  allowed_parameters = {
+    "secret_id_accessor" = []
+  }
 }
 
 # worker-1: node credentials
@@ -42,6 +58,14 @@ path "auth/approle/role/node-worker-1/secret-id-accessor/destroy" {
   capabilities = ["update"]
 }
 
+# worker-1: status shows secret_id expiry
+path "auth/approle/role/node-worker-1/secret-id-accessor/lookup" {
+  capabilities = ["update"]
+  allowed_parameters = {
+    "secret_id_accessor" = []
+  }
+}
+
 # worker-2: node credentials
 path "auth/approle/role/node-worker-2/role-id" {
   capabilities = ["read"]
@@ -55,6 +79,14 @@ path "auth/approle/role/node-worker-2/secret-id" {
 # worker-2: node revoke
 path "auth/approle/role/node-worker-2/secret-id-accessor/destroy" {
   capabilities = ["update"]
+}
+
+# worker-2: status shows secret_id expiry
+path "auth/approle/role/node-worker-2/secret-id-accessor/lookup" {
+  capabilities = ["update"]
+  allowed_parameters = {
+    "secret_id_accessor" = []
+  }
 }
 
 # cp-1: bootstrap and ca rotate keep its certificate login's trust; node revoke
@@ -78,6 +110,15 @@ path "auth/cert/certs/node-worker-2" {
   capabilities = ["delete", "read", "update"]
   allowed_parameters = {
     "certificate" = []
+  }
+}
+
+# the signer's JWT login: service-account public keys, kept equal to sa.pub
+path "auth/jwt/config" {
+  capabilities = ["read", "update"]
+  allowed_parameters = {
+    "bound_issuer" = ["https://kubernetes.default.svc.cluster.local"]
+    "jwt_validation_pubkeys" = []
   }
 }
 

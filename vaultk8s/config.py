@@ -26,16 +26,20 @@ if TYPE_CHECKING:
 
 DEFAULT_APISERVER_PORT = 6443
 
-TOP_LEVEL_KEYS = {"cluster", "pki", "vault", "nodes", "hsm", "service_account", "policy", "kubeconfigs"}
+TOP_LEVEL_KEYS = {"cluster", "pki", "vault", "nodes", "hsm", "service_account", "policy", "kubeconfigs", "signer"}
 _POLICY_KEYS = {"max_leaf_ttl", "token_ttl", "token_max_ttl", "token_num_uses", "secret_id_ttl",
                 "secret_id_num_uses", "bind_cidrs"}
-_SA_KEYS = {"key_type", "kv_mount", "grace_period"}
+_SA_KEYS = {"key_type", "kv_mount", "grace_period", "issuer", "max_age"}
+_SIGNER_KEYS = {"namespace", "service_account"}
 _HSM_KEYS = ("module", "token_label", "token_serial", "pin_env", "pin_file", "key_type")
 
 DEFAULT_SA_KEY_TYPE = "rsa-2048"
 DEFAULT_SA_GRACE = timedelta(hours=48)
 # Projected tokens live 1h by default; a shorter grace would break pods that have not refreshed yet.
 MIN_SA_GRACE = timedelta(hours=1)
+DEFAULT_SA_MAX_AGE = timedelta(days=365)  # `vaultk8s status`: the active key is due for rotation after this
+DEFAULT_SIGNER_NAMESPACE = "kube-system"  # as deploy/signer/signer.yaml
+DEFAULT_SIGNER_SERVICE_ACCOUNT = "vaultk8s-signer"
 SA_KV_SUFFIX = "vaultk8s"
 
 _MOUNT_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -73,6 +77,22 @@ class SASettings:
     kv_mount: str
     kv_path: str
     grace_period: timedelta
+    # kube-apiserver's --service-account-issuer: the `iss` of the tokens Vault's JWT login accepts
+    issuer: str = "https://kubernetes.default.svc.cluster.local"
+    max_age: timedelta = DEFAULT_SA_MAX_AGE
+
+
+@dataclass(frozen=True)
+class SignerIdentity:
+    """The `signer:` section: the ServiceAccount the CSR signer runs as (its JWT login's subject)."""
+
+    namespace: str = DEFAULT_SIGNER_NAMESPACE
+    service_account: str = DEFAULT_SIGNER_SERVICE_ACCOUNT
+
+    @property
+    def subject(self) -> str:
+        """The `sub` claim kube-apiserver puts in this ServiceAccount's tokens."""
+        return f"system:serviceaccount:{self.namespace}:{self.service_account}"
 
 
 @dataclass(frozen=True)
@@ -93,6 +113,7 @@ class ClusterConfig:
     apiserver_port: int = DEFAULT_APISERVER_PORT
     hsm: HsmSettings | None = None  # set: root keys live in a PKCS#11 token, Vault holds intermediates
     embed_client_certs: bool = False  # kubeadm-shaped: every kubeconfig embeds its client cert and key
+    signer: SignerIdentity = SignerIdentity()
 
     @property
     def nodes(self) -> tuple[NodeSpec, ...]:
@@ -244,7 +265,8 @@ def parse_config(data: Any, source: str = "cluster file") -> ClusterConfig:
 
     problems.extend(_name_length_problems(control_plane + workers))
     service_account = _service_account(_section(data, "service_account", problems, blank_is_absent=True),
-                                       name, mount_prefix, problems)
+                                       name, mount_prefix, domain, problems)
+    signer = _signer(_section(data, "signer", problems, blank_is_absent=True), problems)
     policy = _policy(_section(data, "policy", problems, blank_is_absent=True), leaf_ttl, problems)
     if problems:
         raise ConfigError(problems, source)
@@ -253,6 +275,7 @@ def parse_config(data: Any, source: str = "cluster file") -> ClusterConfig:
         domain=domain, key_type=key_type, leaf_ttl=leaf_ttl, ca_ttl=ca_ttl,
         mount_prefix=mount_prefix, control_plane=control_plane, workers=workers, policy=policy,
         service_account=service_account, apiserver_port=apiserver_port, hsm=hsm, embed_client_certs=embed is True,
+        signer=signer,
     )
 
 
@@ -423,7 +446,8 @@ def _check_unique(nodes: tuple[NodeSpec, ...], problems: list[str]) -> None:
             seen_ips[ip] = node.name
 
 
-def _service_account(section: dict, cluster_name: str, mount_prefix: str, problems: list[str]) -> SASettings:
+def _service_account(section: dict, cluster_name: str, mount_prefix: str, domain: str,
+                     problems: list[str]) -> SASettings:
     _unknown_keys(section, "service_account", _SA_KEYS, problems)
     key_type = section.get("key_type", DEFAULT_SA_KEY_TYPE)
     if key_type not in SA_KEY_TYPES:
@@ -438,7 +462,31 @@ def _service_account(section: dict, cluster_name: str, mount_prefix: str, proble
         if parsed is not None and parsed < MIN_SA_GRACE:
             problems.append("service_account.grace_period must be at least 1h, the default projected token lifetime")
         grace = DEFAULT_SA_GRACE if parsed is None else parsed
-    return SASettings(key_type, kv_mount.strip("/"), f"{cluster_name}/service-account", grace)
+    issuer = _issuer(section.get("issuer", f"https://kubernetes.default.svc.{domain or 'cluster.local'}"), problems)
+    max_age = _ttl(section.get("max_age", "8760h"), "service_account.max_age", problems) or DEFAULT_SA_MAX_AGE
+    return SASettings(key_type, kv_mount.strip("/"), f"{cluster_name}/service-account", grace, issuer, max_age)
+
+
+def _issuer(value: Any, problems: list[str]) -> str:
+    """kube-apiserver's --service-account-issuer as Vault's bound_issuer: an https URL, compared verbatim."""
+    parts = urlsplit(value) if isinstance(value, str) else None
+    if parts is None or parts.scheme != "https" or not parts.hostname or parts.query or parts.fragment \
+            or url_port(parts) == -1 or parts.username is not None or any(c.isspace() for c in value):
+        problems.append(f"service_account.issuer {shown(value)} must be an https URL equal to kube-apiserver's "
+                        "--service-account-issuer, e.g. https://kubernetes.default.svc.cluster.local")
+        return ""
+    return value
+
+
+def _signer(section: dict, problems: list[str]) -> SignerIdentity:
+    _unknown_keys(section, "signer", _SIGNER_KEYS, problems)
+    namespace = section.get("namespace", DEFAULT_SIGNER_NAMESPACE)
+    account = section.get("service_account", DEFAULT_SIGNER_SERVICE_ACCOUNT)
+    namespace = _dns_name(namespace, is_dns_label, problems,
+                          f"signer.namespace {shown(namespace)} must be a Kubernetes namespace name (a DNS-1123 label)")
+    account = _dns_name(account, is_dns_subdomain, problems,
+                        f"signer.service_account {shown(account)} must be a ServiceAccount name (a DNS-1123 name)")
+    return SignerIdentity(namespace, account)
 
 
 def _is_kv_mount(path: str) -> bool:

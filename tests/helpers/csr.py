@@ -15,6 +15,7 @@ import time
 import uuid
 from pathlib import Path
 
+import requests
 import yaml
 
 from vaultk8s import crypto
@@ -73,6 +74,15 @@ def wait_csr(plane: KubeControlPlane, name: str, *, until: str = "issued", timeo
             return csr
         time.sleep(0.5)
     raise AssertionError(f"CSR {name} did not reach {until} within {timeout}s: {json.dumps(csr.get('status'))}")
+
+
+def metric_total(port: int, line_prefix: str) -> float:
+    """The sum of the /metrics samples whose line starts with line_prefix (0 while the process starts)."""
+    try:
+        text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    except requests.ConnectionError:
+        return 0.0
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(line_prefix))
 
 
 def issued_pem(csr: dict) -> bytes:

@@ -100,9 +100,12 @@ def _tens(seconds: float) -> int:
 
 
 def vault_manifest(gateway, mounts: list[str], approle_mount: str, token_roles: list[str],
-                   entities: list[str], cert_mount: str | None = None) -> dict[str, Any]:
+                   entities: list[str], cert_mount: str | None = None,
+                   jwt_mount: str | None = None) -> dict[str, Any]:
     """Roles of each PKI mount and the machine-auth objects, read back from Vault."""
     doc: dict[str, Any] = {"pki_roles": {}, "approle_roles": {}, "cert_entries": {}, "token_roles": {}, "entities": {}}
+    if jwt_mount is not None:
+        doc["jwt"] = _jwt_manifest(gateway, jwt_mount)
     for name in sorted(gateway.list_cert_entries(cert_mount)) if cert_mount else []:
         entry = dict(gateway.read_cert_entry(cert_mount, name) or {})
         entry["certificate"] = sorted(describe_cert(c) for c in x509.load_pem_x509_certificates(
@@ -120,3 +123,12 @@ def vault_manifest(gateway, mounts: list[str], approle_mount: str, token_roles: 
         doc["entities"][name] = {"metadata": entity.get("metadata"), "policies": entity.get("policies"),
                                  "aliases": sorted(a.get("name") for a in entity.get("aliases") or [])}
     return doc
+
+
+def _jwt_manifest(gateway, mount: str) -> dict[str, Any]:
+    """The signer's JWT login: its roles as read back, its config with the keys described by kind."""
+    roles = {name: (gateway.read(f"auth/{mount}/role/{name}") or {}).get("data")
+             for name in sorted(gateway.client.list(f"auth/{mount}/role")["data"]["keys"])}
+    config = (gateway.read(f"auth/{mount}/config") or {}).get("data") or {}
+    keys = [_key_kind(serialization.load_pem_public_key(k.encode())) for k in config.get("jwt_validation_pubkeys") or []]
+    return {"roles": roles, "config": {**config, "jwt_validation_pubkeys": keys}}

@@ -253,6 +253,18 @@ def running_control_plane(tmp_path: Path, vault_env: dict[str, str], mount_prefi
         plane.stop()
 
 
+def token_kubeconfig(plane: KubeControlPlane, token: str, path: Path) -> Path:
+    """A kubeconfig (0600) that authenticates to plane with a bearer token (a ServiceAccount's)."""
+    doc = {"apiVersion": "v1", "kind": "Config", "current-context": "c",
+           "clusters": [{"name": "k", "cluster": {"server": plane.url, "certificate-authority": str(plane.pki / "ca.crt")}}],
+           "users": [{"name": "u", "user": {"token": str(token)}}],
+           "contexts": [{"name": "c", "context": {"cluster": "k", "user": "u"}}]}
+    path.touch(mode=0o600)
+    path.write_text(yaml.safe_dump(doc))
+    path.chmod(0o600)
+    return path
+
+
 def load_kubeconfig(path: Path) -> dict[str, Any]:
     return yaml.safe_load(path.read_text())
 

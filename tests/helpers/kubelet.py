@@ -37,7 +37,7 @@ from cryptography import x509
 
 from tests.helpers.cluster import REPO, run_cli
 from tests.helpers.csr import SignerProcess
-from tests.helpers.kube import KUBE_BIN_ENV, KubeControlPlane, kube_bin_dir
+from tests.helpers.kube import KUBE_BIN_ENV, KubeControlPlane, kube_bin_dir, token_kubeconfig
 from tests.helpers.redacted import RedactedEnv, Secret
 
 DEPLOY_SIGNER = REPO / "deploy" / "signer"
@@ -394,17 +394,6 @@ def apply_bootstrap_rbac(plane: KubeControlPlane) -> None:
 
 
 # the signer, as tests/integration/test_signer_kube.py runs it ---------------------------------------
-def token_kubeconfig(plane: KubeControlPlane, token: str, path: Path) -> Path:
-    doc = {"apiVersion": "v1", "kind": "Config", "current-context": "c",
-           "clusters": [{"name": "k", "cluster": {"server": plane.url, "certificate-authority": str(plane.pki / "ca.crt")}}],
-           "users": [{"name": "u", "user": {"token": str(token)}}],
-           "contexts": [{"name": "c", "context": {"cluster": "k", "user": "u"}}]}
-    path.touch(mode=0o600)
-    path.write_text(yaml.safe_dump(doc))
-    path.chmod(0o600)
-    return path
-
-
 def start_signer(plane: KubeControlPlane, vault_env: dict[str, str], workdir: Path, *extra: str) -> SignerProcess:
     """deploy/signer applied (its ServiceAccount and RBAC, kubeadm's bootstrap bindings; the Deployment
     stays unscheduled: no scheduler runs), policies applied, and `vaultk8s signer --approve-serving`

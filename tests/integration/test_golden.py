@@ -119,7 +119,7 @@ def test_golden(case: str, tmp_path: Path, vault_env: dict[str, str]) -> None:
         "vault": vault_manifest(
             gateway, [f"{prefix}{ca}" for ca in ("kubernetes-ca", "etcd-ca", "front-proxy-ca")], f"{prefix}approle",
             sorted(n for n in gateway.list_token_roles() if n.startswith(slug)),
-            sorted(n for n in gateway.list_entity_names() if n.startswith(slug)), f"{prefix}cert"),
+            sorted(n for n in gateway.list_entity_names() if n.startswith(slug)), f"{prefix}cert", f"{prefix}jwt"),
     }
     manifest = _scrub(manifest)
     golden = GOLDEN / f"{case}.json"

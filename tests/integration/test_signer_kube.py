@@ -28,8 +28,8 @@ from vaultk8s.config import ClusterConfig, load_config
 
 from tests.helpers.cluster import REPO, openssl_verify, run_cli
 from tests.helpers.csr import (CLIENT_USAGES, SignerProcess, TcpProxy, conditions, get_csr, issued_pem, make_request,
-                               post_csr, wait_csr)
-from tests.helpers.kube import KubeControlPlane, loopback_port, running_control_plane
+                               metric_total, post_csr, wait_csr)
+from tests.helpers.kube import KubeControlPlane, loopback_port, running_control_plane, token_kubeconfig
 from tests.helpers.hsm import hsm_section, init_dev_token, needs_softhsm, token_environ
 from tests.helpers.policy import call
 
@@ -61,16 +61,6 @@ class Kube:
         return len(resp.json()["data"]["keys"])
 
 
-def _token_kubeconfig(plane: KubeControlPlane, token: str, path: Path) -> Path:
-    doc = {"apiVersion": "v1", "kind": "Config", "current-context": "c",
-           "clusters": [{"name": "k", "cluster": {"server": plane.url, "certificate-authority": str(plane.pki / "ca.crt")}}],
-           "users": [{"name": "u", "user": {"token": token}}],
-           "contexts": [{"name": "c", "context": {"cluster": "k", "user": "u"}}]}
-    path.write_text(yaml.safe_dump(doc))
-    path.chmod(0o600)
-    return path
-
-
 @pytest.fixture(scope="module")
 def kube(openbao, tmp_path_factory) -> Kube:
     tmp = tmp_path_factory.mktemp("signer")
@@ -87,7 +77,7 @@ def kube(openbao, tmp_path_factory) -> Kube:
                 check=True)
         token = plane.kubectl("-n", "kube-system", "create", "token", "vaultk8s-signer", "--duration=2h").stdout.strip()
         yield Kube(plane, env, load_config(plane.cluster_file), credentials,
-                   _token_kubeconfig(plane, token, tmp / "signer.conf"))
+                   token_kubeconfig(plane, token, tmp / "signer.conf"))
 
 
 def _bootstrap_token(plane: KubeControlPlane) -> str:
@@ -285,14 +275,6 @@ def test_two_signers_sign_each_csr_exactly_once(kube):
     assert kube.issued_count() == before + len(names) + 1
 
 
-def _metric_total(port: int, line_prefix: str) -> float:
-    try:
-        text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
-    except requests.ConnectionError:  # the process is still starting
-        return 0.0
-    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(line_prefix))
-
-
 def test_vault_down_is_retried_with_backoff_never_failed(kube):
     plane = kube.plane
     target = int(kube.env["VAULT_ADDR"].rsplit(":", 1)[1])
@@ -302,7 +284,7 @@ def test_vault_down_is_retried_with_backoff_never_failed(kube):
     with kube.signer("--metrics-addr", f"127.0.0.1:{port}", vault_addr=f"https://127.0.0.1:{proxy.port}") as signer:
         name = post_csr(plane, make_request("system:node:worker-1")[1], kubeconfig=plane.out / "worker-1" / "kubelet.conf")
         deadline = time.monotonic() + 90
-        while _metric_total(port, 'vaultk8s_signer_transient_errors_total{component="vault"}') < 2:
+        while metric_total(port, 'vaultk8s_signer_transient_errors_total{component="vault"}') < 2:
             assert time.monotonic() < deadline, signer.text()
             time.sleep(1)
         csr = get_csr(plane, name)
@@ -314,6 +296,11 @@ def test_vault_down_is_retried_with_backoff_never_failed(kube):
         finally:
             proxy.stop()
         assert "Failed" not in conditions(get_csr(plane, name))
+        # its Vault identity, exported: the AppRole secret_id lapses after policy.secret_id_ttl (720h)
+        expiry = metric_total(port, 'vaultk8s_signer_credential_expiry_timestamp_seconds{credential="secret_id"}')
+        assert time.time() + 700 * 3600 < expiry < time.time() + 721 * 3600
+        assert metric_total(port, 'vaultk8s_signer_last_login_timestamp_seconds{method="approle"}') > 0
+        assert metric_total(port, 'vaultk8s_signer_login_failures_total{method="approle",reason="unavailable"}') >= 1
     assert kube.issued_count() == before + 1
 
 

@@ -53,12 +53,14 @@ def _register() -> None:
     from vaultk8s.cli import policy
     from vaultk8s.cli import sa
     from vaultk8s.cli import signer
+    from vaultk8s.cli import status
 
     app.command("bootstrap")(bootstrap.bootstrap)
     app.command("adopt")(adopt.adopt)
     app.command("agent")(agent.agent)
     app.command("signer")(signer.signer)
     app.command("signer-credentials")(signer.signer_credentials)
+    app.command("status")(status.status)
     app.add_typer(ca.app, name="ca", help="Rotate the three CAs without downtime, and show their state.")
     app.add_typer(certs.app, name="certs", help="Inspect issued certificates.")
     app.add_typer(dev.app, name="dev", help="Run a local OpenBao (raft + TLS) for development and tests.")

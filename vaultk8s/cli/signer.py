@@ -28,6 +28,8 @@ def signer(
     credentials: Path = typer.Option(None, "--credentials", help="Directory with role_id and secret_id from "
                                      "`vaultk8s signer-credentials` (AppRole login).", file_okay=False),
     token_file: Path = typer.Option(None, "--token-file", help="A file holding a Vault token (re-read on each login)."),
+    jwt_file: Path = typer.Option(None, "--jwt-file", help="The projected ServiceAccount token (audience vaultk8s), "
+                                  "re-read on each login at auth/<prefix>jwt, role csr-signer.", dir_okay=False),
     lease_namespace: str = typer.Option("kube-system", "--lease-namespace", help="Namespace of the leader-election Lease."),
     lease_name: str = typer.Option("vaultk8s-signer", "--lease-name", help="Name of the leader-election Lease."),
     identity: str = typer.Option("", "--identity", help="This replica's name in the Lease (default: host name + random)."),
@@ -38,31 +40,37 @@ def signer(
     Checks each CSR first (requester, CN/O, node in the cluster file, SANs, usages, key type) and
     sets a Failed condition with the reason when one fails. Runs as one leader among replicas
     (a coordination.k8s.io Lease). Vault comes from VAULT_ADDR/VAULT_CACERT; the token from
-    --credentials, --token-file or VAULT_TOKEN. SIGTERM or SIGINT stop it and release the lease.
+    --jwt-file (in the cluster), --credentials (AppRole, outside it), --token-file or VAULT_TOKEN;
+    it logs in again at 2/3 of each token's lease. SIGTERM or SIGINT stop it and release the lease.
     """
     # Imported here: the kubernetes client is heavy and only this command needs it.
     from vaultk8s.signer import kube
     from vaultk8s.signer.controller import Signer, SignerSettings, VaultSigner, run_elector
     from vaultk8s.signer.leader import LeaseElector
+    from vaultk8s.signer.metrics import SignerMetrics
     from vaultk8s.serve import HealthServer, parse_listen_addr
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s vaultk8s-signer %(levelname)s %(message)s")
     cluster = common.load(config)
     resync_seconds = max(30, int(common.duration_flag(resync, "--resync").total_seconds()))
     addr = parse_listen_addr(metrics_addr) if metrics_addr else None
-    if credentials is not None and token_file is not None:
-        raise ConfigError("give at most one of --credentials or --token-file", "command line")
+    if sum(x is not None for x in (credentials, token_file, jwt_file)) > 1:
+        raise ConfigError("give at most one of --jwt-file, --credentials or --token-file", "command line")
     if credentials is not None and not (credentials / ops.ROLE_ID_FILE).is_file():
         raise ConfigError(f"--credentials {credentials} holds no role_id: run `vaultk8s signer-credentials`",
                           "command line")
+    if jwt_file is not None and not jwt_file.is_file():
+        raise ConfigError(f"--jwt-file {jwt_file} does not exist: mount the projected ServiceAccount token "
+                          "(deploy/signer/signer.yaml)", "command line")
     VaultGateway.from_env()  # VAULT_ADDR missing: fail now, not at the first CSR
     settings = SignerSettings(config=cluster, approve_serving=approve_serving, credentials_dir=credentials,
-                              token_file=token_file, resync_seconds=resync_seconds)
+                              token_file=token_file, jwt_file=jwt_file, resync_seconds=resync_seconds)
     gateway = kube.KubeGateway(kube.connect(kubeconfig))
     elector = LeaseElector(gateway, lease_namespace, lease_name,
                            identity or f"{socket.gethostname()}_{uuid.uuid4().hex[:8]}")
-    vault = VaultSigner(VaultGateway.from_env, settings)
-    runner = Signer(settings, gateway, vault, elector)
+    metrics = SignerMetrics()
+    vault = VaultSigner(VaultGateway.from_env, settings, metrics=metrics)
+    runner = Signer(settings, gateway, vault, elector, metrics=metrics)
     health = None
     if addr is not None:
         def alive() -> str | None:

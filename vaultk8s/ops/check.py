@@ -24,10 +24,12 @@ class CertStatus:
     residual_seconds: int | None
     renewal_due: bool
     problems: tuple[str, ...] = field(default_factory=tuple)
+    not_before: datetime | None = None
 
     def to_dict(self) -> dict:
         data = asdict(self)
         data["not_after"] = self.not_after.isoformat() if self.not_after else None
+        data["not_before"] = self.not_before.isoformat() if self.not_before else None
         data["problems"] = list(self.problems)
         return data
 
@@ -90,7 +92,7 @@ def _leaf_row(node: NodeOutput, name: str, spec: catalog.CertSpec, pem: bytes, a
     problems.extend(_key_problems(node, spec, cert))
     due = now >= renewal_time(cert.not_valid_before_utc, cert.not_valid_after_utc)
     return CertStatus(name, spec.cert_file, cert.subject.rfc4514_string(), spec.ca, cert.not_valid_after_utc,
-                      _residual(cert, now), due, tuple(problems))
+                      _residual(cert, now), due, tuple(problems), cert.not_valid_before_utc)
 
 
 def _chains_to(cert, intermediates: list, anchors: list) -> bool:

@@ -6,7 +6,8 @@ file (plan/prune.py decides which objects are this cluster's), then per node an 
 token role, a cert entry (its kubelet-client certificate logs in, ops/cert_auth.py), and an identity
 entity (metadata node=<name>) with three aliases (the AppRole role_id, the token role's alias name,
 the certificate's CN on the cert mount), and the CSR signer's AppRole role (no entity: its policy
-names every node). A node `node revoke` revoked keeps only its AppRole and token roles (no entity,
+names every node), and its
+JWT mount, role and keys (ops/signer_auth.py). A node `node revoke` revoked keeps only its AppRole and token roles (no entity,
 no cert entry) until `--readmit`. Every step is observed first; re-running changes nothing. Writing policies and
 identities needs an admin token (see docs/policies.md).
 """
@@ -23,6 +24,8 @@ from vaultk8s import catalog, crypto
 from vaultk8s.config import ClusterConfig, NodeSpec
 from vaultk8s.errors import PlanRefused, StoreError, VaultError
 from vaultk8s.ops.cert_auth import login_trust, placeholder_trust
+from vaultk8s.ops import sa as sa_ops
+from vaultk8s.ops import signer_auth
 from vaultk8s.plan import grants, hcl, machine_auth, naming, prune
 from vaultk8s.plan.actions import Action, ActionReport
 from vaultk8s.plan.review import Review, review
@@ -107,7 +110,23 @@ def apply(config: ClusterConfig, gateway: VaultGateway, *, dry_run: bool = False
     _ensure_params(gateway, f"auth/{naming.approle_mount(config)}/role/{naming.CSR_SIGNER_APPROLE_ROLE}",
                    machine_auth.signer_approle_params(config), report, dry_run, "write-approle",
                    accessors.approle is not None)
+    _ensure_signer_jwt(config, gateway, report, dry_run)
     return report
+
+
+def _ensure_signer_jwt(config: ClusterConfig, gateway: VaultGateway, report: PolicyReport, dry_run: bool) -> None:
+    """The signer's JWT login (ops/signer_auth.py): the mount, role csr-signer, config = sa.pub's keys."""
+    mounted = signer_auth.ensure_mount(config, gateway, report.actions, dry_run)
+    mount = naming.jwt_mount(config)
+    _ensure_params(gateway, f"auth/{mount}/role/{naming.CSR_SIGNER_JWT_ROLE}",
+                   machine_auth.signer_jwt_role_params(config), report, dry_run, "write-jwt-role", mounted)
+    keys, note = sa_ops.readable_key_set(gateway, config.service_account)
+    if keys is None:
+        report.notes.append(note)
+    elif not mounted:  # a dry run before the mount exists
+        report.actions.append(Action("write-jwt-config", f"auth/{mount}/config", "missing"))
+    else:
+        report.actions.extend(signer_auth.sync_keys(config, gateway, keys, dry_run))
 
 
 def _ensure_policies(config: ClusterConfig, gateway: VaultGateway, report: PolicyReport, dry_run: bool) -> None:

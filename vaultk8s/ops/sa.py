@@ -16,7 +16,8 @@ from vaultk8s import catalog, crypto
 from vaultk8s.crashpoint import crash_point
 from vaultk8s.durations import hours_minutes
 from vaultk8s.config import ClusterConfig, SASettings
-from vaultk8s.errors import PlanRefused, VaultError
+from vaultk8s.errors import PermissionDeniedError, PlanRefused, VaultError
+from vaultk8s.ops import signer_auth
 from vaultk8s.plan import sa
 from vaultk8s.plan.actions import Action
 from vaultk8s.store.atomic import FileContent, check_writable, public, secret
@@ -61,6 +62,18 @@ def read_key_set(gateway: VaultGateway, settings: SASettings) -> StoredKeySet | 
             f"the service-account key set at {settings.kv_mount}/data/{settings.kv_path} (version {version}) "
             f"is corrupt: {err}; restore a good version with `bao kv rollback`"
         ) from None
+
+
+def readable_key_set(gateway: VaultGateway, settings: SASettings) -> tuple[sa.KeySet | None, str | None]:
+    """The key set for `policy apply|diff`, or (None, a note why not): none yet, or not readable."""
+    where = f"{settings.kv_mount}/data/{settings.kv_path}"
+    try:
+        stored = read_key_set(gateway, settings) if gateway.kv_version(settings.kv_mount) == "2" else None
+    except PermissionDeniedError:
+        return None, f"{where} is not readable with this token: the signer's JWT keys were not compared"
+    if stored is None:
+        return None, f"no service-account key set at {where} yet: bootstrap writes the signer's JWT keys"
+    return stored.keys, None
 
 
 def require_mount(gateway: VaultGateway, settings: SASettings) -> None:
@@ -110,8 +123,8 @@ def ensure_key_set(config: ClusterConfig, gateway: VaultGateway, *, now: datetim
         raise PlanRefused(f"Vault path {settings.kv_mount}/ is KV version {version}; service-account keys "
                           "need KV v2 (check-and-set): set service_account.kv_mount")
     stored = read_key_set(gateway, settings) if version == "2" else None
-    if stored is not None:
-        return stored.keys, actions
+    if stored is not None:  # still compared: a JWT mount enabled after the key set gets its keys here
+        return stored.keys, actions + signer_auth.sync_keys(config, gateway, stored.keys, dry_run)
     target = f"{settings.kv_mount}/data/{settings.kv_path}"
     actions.append(Action("generate-key", target, f"no service-account key yet: {settings.key_type}, "
                                                   f"max_versions {sa.KV_MAX_VERSIONS}"))
@@ -122,7 +135,7 @@ def ensure_key_set(config: ClusterConfig, gateway: VaultGateway, *, now: datetim
     gateway.kv2_set_max_versions(settings.kv_mount, settings.kv_path, sa.KV_MAX_VERSIONS)
     crash_point("sa-metadata")
     _write_key_set(gateway, settings, keys, cas=0)
-    return keys, actions
+    return keys, actions + signer_auth.sync_keys(config, gateway, keys, dry_run=False)
 
 
 # --- files --------------------------------------------------------------------------------------
@@ -172,6 +185,7 @@ def rotate(config: ClusterConfig, out: Path, gateway: VaultGateway, phase: sa.SA
     if keys != stored.keys:
         version = _write_key_set(gateway, settings, keys, cas=stored.version)
         actions.append(Action("write-kv", f"{settings.kv_mount}/data/{settings.kv_path}", _describe(phase, keys)))
+    actions.extend(_sync_signer_keys(config, gateway, phase, keys, version))
     actions.extend(plan_key_files(config, out, keys))
     write_key_files(config, out, keys)
     destroyed: tuple[int, ...] = ()
@@ -181,6 +195,17 @@ def rotate(config: ClusterConfig, out: Path, gateway: VaultGateway, phase: sa.SA
         actions.append(Action("destroy-kv-versions", f"{settings.kv_mount}/destroy/{settings.kv_path}",
                               f"versions {', '.join(map(str, destroyed))} held the retired private key"))
     return RotateReport(phase, keys != stored.keys or bool(destroyed), version, keys, actions, destroyed)
+
+
+def _sync_signer_keys(config: ClusterConfig, gateway: VaultGateway, phase: sa.SARotationPhase, keys: sa.KeySet,
+                      version: int) -> list[Action]:
+    """Every phase, also one already done (so a re-run repairs a failed write): the signer's JWT
+    login accepts exactly the tokens kube-apiserver will (stage adds the key, retire removes it)."""
+    try:
+        return signer_auth.sync_keys(config, gateway, keys, dry_run=False)
+    except VaultError as err:
+        raise type(err)(f"key set at KV version {version}, but the signer's JWT keys were not updated: {err}; "
+                        f"re-run `vaultk8s sa rotate --phase {phase.value}`") from None
 
 
 def _destroy_old_versions(gateway: VaultGateway, settings: SASettings, keys: sa.KeySet, version: int,

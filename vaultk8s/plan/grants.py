@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from vaultk8s import catalog
 from vaultk8s.catalog import IdentitySpec, Placement
 from vaultk8s.config import ClusterConfig, NodeSpec
-from vaultk8s.plan.naming import (CSR_SIGNER_APPROLE_ROLE, NODE_TEMPLATE, approle_mount, approle_role, cert_entry,
-                                  cert_mount, entity_name, policy_name)
+from vaultk8s.plan.naming import (CSR_SIGNER_APPROLE_ROLE, CSR_SIGNER_JWT_ROLE, NODE_TEMPLATE, approle_mount,
+                                  approle_role, cert_entry, cert_mount, entity_name, jwt_mount, policy_name)
 from vaultk8s.plan.resolve import resolve_all, role_name
 
 OPERATOR = "operator"
@@ -127,18 +127,21 @@ def operator_grants(config: ClusterConfig) -> list[Grant]:
         if config.hsm is not None:
             grants += _hsm_intermediate_grants(mount)
     grants += _service_account_grants(config)
+    grants += _signer_jwt_config_grants(config)
     for rc in sorted({(rc.mount, rc.role) for rc in resolve_all(config)}):
         grants.append(Grant(f"{rc[0]}/sign/{rc[1]}", SIGN_CAPS, "initial issuance by bootstrap"))
     am = approle_mount(config)
     signer = f"auth/{am}/role/{CSR_SIGNER_APPROLE_ROLE}"
     grants += [Grant(f"{signer}/role-id", READ_CAPS, "csr-signer: signer credentials"),
-               Grant(f"{signer}/secret-id", ("create", "list", "update"), "csr-signer: issue and list secret_ids")]
+               Grant(f"{signer}/secret-id", ("create", "list", "update"), "csr-signer: issue and list secret_ids"),
+               _secret_id_lookup(signer, "csr-signer")]
     for node in config.nodes:
         role = f"auth/{am}/role/{approle_role(node.name)}"
         grants += [
             Grant(f"{role}/role-id", READ_CAPS, f"{node.name}: node credentials"),
             Grant(f"{role}/secret-id", ("create", "list", "update"), f"{node.name}: issue and list secret_ids"),
             Grant(f"{role}/secret-id-accessor/destroy", ("update",), f"{node.name}: node revoke"),
+            _secret_id_lookup(role, node.name),
             Grant(f"auth/token/create/{entity_name(config, node.name)}", SIGN_CAPS, f"{node.name}: plain token file"),
             Grant(f"identity/entity/name/{entity_name(config, node.name)}", ("create", "delete", "read", "update"),
                   f"{node.name}: node revoke kills the node's live tokens, leaves a disabled marker",
@@ -148,6 +151,12 @@ def operator_grants(config: ClusterConfig) -> list[Grant]:
                   (("certificate", ()),)),
         ]
     return grants
+
+
+def _secret_id_lookup(role_path: str, who: str) -> Grant:
+    """`vaultk8s status`: a secret_id's expiry by its accessor (metadata only, never the secret_id)."""
+    return Grant(f"{role_path}/secret-id-accessor/lookup", ("update",), f"{who}: status shows secret_id expiry",
+                 (("secret_id_accessor", ()),))
 
 
 def _hsm_intermediate_grants(mount: str) -> list[Grant]:
@@ -190,6 +199,14 @@ def _service_account_grants(config: ClusterConfig) -> list[Grant]:
     ]
 
 
+def _signer_jwt_config_grants(config: ClusterConfig) -> list[Grant]:
+    """bootstrap and `sa rotate` keep the JWT mount's keys equal to sa.pub's: only those keys, and
+    the issuer only as the cluster file has it (Vault resets a field a config write omits)."""
+    limits = (("bound_issuer", (config.service_account.issuer,)), ("jwt_validation_pubkeys", ()))
+    return [Grant(f"auth/{jwt_mount(config)}/config", ("read", "update"),
+                  "the signer's JWT login: service-account public keys, kept equal to sa.pub", limits)]
+
+
 def auditor_grants(config: ClusterConfig) -> list[Grant]:
     """Read-only: what `policy diff` and `policy review` read. No secret_ids, no signing."""
     grants = [Grant("auth/token/lookup-self", READ_CAPS, "check the token"),
@@ -208,6 +225,9 @@ def auditor_grants(config: ClusterConfig) -> list[Grant]:
                Grant(f"auth/{am}/role/+", READ_CAPS, "token limits of node credentials"),
                Grant(f"auth/{cm}/certs", ("list",), "certificate-login inventory"),
                Grant(f"auth/{cm}/certs/+", READ_CAPS, "certificate logins: trust, CN, token limits")]
+    jm = jwt_mount(config)
+    grants += [Grant(f"auth/{jm}/config", READ_CAPS, "the signer's JWT login: public keys and issuer"),
+               Grant(f"auth/{jm}/role/{CSR_SIGNER_JWT_ROLE}", READ_CAPS, "the signer's JWT role")]
     # Nodes removed from the cluster file are found by listing (names only, every cluster's and
     # foreign ones alike) and reading candidates named under this cluster's scheme.
     scheme = entity_name(config, "")
@@ -228,6 +248,10 @@ def grants_for(kind: str, config: ClusterConfig) -> list[Grant]:
         grants = agent_grants(config)
     else:
         grants = identity_grants(_identity(kind), config)
+    if kind == CSR_SIGNER:
+        grants.append(Grant(f"auth/{approle_mount(config)}/role/{CSR_SIGNER_APPROLE_ROLE}/secret-id/lookup", ("update",),
+                            "a signer on AppRole exports its own secret_id's expiry (it must hold the secret_id)",
+                            (("secret_id", ()),)))
     return sorted(grants, key=lambda g: g.path)
 
 

@@ -12,8 +12,8 @@ from typing import Any
 from vaultk8s.config import ClusterConfig, NodeSpec, PolicySettings
 from vaultk8s.durations import vault_ttl, whole_seconds
 from vaultk8s.plan.grants import AGENT, CSR_SIGNER, node_policy_kinds
-from vaultk8s.plan.naming import (NODE_METADATA_KEY, cert_alias, cert_entry, entity_name, policy_name,
-                                  token_display_name)
+from vaultk8s.plan.naming import (NODE_METADATA_KEY, SIGNER_JWT_AUDIENCE, cert_alias, cert_entry, entity_name,
+                                  policy_name, token_display_name)
 
 
 def node_policies(config: ClusterConfig, node: NodeSpec) -> list[str]:
@@ -40,6 +40,45 @@ def signer_approle_params(config: ClusterConfig) -> dict[str, Any]:
     """The CSR signer's AppRole role. It runs as a pod (no fixed IP to bind) and signs for as long
     as it runs (no use limit); its tokens are still short-lived and it logs in again."""
     return _approle_role(config.policy, signer_policies(config), [], 0)
+
+
+def signer_jwt_role_params(config: ClusterConfig) -> dict[str, Any]:
+    """The CSR signer's JWT role: only its own ServiceAccount's tokens minted for Vault log in."""
+    settings = config.policy
+    return {
+        "role_type": "jwt",
+        "bound_audiences": [SIGNER_JWT_AUDIENCE],
+        "user_claim": "sub",
+        "bound_subject": config.signer.subject,
+        "token_policies": signer_policies(config),
+        "token_no_default_policy": True,
+        "token_type": "service",
+        "token_ttl": whole_seconds(settings.token_ttl),
+        "token_max_ttl": whole_seconds(settings.token_max_ttl),
+    }
+
+
+def jwt_config_params(config: ClusterConfig, public_pems: list[str]) -> dict[str, Any]:
+    """The JWT mount's config: the keys kube-apiserver verifies with (sa.pub) and its issuer.
+
+    Both fields in every write: a write of jwt_validation_pubkeys alone resets bound_issuer to ""
+    (seen on OpenBao 2.7.2), and the operator's grant allows exactly these two.
+    """
+    return {"jwt_validation_pubkeys": sorted(p.strip() + "\n" for p in public_pems),
+            "bound_issuer": config.service_account.issuer}
+
+
+def jwt_config_drift(want: dict[str, Any], observed: dict[str, Any] | None) -> list[str]:
+    """The fields of the JWT config that differ (PEMs compared without surrounding whitespace)."""
+    if observed is None:
+        return ["(missing)"]
+    drift = []
+    if sorted(p.strip() for p in observed.get("jwt_validation_pubkeys") or []) != \
+            sorted(p.strip() for p in want["jwt_validation_pubkeys"]):
+        drift.append("jwt_validation_pubkeys")
+    if observed.get("bound_issuer") != want["bound_issuer"]:
+        drift.append("bound_issuer")
+    return drift
 
 
 def _approle_role(settings: PolicySettings, policies: list[str], cidrs: list[str],

@@ -17,6 +17,8 @@ NODE_METADATA_KEY = "node"  # on a node's identity entity, written only by `vaul
 NODE_TEMPLATE = "{{identity.entity.metadata." + NODE_METADATA_KEY + "}}"  # that metadata in a policy path
 REVOKED_METADATA_KEY = "revoked"  # on a revoked node's (disabled, alias-less) entity: `node revoke` time
 CSR_SIGNER_APPROLE_ROLE = "csr-signer"  # on the cluster's AppRole mount; never `node-<name>`
+CSR_SIGNER_JWT_ROLE = "csr-signer"  # on the cluster's JWT mount (issue 17's Contract names it)
+SIGNER_JWT_AUDIENCE = "vaultk8s"  # the projected token's audience (deploy/signer/signer.yaml)
 
 _NODE = "node-"
 _UNTIL = re.compile(r"-until-(\d{8}t\d{6}z)$")
@@ -58,6 +60,9 @@ def cert_alias(node: str) -> str:
 def node_of_cert_entry(name: str) -> str | None:
     """The node a cert entry name on this cluster's cert mount is for, or None."""
     return _after(_NODE, name)
+def jwt_mount(config: ClusterConfig) -> str:
+    """The cluster's JWT auth mount: the CSR signer logs in with its projected ServiceAccount token."""
+    return f"{config.mount_prefix}jwt"
 
 
 def approle_role(node: str) -> str:

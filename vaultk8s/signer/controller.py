@@ -19,7 +19,9 @@ from pathlib import Path
 from typing import Callable
 
 from vaultk8s.config import ClusterConfig
-from vaultk8s.errors import KubeConflict, KubeError, VaultError, VaultK8sError, VaultRequestRefused
+from vaultk8s.errors import (KubeConflict, KubeError, PermissionDeniedError, StoreError, VaultError, VaultK8sError,
+                             VaultRequestRefused)
+from vaultk8s.ops import signer_auth
 from vaultk8s.ops.node import authenticate
 from vaultk8s.plan.csr_review import Decision, Verdict, review_csr, status_certificate
 from vaultk8s.signer.kube import KubeGateway, Obj, view_of
@@ -42,9 +44,14 @@ class SignerSettings:
     approve_serving: bool = False
     credentials_dir: Path | None = None  # role_id / secret_id from `vaultk8s signer-credentials`
     token_file: Path | None = None
+    jwt_file: Path | None = None  # the projected ServiceAccount token (JWT login, role csr-signer)
     resync_seconds: int = 300
     watch_seconds: int = 30  # a watch ends this often, so shutdown and lost leadership are noticed
-    relogin_seconds: int = 600  # AppRole tokens are short-lived: log in again well before they expire
+    relogin_fraction: float = 2 / 3  # of the login's lease: a 1-minute token_ttl logs in again at 40 s
+
+    @property
+    def login_method(self) -> str:
+        return "jwt" if self.jwt_file else "approle" if self.credentials_dir else "token"
 
 
 def backoff_seconds(failures: int, rng: random.Random) -> float:
@@ -53,18 +60,30 @@ def backoff_seconds(failures: int, rng: random.Random) -> float:
     return ceiling / 2 + ceiling / 2 * rng.random()
 
 
+def login_failure_reason(err: VaultK8sError) -> str:
+    """The `reason` label of a failed login: Vault refused the credential, the credential file is
+    unreadable, or Vault could not be asked."""
+    if isinstance(err, (VaultRequestRefused, PermissionDeniedError)):
+        return "rejected"
+    if isinstance(err, StoreError):
+        return "credential-unreadable"
+    return "unavailable"
+
+
 class VaultSigner:
     """Signs with a node's role. Logs in lazily; any failure drops the session so the retry logs in again."""
 
     def __init__(self, connect: Callable[[], VaultGateway], settings: SignerSettings,
-                 monotonic: Callable[[], float] = time.monotonic):
-        self.connect, self.settings, self.monotonic = connect, settings, monotonic
+                 monotonic: Callable[[], float] = time.monotonic, metrics: SignerMetrics | None = None,
+                 clock: Callable[[], float] = time.time):
+        self.connect, self.settings, self.monotonic, self.clock = connect, settings, monotonic, clock
+        self.metrics = metrics or SignerMetrics()
         self._gateway: VaultGateway | None = None
         self._owned = False
-        self._since = 0.0
+        self._relogin_at = self._expires_at = 0.0  # monotonic
 
     def sign(self, mount: str, role: str, csr_pem: str, ttl_seconds: int) -> bytes:
-        gateway = self._session()
+        gateway = self.session()
         try:
             data = gateway.sign(mount, role, csr_pem, ttl_seconds)
         except VaultRequestRefused:
@@ -75,20 +94,44 @@ class VaultSigner:
         chain = list(data.get("ca_chain") or []) or [data.get("issuing_ca") or ""]
         return status_certificate(data["certificate"], [c for c in chain if c])
 
-    def _session(self) -> VaultGateway:
-        if self._gateway is not None and self._owned and self.monotonic() - self._since > self.settings.relogin_seconds:
+    def session(self) -> VaultGateway:
+        """The logged-in gateway; logs in (again) first when there is none or 2/3 of its lease passed."""
+        if self._gateway is not None and self._owned and self.monotonic() >= self._relogin_at:
             self.close()
         if self._gateway is None:
             gateway = self.connect()
-            self._owned = authenticate(gateway, self.settings.credentials_dir, self.settings.token_file)
-            gateway.check_ready()
-            self._gateway, self._since = gateway, self.monotonic()
+            try:
+                self._owned, lease = self._login(gateway)
+                gateway.check_ready()
+            except VaultK8sError as err:
+                self.metrics.login_failures.labels(self.settings.login_method, login_failure_reason(err)).inc()
+                if isinstance(err, VaultRequestRefused):  # the credential, not the CSR: retried, never Failed
+                    raise VaultError(f"the signer's {self.settings.login_method} login was refused: {err}") from None
+                raise
+            self.metrics.logged_in(self.settings.login_method, self.clock(), lease)
+            self._gateway = gateway
+            now = self.monotonic()
+            self._relogin_at = now + lease * self.settings.relogin_fraction if lease else float("inf")
+            self._expires_at = now + lease if lease else float("inf")
         return self._gateway
+
+    def _login(self, gateway: VaultGateway) -> tuple[bool, int]:
+        """(owned, lease seconds): log in with the projected JWT, the AppRole files or a token."""
+        if self.settings.jwt_file is not None:
+            login = signer_auth.login(self.settings.config, gateway, self.settings.jwt_file)
+            if login.credential_expiry is not None:
+                self.metrics.credential_expiry.labels("jwt").set(login.credential_expiry.timestamp())
+            return True, login.lease_seconds
+        owned = authenticate(gateway, self.settings.credentials_dir, self.settings.token_file)
+        if self.settings.credentials_dir is not None:
+            expiry = signer_auth.approle_secret_id_expiry(self.settings.config, gateway, self.settings.credentials_dir)
+            self.metrics.credential_expiry.labels("secret_id").set(expiry.timestamp() if expiry else 0)
+        return owned, gateway.token_ttl()
 
     def close(self) -> None:
         """Revoke a token this process logged in for; the next sign logs in again."""
         gateway, self._gateway = self._gateway, None
-        if gateway is not None and self._owned:
+        if gateway is not None and self._owned and self.monotonic() < self._expires_at:  # else nothing to revoke
             try:
                 gateway.revoke_self()
             except VaultError as err:

@@ -23,6 +23,19 @@ class SignerMetrics:
         self.leader = Gauge("vaultk8s_signer_leader", "1 while this replica holds the lease.", registry=r)
         self.last_sync = Gauge("vaultk8s_signer_last_sync_timestamp_seconds", "End of the last full list of CSRs.",
                                registry=r)
+        self.last_login = Gauge("vaultk8s_signer_last_login_timestamp_seconds", "Last successful Vault login, by "
+                                "method (jwt, approle, token).", ["method"], registry=r)
+        self.login_failures = Counter("vaultk8s_signer_login_failures", "Failed Vault logins, by method and reason "
+                                      "(rejected: Vault refused the credential).", ["method", "reason"], registry=r)
+        self.token_expiry = Gauge("vaultk8s_signer_vault_token_expiry_timestamp_seconds", "When the Vault token of "
+                                  "the last login expires (0: never).", registry=r)
+        self.credential_expiry = Gauge("vaultk8s_signer_credential_expiry_timestamp_seconds", "When the login "
+                                       "credential stops working, by credential (jwt, secret_id).", ["credential"],
+                                       registry=r)
+
+    def logged_in(self, method: str, now: float, lease_seconds: int) -> None:
+        self.last_login.labels(method).set(now)
+        self.token_expiry.set(now + lease_seconds if lease_seconds else 0)
 
 
 class Heartbeat:

@@ -272,6 +272,12 @@ class VaultGateway:
         # OpenBao answers 500 "unable to find PKI issuer" for an unknown ref.
         return self._read_data(f"{mount}/issuer/{ref}", "read issuer", absent=(hv.InvalidPath, hv.InternalServerError))
 
+    def read_issuer_certificate(self, mount: str, ref: str) -> str | None:
+        """An issuer's certificate (PEM) from `issuer/<ref>/json`, which PKI serves without a token."""
+        data = self._read_data(f"{mount}/issuer/{ref}/json", "read issuer",
+                               absent=(hv.InvalidPath, hv.InternalServerError))
+        return (data or {}).get("certificate") or None
+
     def patch_issuer(self, mount: str, ref: str, fields: dict[str, Any]) -> None:
         """PATCH only the given fields: a POST to issuer/<ref> resets the ones it omits (issuer_name)."""
         with self._translate("update issuer", f"{mount}/issuer/{ref}"):
@@ -393,6 +399,36 @@ class VaultGateway:
         self._post(f"auth/{mount}/role/{role}/secret-id-accessor/destroy", {"secret_id_accessor": accessor},
                    "destroy a secret_id at", repeat=True)
 
+    def lookup_secret_id_accessor(self, mount: str, role: str, accessor: str) -> dict[str, Any] | None:
+        """A secret_id's metadata by its accessor (creation_time, expiration_time, uses): never the secret_id."""
+        path = f"auth/{mount}/role/{role}/secret-id-accessor/lookup"
+        with self._translate("look up a secret_id at", path):
+            try:
+                data = self.client.write_data(path, data={"secret_id_accessor": accessor})
+            except hv.InvalidPath:
+                return None
+        return (data or {}).get("data") if isinstance(data, dict) else None
+
+    def lookup_secret_id(self, mount: str, role: str, secret_id: str) -> dict[str, Any] | None:
+        """A secret_id's metadata (expiration_time, uses) for its holder; the secret_id goes in the body only."""
+        path = f"auth/{mount}/role/{role}/secret-id/lookup"
+        with self._translate("look up a secret_id at", path):
+            data = self.client.write_data(path, data={"secret_id": secret_id})
+        return (data or {}).get("data") if isinstance(data, dict) else None
+
+    def list_token_accessors(self) -> list[str]:
+        """Every token's accessor in Vault (needs sudo on auth/token/accessors)."""
+        return self._list_keys("auth/token/accessors", "list token accessors at")
+
+    def lookup_token_accessor(self, accessor: str) -> dict[str, Any] | None:
+        """A token's properties (policies, expire_time, display_name) by accessor; None when it is gone."""
+        with self._translate("look up a token at", "auth/token/lookup-accessor"):
+            try:
+                data = self.client.write_data("auth/token/lookup-accessor", data={"accessor": accessor})
+            except (hv.InvalidPath, hv.InvalidRequest):
+                return None
+        return (data or {}).get("data") if isinstance(data, dict) else None
+
     def list_approle_roles(self, mount: str) -> list[str]:
         return self._list_keys(f"auth/{mount}/role", "list AppRole roles at")
 
@@ -439,6 +475,38 @@ class VaultGateway:
 
     def delete_cert_entry(self, mount: str, name: str) -> None:
         self._delete(f"auth/{mount}/certs/{name}", "delete certificate entry")
+    def login_jwt(self, mount: str, role: str, jwt: str) -> tuple[str, int]:
+        """(token, lease seconds) for a JWT (the signer's projected ServiceAccount token); this
+        gateway's own token is not changed. The JWT goes in the body only, never in a message."""
+        with self._translate("log in at", f"auth/{mount}/login"):
+            data = self.client.write_data(f"auth/{mount}/login", data={"role": role, "jwt": jwt})
+        auth = data["auth"]
+        return auth["client_token"], int(auth.get("lease_duration") or 0)
+
+    def token_ttl(self) -> int:
+        """Seconds left on this gateway's own token (0: never expires)."""
+        with self._translate("look up", "auth/token/lookup-self"):
+            data = self.client.auth.token.lookup_self()
+        return int(((data or {}).get("data") or {}).get("ttl") or 0)
+
+    def read_auth_config(self, path: str) -> tuple[bool, dict[str, Any] | None]:
+        """(mounted, config): a 404 with no error is a mount without config yet; one saying "no
+        handler for route" means no auth method is mounted there."""
+        with self._translate("read", path):
+            try:  # the adapter, not client.read: that one answers None for every 404
+                data = self.client.adapter.get(f"/v1/{path}")
+                return True, (data.get("data") if isinstance(data, dict) else None)
+            except hv.InvalidPath as err:
+                return not any("no handler for route" in str(e) for e in (getattr(err, "errors", None) or [])), None
+
+    def write_auth_config(self, path: str, data: dict[str, Any]) -> bool:
+        """An upsert of an auth method's config; False when no auth method is mounted there (404)."""
+        with self._translate("write", path), repeatable():
+            try:
+                self.client.write_data(path, data=dict(data))
+            except hv.InvalidPath:
+                return False
+        return True
 
     def unwrap(self, wrapping_token: str) -> dict[str, Any]:
         """The wrapping token authenticates its own unwrap (single use), so it stands in for ours."""

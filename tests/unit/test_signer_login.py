@@ -1,0 +1,143 @@
+"""The signer's Vault session: JWT login re-reading the token file, re-login at 2/3 of the lease,
+login metrics by method and reason; the cluster file's signer/issuer settings; JWT claims read offline."""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import datetime, timezone
+
+import pytest
+
+from vaultk8s.config import parse_config
+from vaultk8s.errors import ConfigError, VaultError, VaultRequestRefused
+from vaultk8s.plan import jwt_claims, machine_auth
+from vaultk8s.signer.controller import SignerSettings, VaultSigner
+from vaultk8s.signer.metrics import SignerMetrics
+
+DOC = {
+    "cluster": {"name": "demo", "endpoint": "https://10.0.0.10:6443", "domain": "example.org"},
+    "vault": {"mount_prefix": "c1/"},
+    "nodes": {"control_plane": [{"name": "cp-1", "ips": ["10.0.0.11"]}]},
+}
+
+
+def _jwt(exp: int | None = 2_000_000_000) -> str:
+    def b64(obj) -> str:
+        return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()
+    return f"{b64({'alg': 'RS256'})}.{b64({'exp': exp} if exp else {})}.c2ln"
+
+
+class FakeVault:
+    def __init__(self, lease: int = 60, refuse: bool = False):
+        self.lease, self.refuse = lease, refuse
+        self.logins: list[tuple[str, str, str]] = []
+        self.revoked = 0
+
+    def login_jwt(self, mount: str, role: str, jwt: str) -> tuple[str, int]:
+        if self.refuse:
+            raise VaultRequestRefused("Vault refused to log in at auth/c1/jwt/login: error validating token")
+        self.logins.append((mount, role, jwt))
+        return f"t{len(self.logins)}", self.lease
+
+    def use_token(self, token: str) -> None:
+        self.token = token
+
+    def check_ready(self) -> None:
+        pass
+
+    def sign(self, mount, role, csr, ttl):
+        raise VaultRequestRefused("not under test")
+
+    def revoke_self(self) -> None:
+        self.revoked += 1
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _signer(tmp_path, vault: FakeVault, clock: Clock) -> tuple[VaultSigner, SignerMetrics]:
+    token = tmp_path / "token"
+    token.write_text(_jwt() + "\n")
+    settings = SignerSettings(config=parse_config(DOC), jwt_file=token)
+    metrics = SignerMetrics()
+    return VaultSigner(lambda: vault, settings, monotonic=clock, metrics=metrics, clock=lambda: 5000.0), metrics
+
+
+def _value(metrics: SignerMetrics, name: str, **labels) -> float | None:
+    return metrics.registry.get_sample_value(name, labels or None)
+
+
+def test_jwt_login_rereads_the_file_and_logs_in_again_at_two_thirds_of_the_lease(tmp_path):
+    vault, clock = FakeVault(lease=60), Clock()
+    signer, metrics = _signer(tmp_path, vault, clock)
+    signer.session()
+    assert vault.logins == [("c1/jwt", "csr-signer", _jwt())]
+    (tmp_path / "token").write_text(_jwt(exp=2_000_000_600))  # kubelet rotated the projected token
+    clock.now += 39
+    signer.session()
+    assert len(vault.logins) == 1
+    clock.now += 1  # 40 s = 2/3 of 60 s
+    signer.session()
+    assert len(vault.logins) == 2 and vault.logins[1][2] == _jwt(exp=2_000_000_600) and vault.revoked == 1
+    assert _value(metrics, "vaultk8s_signer_last_login_timestamp_seconds", method="jwt") == 5000.0
+    assert _value(metrics, "vaultk8s_signer_vault_token_expiry_timestamp_seconds") == 5060.0
+    assert _value(metrics, "vaultk8s_signer_credential_expiry_timestamp_seconds", credential="jwt") == 2_000_000_600
+
+
+def test_an_expired_session_is_not_revoked_and_a_refused_login_is_counted(tmp_path):
+    vault, clock = FakeVault(lease=60), Clock()
+    signer, metrics = _signer(tmp_path, vault, clock)
+    signer.session()
+    clock.now += 61
+    vault.refuse = True
+    with pytest.raises(VaultError) as refused:
+        signer.session()
+    assert not isinstance(refused.value, VaultRequestRefused)  # a refused login never fails the CSR
+    assert "jwt login was refused" in str(refused.value)
+    assert vault.revoked == 0
+    assert _value(metrics, "vaultk8s_signer_login_failures_total", method="jwt", reason="rejected") == 1
+    (tmp_path / "token").write_text("")
+    vault.refuse = False
+    with pytest.raises(Exception) as err:
+        signer.session()
+    assert "--jwt-file" in str(err.value) and "eyJ" not in str(err.value)
+    assert _value(metrics, "vaultk8s_signer_login_failures_total", method="jwt", reason="credential-unreadable") == 1
+
+
+def test_signer_section_and_issuer_default_and_validation():
+    config = parse_config(DOC)
+    assert config.service_account.issuer == "https://kubernetes.default.svc.example.org"
+    assert config.signer.subject == "system:serviceaccount:kube-system:vaultk8s-signer"
+    params = machine_auth.signer_jwt_role_params(config)
+    assert params["bound_subject"] == config.signer.subject and params["bound_audiences"] == ["vaultk8s"]
+    assert params["token_no_default_policy"] is True and params["role_type"] == "jwt"
+    other = parse_config({**DOC, "signer": {"namespace": "vaultk8s", "service_account": "signer"}})
+    assert other.signer.subject == "system:serviceaccount:vaultk8s:signer"
+    with pytest.raises(ConfigError) as err:
+        parse_config({**DOC, "signer": {"namespace": "Bad_NS", "extra": 1},
+                      "service_account": {"issuer": "http://x", "max_age": "-1h"}})
+    text = " ".join(err.value.problems)
+    for fragment in ("signer.namespace", "unknown key signer.extra", "service_account.issuer", "max_age"):
+        assert fragment in text
+
+
+def test_jwt_config_drift_ignores_pem_whitespace():
+    config = parse_config(DOC)
+    want = machine_auth.jwt_config_params(config, ["-----BEGIN PUBLIC KEY-----\nA\n-----END PUBLIC KEY-----"])
+    same = {"jwt_validation_pubkeys": ["-----BEGIN PUBLIC KEY-----\nA\n-----END PUBLIC KEY-----"],
+            "bound_issuer": config.service_account.issuer}
+    assert machine_auth.jwt_config_drift(want, same) == []
+    assert machine_auth.jwt_config_drift(want, {**same, "bound_issuer": ""}) == ["bound_issuer"]
+    assert machine_auth.jwt_config_drift(want, None) == ["(missing)"]
+
+
+def test_jwt_claims_never_raise():
+    assert jwt_claims.expiry(_jwt(exp=1_700_000_000)) == datetime.fromtimestamp(1_700_000_000, timezone.utc)
+    for bad in ("", "a.b", "a.!!!.c", "a." + base64.urlsafe_b64encode(b"[1]").decode() + ".c", _jwt(exp=None)):
+        assert jwt_claims.expiry(bad) is None

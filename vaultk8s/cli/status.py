@@ -1,0 +1,52 @@
+"""`vaultk8s status`: thin CLI over ops.status (every lifetime of the cluster, soonest first)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from vaultk8s.cli import common
+from vaultk8s.durations import days_hours
+from vaultk8s.ops import status as ops
+from vaultk8s.plan.status import StatusReport, rfc3339
+from vaultk8s.vault.gateway import VaultGateway
+
+
+def status(
+    config: Path = common.ConfigOption,
+    out: Path = typer.Option(None, "--out", "-o", help="Also list the leaves on disk under this output directory.",
+                             file_okay=False),
+    warn: str = typer.Option("720h", "--warn", help="Due when a person must renew it within this long (default 30 days)."),
+    output: common.Output = common.OutputOption,
+) -> None:
+    """Everything of the cluster that expires, soonest first; exit 1 naming what is due.
+
+    Leaves (under --out), every CA issuer of every rotation generation, service-account keys by
+    age, enrolment and signer secret_ids, and the tokens carrying this cluster's policies (when the
+    token may list them). Due: automatic renewals past their renewal point, anything a person
+    renews lapsing within --warn, a previous service-account key past its retire time.
+    """
+    window = common.duration_flag(warn, "--warn")
+    report = ops.status(common.load(config), VaultGateway.from_env(), now=common.now(), warn=window, out=out)
+    if not common.json_output(output, report):
+        _print_text(report)
+    if report.due_items:
+        names = ", ".join(i.name for i in report.due_items)
+        typer.echo(f"due: {len(report.due_items)} item(s): {names}", err=True)
+        raise typer.Exit(1)
+
+
+def _print_text(report: StatusReport) -> None:
+    now = common.now()
+    table = Table("KIND", "NAME", "NOT AFTER", "LEFT", "DUE", "RENEWED BY", box=None)
+    for item, due in zip(report.items, report.due):
+        left = days_hours(int((item.not_after - now).total_seconds())) if item.not_after else "-"
+        table.add_row(item.kind, item.name, rfc3339(item.not_after) or "never", left, "DUE" if due else "",
+                      item.renewed_by)
+    console = Console(width=220)
+    console.print(table)
+    for note in report.notes:
+        console.print(f"note: {note}", highlight=False, markup=False)
