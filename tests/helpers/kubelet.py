@@ -394,21 +394,40 @@ def apply_bootstrap_rbac(plane: KubeControlPlane) -> None:
 
 
 # the signer, as tests/integration/test_signer_kube.py runs it ---------------------------------------
-def start_signer(plane: KubeControlPlane, vault_env: dict[str, str], workdir: Path, *extra: str) -> SignerProcess:
+def start_signer(plane: KubeControlPlane, vault_env: dict[str, str], workdir: Path, *extra: str,
+                 jwt_file: Path | None = None) -> SignerProcess:
     """deploy/signer applied (its ServiceAccount and RBAC, kubeadm's bootstrap bindings; the Deployment
     stays unscheduled: no scheduler runs), policies applied, and `vaultk8s signer --approve-serving`
-    running with the csr-signer AppRole credential (no Vault token) and a token of its ServiceAccount."""
+    running with no Vault token: it logs in with the csr-signer AppRole credential, or with jwt_file
+    (a projected-token stand-in: write_projected_token keeps it fresh) through the JWT method. Its
+    Kubernetes API identity is a token of its ServiceAccount."""
     plane.kubectl("apply", "-f", str(DEPLOY_SIGNER))
     run_cli("policy", "apply", "--config", str(plane.cluster_file), env=vault_env, check=True)
-    credentials = workdir / "signer-creds"
-    run_cli("signer-credentials", "--config", str(plane.cluster_file), "--out", str(credentials), env=vault_env,
-            check=True)
+    if jwt_file is not None:
+        write_projected_token(plane, jwt_file)
+        login = ["--jwt-file", str(jwt_file)]
+    else:
+        credentials = workdir / "signer-creds"
+        run_cli("signer-credentials", "--config", str(plane.cluster_file), "--out", str(credentials),
+                env=vault_env, check=True)
+        login = ["--credentials", str(credentials)]
     token = Secret(plane.kubectl("-n", "kube-system", "create", "token", "vaultk8s-signer",
                                  "--duration=2h").stdout.strip())
     kubeconfig = token_kubeconfig(plane, token, workdir / "signer.conf")
     env = RedactedEnv({k: v for k, v in vault_env.items() if k != "VAULT_TOKEN"})
     return SignerProcess(workdir, env, "--config", str(plane.cluster_file), "--kubeconfig", str(kubeconfig),
-                         "--credentials", str(credentials), "--approve-serving", *extra)
+                         *login, "--approve-serving", *extra)
+
+
+def write_projected_token(plane: KubeControlPlane, path: Path, minutes: int = 10) -> None:
+    """What the kubelet puts in the signer pod's projected volume: a TokenRequest token for
+    vaultk8s-signer, audience vaultk8s (deploy/signer/signer.yaml), replaced atomically, 0600."""
+    token = plane.kubectl("-n", "kube-system", "create", "token", "vaultk8s-signer", "--audience=vaultk8s",
+                          f"--duration={minutes}m").stdout.strip()
+    scratch = path.with_name(path.name + ".new")
+    scratch.touch(mode=0o600)
+    scratch.write_text(token)
+    os.replace(scratch, path)
 
 
 def vault_serial(cert: x509.Certificate) -> str:

@@ -20,6 +20,7 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cryptography import x509
 
@@ -31,7 +32,9 @@ from vaultk8s.errors import CredentialError, PermissionDeniedError, VaultError, 
 from vaultk8s.ops import node as node_ops
 from vaultk8s.plan import naming
 from vaultk8s.store.layout import NodeOutput
-from vaultk8s.vault.gateway import VaultGateway
+
+if TYPE_CHECKING:  # annotations only: hvac and requests load with the first command that talks to Vault
+    from vaultk8s.vault.gateway import VaultGateway
 
 log = logging.getLogger("vaultk8s.agent")
 

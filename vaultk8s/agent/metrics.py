@@ -18,6 +18,11 @@ class AgentMetrics:
         self.registry = CollectorRegistry()
         self.expiry = Gauge("vaultk8s_certificate_expiry_timestamp_seconds", "When a certificate expires.",
                             ["node", "file"], registry=self.registry)
+        self.not_before = Gauge("vaultk8s_certificate_not_before_timestamp_seconds", "When a certificate's life "
+                                "began (with the expiry: how much of it is left).", ["node", "file"],
+                                registry=self.registry)
+        self.ca_expiry = Gauge("vaultk8s_ca_expiry_timestamp_seconds", "When a CA certificate this node trusts "
+                               "expires (every root in its bundles).", ["node", "ca", "subject"], registry=self.registry)
         self.next_renewal = Gauge("vaultk8s_certificate_next_renewal_timestamp_seconds",
                                   "When the agent will renew a certificate.", ["node", "file"], registry=self.registry)
         self.rounds = Counter("vaultk8s_agent_rounds", "Renewal rounds by result.", ["node", "result"],
@@ -41,11 +46,22 @@ class AgentMetrics:
                                        "logs in with expires (certificate; enrolment while held).",
                                        ["node", "credential"], registry=self.registry)
         self._expiries: dict[str, dict[str, datetime]] = {}
+        self._cas: dict[str, set[tuple[str, str]]] = {}
         self._failing_since: dict[str, float] = {}
+
+    def start(self, node: str, methods: tuple[str, ...]) -> None:
+        """Every login-failure series exists from the start at 0: Prometheus's increase() cannot
+        see a counter's first failure in a series that appears already at 1."""
+        for method in methods:
+            for reason in (REJECTED, UNANSWERED):
+                self.login_failures.labels(node, method, reason)
 
     def observe(self, node: str, result: RenewalResult, now: datetime) -> None:
         for name, when in result.expiries.items():
             self.expiry.labels(node, name).set(when.timestamp())
+        for name, when in result.not_befores.items():
+            self.not_before.labels(node, name).set(when.timestamp())
+        self._observe_cas(node, result.ca_expiries)
         for name, when in result.next_renewals.items():
             self.next_renewal.labels(node, name).set(when.timestamp())
         self._expiries[node] = dict(result.expiries)
@@ -54,6 +70,14 @@ class AgentMetrics:
         self.last_success.labels(node).set(now.timestamp())
         self.failing_since.labels(node).set(0)
         self._failing_since[node] = 0.0
+
+    def _observe_cas(self, node: str, expiries: dict[tuple[str, str], datetime]) -> None:
+        """A root dropped from the bundles (ca rotate retire) leaves the metrics with it."""
+        for ca, subject in self._cas.get(node, set()) - set(expiries):
+            self.ca_expiry.remove(node, ca, subject)
+        for (ca, subject), when in expiries.items():
+            self.ca_expiry.labels(node, ca, subject).set(when.timestamp())
+        self._cas[node] = set(expiries)
 
     def failed(self, node: str, now: datetime) -> None:
         self.rounds.labels(node, "failure").inc()

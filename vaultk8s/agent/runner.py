@@ -17,11 +17,11 @@ import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Callable
+from typing import Callable, TYPE_CHECKING
 
 from vaultk8s import catalog
 from vaultk8s.plan import schedule
-from vaultk8s.agent.identity import Login, NodeLogin
+from vaultk8s.agent.identity import APPROLE, CERT, Login, NodeLogin
 from vaultk8s.agent.metrics import AgentMetrics
 from vaultk8s.agent.reload import ExecHook, SignalHook
 from vaultk8s.config import ClusterConfig
@@ -31,7 +31,9 @@ from vaultk8s.ops.kubeconfigs import ensure_node_kubeconfigs
 from vaultk8s.ops.node import authenticate
 from vaultk8s.ops.renew import RenewalResult, renew_node
 from vaultk8s.store.layout import NodeOutput
-from vaultk8s.vault.gateway import VaultGateway
+
+if TYPE_CHECKING:  # annotations only: hvac and requests load with the first command that talks to Vault
+    from vaultk8s.vault.gateway import VaultGateway
 
 log = logging.getLogger("vaultk8s.agent")
 
@@ -67,6 +69,7 @@ class Agent:
         self._seed = self.rng.getrandbits(32)  # this agent's jitter, stable across its rounds
         self._started = self.clock()  # certificates young then get their first renewal spread
         self._vault_failing = False  # the last round failed talking to Vault (not e.g. a reload hook)
+        self.metrics.start(self.settings.node, (CERT, APPROLE))
         creds = self.settings.credentials_dir
         self._login = NodeLogin(self.settings.config, self.settings.node, self.settings.output, Path(creds),
                                 self.metrics) if creds is not None else None

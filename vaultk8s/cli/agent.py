@@ -14,7 +14,6 @@ from vaultk8s.agent.reload import ExecHook, SignalHook, parse_signal
 from vaultk8s.cli import common
 from vaultk8s.errors import ConfigError, shown
 from vaultk8s.ops.renew import node_output
-from vaultk8s.vault.gateway import VaultGateway
 
 # The runner (prometheus-client) and the HTTP server are imported by the command itself, so every
 # other command starts without them.
@@ -65,7 +64,7 @@ def agent(
     )
     listen = _listen_addr(metrics_addr, metrics_port)
     notifier = Notifier()
-    runner = Agent(settings, connect=VaultGateway.from_env,
+    runner = Agent(settings, connect=common.vault_gateway,
                    on_ready=lambda: notifier.ready(f"certificates of {node} in place"))
     if listen:
         HealthServer(*listen, runner.metrics.registry, liveness=runner.health, readiness=runner.readiness).start()

@@ -9,7 +9,6 @@ import typer
 from vaultk8s.cli import common
 from vaultk8s.ops.bootstrap import DEFAULT_WORKERS
 from vaultk8s.ops.bootstrap import bootstrap as run_bootstrap
-from vaultk8s.vault.gateway import VaultGateway
 
 
 def bootstrap(
@@ -28,7 +27,7 @@ def bootstrap(
     matches the catalog.
     """
     cluster = common.load(config)
-    gateway = VaultGateway.from_env(pool_size=workers + 2)
+    gateway = common.vault_gateway(pool_size=workers + 2)
     with common.progress_bars(output is common.Output.text) as progress:
         report = run_bootstrap(cluster, out, gateway, now=common.now(), dry_run=dry_run,
                                force_renew=force_renew, workers=workers, progress=progress)

@@ -12,7 +12,6 @@ from vaultk8s import catalog
 from vaultk8s.cli import common
 from vaultk8s.ops import ca_rotation as ops
 from vaultk8s.plan.ca_rotation import CARotationPhase
-from vaultk8s.vault.gateway import VaultGateway
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -38,7 +37,7 @@ def rotate(
     retire (etcd members, one at a time): see docs/ca-rotation.md.
     """
     cluster = common.load(config)
-    report = ops.rotate(cluster, out, VaultGateway.from_env(), ca.value, CARotationPhase(phase.value), now=common.now(),
+    report = ops.rotate(cluster, out, common.vault_gateway(), ca.value, CARotationPhase(phase.value), now=common.now(),
                         dry_run=dry_run, force=force)
     if common.printed_as_json_or_actions(output, report, dry_run):
         return
@@ -60,7 +59,7 @@ def status(
 ) -> None:
     """Each CA's rotation state, its issuers, and how many leaves under --out each one signed."""
     cluster = common.load(config)
-    result = ops.status(cluster, out, VaultGateway.from_env())
+    result = ops.status(cluster, out, common.vault_gateway())
     if common.json_output(output, result):
         return
     console = Console(width=200)

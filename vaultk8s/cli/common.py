@@ -19,6 +19,14 @@ from vaultk8s.durations import parse_duration
 from vaultk8s.errors import ConfigError
 
 
+def vault_gateway(**kwargs: Any) -> Any:
+    """VaultGateway.from_env, imported when a command first talks to Vault: `--help` and the
+    local commands (certs check, hsm status, policy render) start without hvac and requests."""
+    from vaultk8s.vault.gateway import VaultGateway
+
+    return VaultGateway.from_env(**kwargs)
+
+
 def str_choices(name: str, values) -> type[Enum]:
     """A str Enum of the given values (typer shows and validates choices only from str Enums)."""
     return Enum(name, {v.replace("-", "_"): v for v in values}, type=str)

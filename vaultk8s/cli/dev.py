@@ -7,7 +7,6 @@ from typing import Annotated, Optional
 
 import typer
 
-from vaultk8s.dev import DevServer
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -26,7 +25,9 @@ Nodes = Annotated[
 ]
 
 
-def _server(state_dir: Path, port: int | None = None, nodes: int | None = None) -> DevServer:
+def _server(state_dir: Path, port: int | None = None, nodes: int | None = None):
+    from vaultk8s.dev import DevServer  # hvac and requests: only for `dev` commands, not every start-up
+
     return DevServer(state_dir, port, nodes=nodes, progress=lambda msg: typer.echo(msg, err=True))
 
 

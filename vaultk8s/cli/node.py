@@ -8,7 +8,6 @@ import typer
 
 from vaultk8s.cli import common
 from vaultk8s.ops import node as ops
-from vaultk8s.vault.gateway import VaultGateway
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -32,7 +31,7 @@ def credentials(
     wrap_seconds = int(common.duration_flag(wrap_ttl, "--wrap-ttl").total_seconds()) if wrap_ttl else None
     cluster = common.load(config)
     cluster.node(node)  # an unknown node fails before any Vault call
-    report = ops.write_credentials(cluster, node, out, VaultGateway.from_env(),
+    report = ops.write_credentials(cluster, node, out, common.vault_gateway(),
                                    wrap_ttl_seconds=wrap_seconds, token=token)
     print_credentials(report, output)
 
@@ -55,7 +54,7 @@ def revoke(
     tokens stop working. It stays revoked through later `policy apply` runs until `--readmit`."""
     cluster = common.load(config)
     cluster.node(node)
-    report = ops.revoke(cluster, node, VaultGateway.from_env(), tokens=not keep_tokens)
+    report = ops.revoke(cluster, node, common.vault_gateway(), tokens=not keep_tokens)
     if not common.json_output(output, report):
         typer.echo(f"node {report.node}: {report.secret_ids_destroyed} secret_id(s) destroyed"
                    + (", certificate login deleted" if report.cert_entry_deleted else "")

@@ -11,7 +11,6 @@ from rich.table import Table
 from vaultk8s.cli import common
 from vaultk8s.ops import policy as ops
 from vaultk8s.plan.review import Review
-from vaultk8s.vault.gateway import VaultGateway
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -44,14 +43,14 @@ def apply(
 
     Needs an admin token: writing policies and identities is what grants everything else.
     """
-    report = ops.apply(common.load(config), VaultGateway.from_env(), dry_run=dry_run, readmit=tuple(readmit))
+    report = ops.apply(common.load(config), common.vault_gateway(), dry_run=dry_run, readmit=tuple(readmit))
     _print_report(report, output, "would" if dry_run else "did")
 
 
 @app.command("diff")
 def diff(config: Path = common.ConfigOption, output: common.Output = common.OutputOption) -> None:
     """Show drift between the rendered policies/auth roles and Vault. Exits 1 on drift."""
-    report = ops.apply(common.load(config), VaultGateway.from_env(), dry_run=True)
+    report = ops.apply(common.load(config), common.vault_gateway(), dry_run=True)
     _print_report(report, output, "drift")
     if report.changed:
         raise typer.Exit(1)
@@ -81,7 +80,7 @@ def review(
     Online (default) it reads the policies and roles as they are in Vault (an auditor token suffices).
     """
     cluster = common.load(config)
-    result = ops.review_offline(cluster, directory) if offline else ops.review_vault(cluster, VaultGateway.from_env())
+    result = ops.review_offline(cluster, directory) if offline else ops.review_vault(cluster, common.vault_gateway())
     if output is ReviewOutput.json:
         common.print_json(result.to_dict())
     elif output is ReviewOutput.markdown:

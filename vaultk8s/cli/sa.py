@@ -12,7 +12,6 @@ from vaultk8s.cli import common
 from vaultk8s.durations import days_hours
 from vaultk8s.ops import sa as sa_ops
 from vaultk8s.plan.sa import SARotationPhase
-from vaultk8s.vault.gateway import VaultGateway
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -35,7 +34,7 @@ def rotate(
     node's pki/. Restart kube-apiserver and kube-controller-manager to load them.
     """
     cluster = common.load(config)
-    report = sa_ops.rotate(cluster, out, VaultGateway.from_env(), SARotationPhase(phase.value), now=common.now(),
+    report = sa_ops.rotate(cluster, out, common.vault_gateway(), SARotationPhase(phase.value), now=common.now(),
                            force=force)
     if common.printed_as_json_or_actions(output, report, dry_run=False):
         return
@@ -50,7 +49,7 @@ def status(
 ) -> None:
     """The service-account keys in Vault: state, age, and when a previous key may be retired."""
     cluster = common.load(config)
-    result = sa_ops.status(cluster, VaultGateway.from_env(), now=common.now())
+    result = sa_ops.status(cluster, common.vault_gateway(), now=common.now())
     if common.json_output(output, result):
         return
     table = Table("KEY ID", "TYPE", "STATE", "SINCE", "AGE", "RETIRE AFTER", box=None)

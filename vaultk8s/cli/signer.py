@@ -15,7 +15,6 @@ from vaultk8s.cli import common
 from vaultk8s.cli.node import print_credentials
 from vaultk8s.errors import ConfigError, VaultK8sError
 from vaultk8s.ops import node as ops
-from vaultk8s.vault.gateway import VaultGateway
 
 
 def signer(
@@ -62,14 +61,14 @@ def signer(
     if jwt_file is not None and not jwt_file.is_file():
         raise ConfigError(f"--jwt-file {jwt_file} does not exist: mount the projected ServiceAccount token "
                           "(deploy/signer/signer.yaml)", "command line")
-    VaultGateway.from_env()  # VAULT_ADDR missing: fail now, not at the first CSR
+    common.vault_gateway()  # VAULT_ADDR missing: fail now, not at the first CSR
     settings = SignerSettings(config=cluster, approve_serving=approve_serving, credentials_dir=credentials,
                               token_file=token_file, jwt_file=jwt_file, resync_seconds=resync_seconds)
     gateway = kube.KubeGateway(kube.connect(kubeconfig))
     elector = LeaseElector(gateway, lease_namespace, lease_name,
                            identity or f"{socket.gethostname()}_{uuid.uuid4().hex[:8]}")
     metrics = SignerMetrics()
-    vault = VaultSigner(VaultGateway.from_env, settings, metrics=metrics)
+    vault = VaultSigner(common.vault_gateway, settings, metrics=metrics)
     runner = Signer(settings, gateway, vault, elector, metrics=metrics)
     health = None
     if addr is not None:
@@ -105,6 +104,6 @@ def signer_credentials(
 ) -> None:
     """Write the CSR signer's AppRole role_id and a new secret_id as 0600 files (for `signer --credentials`)."""
     wrap_seconds = int(common.duration_flag(wrap_ttl, "--wrap-ttl").total_seconds()) if wrap_ttl else None
-    report = ops.write_signer_credentials(common.load(config), out, VaultGateway.from_env(),
+    report = ops.write_signer_credentials(common.load(config), out, common.vault_gateway(),
                                           wrap_ttl_seconds=wrap_seconds)
     print_credentials(report, output)

@@ -12,7 +12,6 @@ from vaultk8s.cli import common
 from vaultk8s.durations import days_hours
 from vaultk8s.ops import status as ops
 from vaultk8s.plan.status import StatusReport, rfc3339
-from vaultk8s.vault.gateway import VaultGateway
 
 
 def status(
@@ -30,7 +29,7 @@ def status(
     renews lapsing within --warn, a previous service-account key past its retire time.
     """
     window = common.duration_flag(warn, "--warn")
-    report = ops.status(common.load(config), VaultGateway.from_env(), now=common.now(), warn=window, out=out)
+    report = ops.status(common.load(config), common.vault_gateway(), now=common.now(), warn=window, out=out)
     if not common.json_output(output, report):
         _print_text(report)
     if report.due_items:

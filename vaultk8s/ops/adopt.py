@@ -16,6 +16,7 @@ import json
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from vaultk8s import catalog
 from vaultk8s.config import ClusterConfig
@@ -28,7 +29,9 @@ from vaultk8s.plan.naming import ADOPTED_ROOT
 from vaultk8s.store.atomic import FileContent, PayloadDir, public, read_file, write_file_in_place
 from vaultk8s.store.backup import write_backup
 from vaultk8s.store.layout import NodeOutput
-from vaultk8s.vault.gateway import VaultGateway
+
+if TYPE_CHECKING:  # annotations only: hvac and requests load with the first command that talks to Vault
+    from vaultk8s.vault.gateway import VaultGateway
 
 MARKER_FILE = "vaultk8s-adopted.json"  # in the node directory: which cluster adopted it
 # Not bootstrap's `root`: in HSM mode bootstrap keeps an adopted Vault-held root until `ca rotate`

@@ -18,7 +18,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, TYPE_CHECKING
 
 from vaultk8s import crypto
 from vaultk8s.catalog import RBAC_FILE
@@ -38,7 +38,9 @@ from vaultk8s.plan.role_diff import role_actions
 from vaultk8s.plan.roles import ResolvedRole, resolve_roles
 from vaultk8s.store.atomic import FileContent, check_writable, public, write_file
 from vaultk8s.store.layout import NodeOutput
-from vaultk8s.vault.gateway import VaultGateway
+
+if TYPE_CHECKING:  # annotations only: hvac and requests load with the first command that talks to Vault
+    from vaultk8s.vault.gateway import VaultGateway
 
 Progress = Callable[[str, int], Callable[[], None]]  # (phase, total) -> advance()
 

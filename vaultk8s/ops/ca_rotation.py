@@ -13,7 +13,7 @@ import contextlib
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TYPE_CHECKING
 
 from cryptography import x509
 
@@ -33,7 +33,9 @@ from vaultk8s.plan.cas import intermediate_params, root_params
 from vaultk8s.plan.resolve import resolve_all
 from vaultk8s.store.atomic import check_writable, public
 from vaultk8s.store.layout import NodeOutput
-from vaultk8s.vault.gateway import VaultGateway
+
+if TYPE_CHECKING:  # annotations only: hvac and requests load with the first command that talks to Vault
+    from vaultk8s.vault.gateway import VaultGateway
 
 # The keys kube-apiserver publishes each CA's bundle under, and only ever adds to.
 CONFIGMAP_KEYS = {"kubernetes-ca": "client-ca-file", "front-proxy-ca": "requestheader-client-ca-file"}

@@ -7,6 +7,7 @@ token's root signed (ops/hsm_ca.py, docs/hsm.md).
 from __future__ import annotations
 
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from vaultk8s import catalog
 from vaultk8s.config import ClusterConfig
@@ -15,7 +16,9 @@ from vaultk8s.ops.hsm_ca import HsmSigner, current_token_root, install_hsm_inter
 from vaultk8s.ops.leaves import CAState, read_ca_state
 from vaultk8s.plan.actions import Action
 from vaultk8s.plan.cas import AUTO_TIDY, ObservedCA, mount_ttl_seconds, plan_ca, root_params, url_params
-from vaultk8s.vault.gateway import VaultGateway
+
+if TYPE_CHECKING:  # annotations only: hvac and requests load with the first command that talks to Vault
+    from vaultk8s.vault.gateway import VaultGateway
 
 
 def ensure_cas(config: ClusterConfig, gateway: VaultGateway, *, now: datetime,

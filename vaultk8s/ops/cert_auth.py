@@ -11,6 +11,7 @@ operator's grant allows nothing else), before leaves from a new root are issued.
 from __future__ import annotations
 
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from vaultk8s import catalog, crypto
 from vaultk8s.config import ClusterConfig
@@ -18,7 +19,9 @@ from vaultk8s.errors import PermissionDeniedError
 from vaultk8s.ops.leaves import read_ca_state
 from vaultk8s.plan import naming
 from vaultk8s.plan.actions import Action
-from vaultk8s.vault.gateway import VaultGateway
+
+if TYPE_CHECKING:  # annotations only: hvac and requests load with the first command that talks to Vault
+    from vaultk8s.vault.gateway import VaultGateway
 
 
 def login_trust(config: ClusterConfig, gateway: VaultGateway) -> str | None:

@@ -18,7 +18,9 @@ from vaultk8s.config import ClusterConfig
 from vaultk8s.errors import HsmError, VaultError
 from vaultk8s.plan.naming import generation_of, token_root_name
 from vaultk8s.plan.cas import intermediate_params
-from vaultk8s.vault.gateway import VaultGateway
+
+if TYPE_CHECKING:  # annotations only: hvac and requests load with the first command that talks to Vault
+    from vaultk8s.vault.gateway import VaultGateway
 
 if TYPE_CHECKING:
     from vaultk8s.hsm import HsmRootAuthority

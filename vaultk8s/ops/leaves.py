@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from cryptography import x509
 
@@ -14,7 +15,9 @@ from vaultk8s.plan.leaves import ObservedLeaf
 from vaultk8s.plan.resolve import ResolvedCert
 from vaultk8s.store.atomic import FileContent, public, secret
 from vaultk8s.store.layout import NodeOutput
-from vaultk8s.vault.gateway import VaultGateway
+
+if TYPE_CHECKING:  # annotations only: hvac and requests load with the first command that talks to Vault
+    from vaultk8s.vault.gateway import VaultGateway
 
 
 @dataclass(frozen=True)

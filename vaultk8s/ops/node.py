@@ -11,13 +11,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from vaultk8s.config import ClusterConfig
 from vaultk8s.errors import PlanRefused, StoreError, VaultError
 from vaultk8s.durations import rfc3339
 from vaultk8s.plan import grants, machine_auth, naming
 from vaultk8s.store.atomic import check_writable, read_file, remove_file, secret, write_file
-from vaultk8s.vault.gateway import VaultGateway
+
+if TYPE_CHECKING:  # annotations only: hvac and requests load with the first command that talks to Vault
+    from vaultk8s.vault.gateway import VaultGateway
 
 ROLE_ID_FILE = "role_id"
 SECRET_ID_FILE = "secret_id"

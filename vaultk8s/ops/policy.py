@@ -18,7 +18,7 @@ import difflib
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TYPE_CHECKING
 
 from vaultk8s import catalog, crypto
 from vaultk8s.config import ClusterConfig, NodeSpec
@@ -32,7 +32,9 @@ from vaultk8s.plan.review import Review, review
 from vaultk8s.plan.resolve import resolve_all
 from vaultk8s.plan.roles import resolve_roles, role_drift
 from vaultk8s.store.atomic import public, read_file, write_file
-from vaultk8s.vault.gateway import VaultGateway
+
+if TYPE_CHECKING:  # annotations only: hvac and requests load with the first command that talks to Vault
+    from vaultk8s.vault.gateway import VaultGateway
 
 TOKEN_AUTH = "token"
 

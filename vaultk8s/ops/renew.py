@@ -11,6 +11,7 @@ import random
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from vaultk8s import catalog, crypto
 from vaultk8s.plan.schedule import renew_at
@@ -20,7 +21,9 @@ from vaultk8s.plan.leaves import reissue_reason
 from vaultk8s.plan.resolve import resolve_node
 from vaultk8s.store.atomic import FileContent
 from vaultk8s.store.layout import NodeOutput
-from vaultk8s.vault.gateway import VaultGateway
+
+if TYPE_CHECKING:  # annotations only: hvac and requests load with the first command that talks to Vault
+    from vaultk8s.vault.gateway import VaultGateway
 
 
 @dataclass
@@ -29,6 +32,8 @@ class RenewalResult:
     reasons: dict[str, str] = field(default_factory=dict)
     next_renewals: dict[str, datetime] = field(default_factory=dict)
     expiries: dict[str, datetime] = field(default_factory=dict)
+    not_befores: dict[str, datetime] = field(default_factory=dict)
+    ca_expiries: dict[tuple[str, str], datetime] = field(default_factory=dict)  # (CA, subject) of each trusted root
 
 
 def renew_node(config: ClusterConfig, node_name: str, output: NodeOutput, gateway: VaultGateway, *,
@@ -37,6 +42,9 @@ def renew_node(config: ClusterConfig, node_name: str, output: NodeOutput, gatewa
     node = config.node(node_name)
     cas = {ca.name: read_ca_state(gateway, config.mount(ca.name)) for ca in catalog.cas_for(node.control_plane)}
     result = RenewalResult()
+    for ca_name, state in cas.items():
+        for cert in state.anchors:
+            result.ca_expiries[(ca_name, cert.subject.rfc4514_string())] = cert.not_valid_after_utc
     changes: dict[str, FileContent | None] = {}
     for name, content in ca_bundle_changes(node.control_plane, cas, config.mount).items():
         if output.read_pki(name) != content.data:
@@ -84,6 +92,7 @@ def _renew_at(cert, seed: int, started: datetime | None) -> datetime:
 def _record_schedule(result: RenewalResult, name: str, cert, seed: int, started: datetime | None) -> None:
     result.next_renewals[name] = _renew_at(cert, seed, started)
     result.expiries[name] = cert.not_valid_after_utc
+    result.not_befores[name] = cert.not_valid_before_utc
 
 
 def node_output(out: Path, node: str, node_dir: Path | None = None) -> NodeOutput:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Callable
+from typing import Callable, TYPE_CHECKING
 
 from vaultk8s import catalog, crypto
 from vaultk8s.crashpoint import crash_point
@@ -22,7 +22,9 @@ from vaultk8s.plan import sa
 from vaultk8s.plan.actions import Action
 from vaultk8s.store.atomic import FileContent, check_writable, public, secret
 from vaultk8s.store.layout import NodeOutput
-from vaultk8s.vault.gateway import VaultGateway
+
+if TYPE_CHECKING:  # annotations only: hvac and requests load with the first command that talks to Vault
+    from vaultk8s.vault.gateway import VaultGateway
 
 KeyFactory = Callable[[str], crypto.PrivateKey]
 

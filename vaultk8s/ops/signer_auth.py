@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from vaultk8s.config import ClusterConfig
 from vaultk8s.errors import PlanRefused, StoreError, VaultError
@@ -20,7 +21,9 @@ from vaultk8s.plan import jwt_claims, machine_auth, naming, sa
 from vaultk8s.plan import status as plan_status
 from vaultk8s.plan.actions import Action
 from vaultk8s.store.atomic import read_file
-from vaultk8s.vault.gateway import VaultGateway
+
+if TYPE_CHECKING:  # annotations only: hvac and requests load with the first command that talks to Vault
+    from vaultk8s.vault.gateway import VaultGateway
 
 JWT_AUTH = "jwt"
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Callable
+from typing import Callable, TYPE_CHECKING
 
 from vaultk8s import catalog, crypto
 from vaultk8s.config import ClusterConfig
@@ -23,7 +23,9 @@ from vaultk8s.ops import sa as sa_ops
 from vaultk8s.plan import grants, naming
 from vaultk8s.plan import status as plan
 from vaultk8s.plan.status import Lifetime, Renewal
-from vaultk8s.vault.gateway import VaultGateway
+
+if TYPE_CHECKING:  # annotations only: hvac and requests load with the first command that talks to Vault
+    from vaultk8s.vault.gateway import VaultGateway
 
 MAX_TOKEN_LOOKUPS = 5000  # a shared Vault may hold many more tokens than this cluster's
 

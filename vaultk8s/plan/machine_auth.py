@@ -50,11 +50,7 @@ def signer_jwt_role_params(config: ClusterConfig) -> dict[str, Any]:
         "bound_audiences": [SIGNER_JWT_AUDIENCE],
         "user_claim": "sub",
         "bound_subject": config.signer.subject,
-        "token_policies": signer_policies(config),
-        "token_no_default_policy": True,
-        "token_type": "service",
-        "token_ttl": whole_seconds(settings.token_ttl),
-        "token_max_ttl": whole_seconds(settings.token_max_ttl),
+        **_login_tokens(settings, signer_policies(config)),
     }
 
 
@@ -81,14 +77,21 @@ def jwt_config_drift(want: dict[str, Any], observed: dict[str, Any] | None) -> l
     return drift
 
 
-def _approle_role(settings: PolicySettings, policies: list[str], cidrs: list[str],
-                  token_num_uses: int) -> dict[str, Any]:
+def _login_tokens(settings: PolicySettings, policies: list[str]) -> dict[str, Any]:
+    """What every login method's tokens carry: these policies only, service tokens, policy: TTLs."""
     return {
         "token_policies": policies,
         "token_no_default_policy": True,
         "token_type": "service",
         "token_ttl": whole_seconds(settings.token_ttl),
         "token_max_ttl": whole_seconds(settings.token_max_ttl),
+    }
+
+
+def _approle_role(settings: PolicySettings, policies: list[str], cidrs: list[str],
+                  token_num_uses: int) -> dict[str, Any]:
+    return {
+        **_login_tokens(settings, policies),
         "token_num_uses": token_num_uses,
         "token_bound_cidrs": cidrs,
         "secret_id_bound_cidrs": cidrs,
@@ -106,11 +109,7 @@ def cert_entry_params(config: ClusterConfig, node: NodeSpec, certificate: str) -
         "certificate": certificate,
         "allowed_common_names": [cert_alias(node.name)],
         "display_name": cert_entry(node.name),
-        "token_policies": node_policies(config, node),
-        "token_no_default_policy": True,
-        "token_type": "service",
-        "token_ttl": whole_seconds(settings.token_ttl),
-        "token_max_ttl": whole_seconds(settings.token_max_ttl),
+        **_login_tokens(settings, node_policies(config, node)),
         "token_num_uses": settings.token_num_uses,
         "token_bound_cidrs": bound_cidrs(node, settings),
     }

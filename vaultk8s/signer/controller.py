@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
+from typing import Callable, TYPE_CHECKING
 
 from vaultk8s.config import ClusterConfig
 from vaultk8s.errors import (KubeConflict, KubeError, PermissionDeniedError, StoreError, VaultError, VaultK8sError,
@@ -27,7 +27,9 @@ from vaultk8s.plan.csr_review import Decision, Verdict, review_csr, status_certi
 from vaultk8s.signer.kube import KubeGateway, Obj, view_of
 from vaultk8s.signer.leader import LeaseElector
 from vaultk8s.signer.metrics import Heartbeat, SignerMetrics
-from vaultk8s.vault.gateway import VaultGateway
+
+if TYPE_CHECKING:  # annotations only: hvac and requests load with the first command that talks to Vault
+    from vaultk8s.vault.gateway import VaultGateway
 
 log = logging.getLogger("vaultk8s.signer")
 
@@ -60,6 +62,9 @@ def backoff_seconds(failures: int, rng: random.Random) -> float:
     return ceiling / 2 + ceiling / 2 * rng.random()
 
 
+LOGIN_FAILURE_REASONS = ("rejected", "credential-unreadable", "unavailable")
+
+
 def login_failure_reason(err: VaultK8sError) -> str:
     """The `reason` label of a failed login: Vault refused the credential, the credential file is
     unreadable, or Vault could not be asked."""
@@ -78,6 +83,8 @@ class VaultSigner:
                  clock: Callable[[], float] = time.time):
         self.connect, self.settings, self.monotonic, self.clock = connect, settings, monotonic, clock
         self.metrics = metrics or SignerMetrics()
+        for reason in LOGIN_FAILURE_REASONS:  # at 0 from the start, so increase() sees the first failure
+            self.metrics.login_failures.labels(settings.login_method, reason)
         self._gateway: VaultGateway | None = None
         self._owned = False
         self._relogin_at = self._expires_at = 0.0  # monotonic

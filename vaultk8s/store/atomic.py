@@ -83,22 +83,21 @@ def check_writable(path: Path) -> None:
 
 def write_file(path: Path, content: FileContent) -> bool:
     """Replace one file atomically. Returns False (and touches nothing) when it already matches."""
-    if read_file(path) == content.data and _mode(path) == content.mode:
-        return False
-    ensure_dir(path.parent)
-    try:
-        replace_file(path, content)
-    except OSError as err:
-        raise StoreError(f"cannot write {path}: {err.strerror}") from None
-    return True
+    return _write_if_changed(path, content, make_parent=True)
 
 
 def write_file_in_place(path: Path, content: FileContent) -> bool:
     """write_file into a directory vaultk8s does not own (`/etc` for adopt's backup, a kubeadm
     directory): it must exist, and its mode is left as it is (write_file would make it 0700)."""
+    return _write_if_changed(path, content, make_parent=False)
+
+
+def _write_if_changed(path: Path, content: FileContent, make_parent: bool) -> bool:
     if read_file(path) == content.data and _mode(path) == content.mode:
         return False
-    if not path.parent.is_dir():
+    if make_parent:
+        ensure_dir(path.parent)
+    elif not path.parent.is_dir():
         raise StoreError(f"cannot write {path}: {path.parent} is not a directory")
     try:
         replace_file(path, content)

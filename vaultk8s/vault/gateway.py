@@ -409,13 +409,6 @@ class VaultGateway:
                 return None
         return (data or {}).get("data") if isinstance(data, dict) else None
 
-    def lookup_secret_id(self, mount: str, role: str, secret_id: str) -> dict[str, Any] | None:
-        """A secret_id's metadata (expiration_time, uses) for its holder; the secret_id goes in the body only."""
-        path = f"auth/{mount}/role/{role}/secret-id/lookup"
-        with self._translate("look up a secret_id at", path):
-            data = self.client.write_data(path, data={"secret_id": secret_id})
-        return (data or {}).get("data") if isinstance(data, dict) else None
-
     def list_token_accessors(self) -> list[str]:
         """Every token's accessor in Vault (needs sudo on auth/token/accessors)."""
         return self._list_keys("auth/token/accessors", "list token accessors at")
@@ -446,7 +439,8 @@ class VaultGateway:
         return data["auth"]["client_token"]
 
     def lookup_secret_id(self, mount: str, role: str, secret_id: str) -> dict[str, Any] | None:
-        """The secret_id's properties (expiration_time, ...); None when Vault no longer knows it."""
+        """The secret_id's properties (expiration_time, uses) for its holder; None when Vault no longer
+        knows it. The secret_id goes in the body only."""
         path = f"auth/{mount}/role/{role}/secret-id/lookup"
         data = self._get("look up a secret_id at", path, lambda: self.client.write_data(path, data={"secret_id": secret_id}))
         return (data or {}).get("data") if isinstance(data, dict) else None
