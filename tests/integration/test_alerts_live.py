@@ -1,7 +1,7 @@
 """The shipped alert rules on a real Prometheus (Debian 2.42) scraping a real `vaultk8s agent`.
 
-The node is revoked before its agent starts, so Vault refuses both of its logins (the certificate
-entry is gone, the enrolment secret_id destroyed). With 10-minute leaves (the shortest a cluster
+The node is revoked before its agent starts, so Vault refuses its logins (the certificate entry
+is gone, so the agent falls back to its enrolment secret_id, which revoke destroyed). With 10-minute leaves (the shortest a cluster
 file allows) "renewal failing for longer than a sixth of the leaf TTL" must fire 100 s after the
 first failed round, and "credential rejected" at once. The agent keeps running and keeps trying.
 """
@@ -59,4 +59,4 @@ def test_renewal_failing_fires_when_vault_refuses_the_agents_login(vault_env, tm
         prom.stop()
         stop_agent(agent)
     text = log.read_text()
-    assert "vaultk8s node credentials" in text, text[-2000:]  # the one line naming re-enrolment
+    assert "Vault refused to log in" in text, text[-2000:]  # each failed round says why, in one line
