@@ -22,7 +22,7 @@ from vaultk8s import crypto
 from vaultk8s.plan.csr_review import CLIENT_SIGNER, SERVING_SIGNER
 
 from tests.helpers.cluster import REPO
-from tests.helpers.kube import KubeControlPlane
+from tests.helpers.kube import KubeControlPlane, stop_process
 
 CLIENT_USAGES = ["digital signature", "key encipherment", "client auth"]  # what a 1.24 kubelet sends
 SERVING_USAGES = ["digital signature", "key encipherment", "server auth"]
@@ -104,14 +104,7 @@ class SignerProcess:
         return self.log.read_text(errors="replace")
 
     def stop(self, timeout: float = 20) -> int:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=timeout)
-        return self.proc.returncode
+        return stop_process(self.proc, timeout)
 
     def __enter__(self) -> "SignerProcess":
         return self

@@ -69,15 +69,18 @@ def kube_cluster_doc(prefix: str, apiserver_port: int, workers: int = 1, key_typ
     return doc
 
 
-def stop_process(proc: subprocess.Popen | None) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(timeout=STOP_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=STOP_TIMEOUT)
+def stop_process(proc: subprocess.Popen | None, timeout: float = STOP_TIMEOUT) -> int | None:
+    """SIGTERM, a bounded wait, then SIGKILL; the exit code (None when there was no process)."""
+    if proc is None:
+        return None
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=timeout)
+    return proc.returncode
 
 
 class KubeControlPlane:

@@ -37,7 +37,7 @@ from cryptography import x509
 
 from tests.helpers.cluster import REPO, run_cli
 from tests.helpers.csr import SignerProcess
-from tests.helpers.kube import KUBE_BIN_ENV, KubeControlPlane, kube_bin_dir, token_kubeconfig
+from tests.helpers.kube import KUBE_BIN_ENV, KubeControlPlane, kube_bin_dir, stop_process, token_kubeconfig
 from tests.helpers.redacted import RedactedEnv, Secret
 
 DEPLOY_SIGNER = REPO / "deploy" / "signer"
@@ -71,17 +71,6 @@ def free_port_on(ip: str) -> int:
     with socket.socket() as sock:
         sock.bind((ip, 0))
         return sock.getsockname()[1]
-
-
-def _stop_pid(proc: subprocess.Popen | None, timeout: float = STOP_TIMEOUT) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=timeout)
 
 
 class _HostDirs:
@@ -247,8 +236,8 @@ class KubeletNode:
         """kubelet, then containerd (and any shim of this containerd), by pid with bounded waits;
         unmount what is left under the state folder; release the host folders. Idempotent."""
         try:
-            _stop_pid(self.kubelet)
-            _stop_pid(self.containerd)
+            stop_process(self.kubelet, STOP_TIMEOUT)
+            stop_process(self.containerd, STOP_TIMEOUT)
             for pid in _pids_mentioning(str(self.state) + "/"):
                 try:
                     os.kill(pid, signal.SIGKILL)

@@ -19,6 +19,8 @@ import pytest
 import requests
 import yaml
 
+from tests.helpers.kube import stop_process
+
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 15.0
 
@@ -96,14 +98,7 @@ class Prometheus:
         raise AssertionError(f"prometheus not ready within {timeout}s: {self.log_tail()}")
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=timeout)
+        stop_process(self.proc, timeout)
 
     def __enter__(self) -> "Prometheus":
         self.start()

@@ -45,6 +45,8 @@ def ensure_login_trust(config: ClusterConfig, gateway: VaultGateway, *, dry_run:
     if trust is None:
         return []
     mount, actions = naming.cert_mount(config), []
+    if not _mounted(gateway, mount, naming.cert_entry(config.nodes[0].name)):
+        return []  # no certificate logins in this Vault yet (policy apply makes them): nothing to keep
     for node in config.nodes:
         name = naming.cert_entry(node.name)
         try:
@@ -60,3 +62,13 @@ def ensure_login_trust(config: ClusterConfig, gateway: VaultGateway, *, dry_run:
         if not dry_run:
             gateway.write_cert_trust(mount, name, trust)
     return actions
+
+
+def _mounted(gateway: VaultGateway, mount: str, first_entry: str) -> bool:
+    """Whether the cert mount exists, asked once: read per node, a missing mount is "no handler for
+    route", which the client waits out as a standby's lag (a few seconds) on every call."""
+    try:
+        mounted, _ = gateway.read_auth_config(f"auth/{mount}/certs/{first_entry}")
+    except PermissionDeniedError:
+        return True  # the per-node reads below name the missing grant
+    return mounted
