@@ -142,6 +142,16 @@ def test_bad_tree_is_refused_with_one_line_and_nothing_written(case, kubeadm_tre
     _refused(cluster, copy, vault_env, mount_prefix, expected)
 
 
+def test_a_bad_tree_is_named_before_vault_is_looked_at(kubeadm_tree, vault_env, mount_prefix, tmp_path):
+    """No VAULT_ADDR at all: the tree's problem is still the one line, not the missing variable."""
+    cluster = derived_cluster(kubeadm_tree, tmp_path / "cluster.yaml", mount_prefix)
+    copy = bad_copy(kubeadm_tree, tmp_path / "bad")
+    _no_sa_key(copy)
+    result = adopt(cluster, copy, {})
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode != 0 and len(lines) == 1 and "pki/sa.key missing" in lines[0], result.stderr
+
+
 @pytest.mark.parametrize("change, expected", [
     ({"endpoint": "https://10.0.0.10:6443"}, "differs from admin.conf's server"),
     ({"service_cidr": "10.100.0.0/16"}, "first IP 10.100.0.1 is not in pki/apiserver.crt"),

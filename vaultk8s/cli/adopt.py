@@ -36,7 +36,7 @@ def adopt(
     if config is None:
         raise ConfigError("--config is required (or --print-config to derive one)", "command line")
     cluster = common.load(config)
-    report = ops.adopt(cluster, source, common.vault_gateway(), now=common.now(), dry_run=dry_run,
+    report = ops.adopt(cluster, source, common.vault_gateway, now=common.now(), dry_run=dry_run,
                        remove_ca_keys=remove_ca_keys, backup=backup)
     if common.printed_as_json_or_actions(output, report, dry_run):
         return

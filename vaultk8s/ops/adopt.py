@@ -16,7 +16,7 @@ import json
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from vaultk8s import catalog
 from vaultk8s.config import ClusterConfig
@@ -58,13 +58,16 @@ def default_backup(src: Path) -> Path:
     return src.parent / f"{src.name}.before-vaultk8s.tar"
 
 
-def adopt(config: ClusterConfig, src: Path, gateway: VaultGateway, *, now: datetime, dry_run: bool = False,
-          remove_ca_keys: bool = False, backup: Path | None = None) -> AdoptReport:
+def adopt(config: ClusterConfig, src: Path, connect: Callable[[], VaultGateway], *, now: datetime,
+          dry_run: bool = False, remove_ca_keys: bool = False, backup: Path | None = None) -> AdoptReport:
+    """connect() is called only after the tree and the cluster file agree: a bad tree is named
+    before anything about Vault (VAULT_ADDR included) is looked at."""
     src = Path(src)
     backup = Path(backup) if backup else default_backup(src)
     files = read_kubeadm_dir(src)
     tree = check_tree(config, src, files)
     _check_marker(config, src)
+    gateway = connect()
     gateway.check_ready()
     observed = {ca.name: _observe_mount(gateway, config.mount(ca.name)) for ca in catalog.CAS}
     stored = _observe_key_set(gateway, config)
