@@ -49,6 +49,11 @@ class CASpec:
     cert_file: str  # relative to pki/
     description: str
 
+    @property
+    def key_file(self) -> str:
+        """kubeadm's key beside the CA certificate (pki/ca.key for pki/ca.crt): never an output here."""
+        return self.cert_file.removesuffix(".crt") + ".key"
+
 
 @dataclass(frozen=True)
 class CertSpec:
@@ -169,7 +174,7 @@ CLUSTER_ROLE_BINDINGS: tuple[ClusterRoleBindingSpec, ...] = (
 )
 
 # kubeadm's external-CA mode: these must never exist in the output.
-CA_KEY_FILES = frozenset({"ca.key", "etcd/ca.key", "front-proxy-ca.key"})
+CA_KEY_FILES = frozenset(ca.key_file for ca in CAS)
 
 SA_KEY_FILE = "sa.key"
 SA_PUB_FILE = "sa.pub"
@@ -193,6 +198,7 @@ def _named(specs, name: str):
     for spec in specs:
         if spec.name == name:
             return spec
+    raise KeyError(name)
     raise KeyError(name)
 
 

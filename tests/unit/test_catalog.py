@@ -65,3 +65,15 @@ def test_the_csr_signer_acts_only_for_kubelet_certificates():
     signers = [i for i in catalog.IDENTITIES if i.every_node]
     assert [(i.name, i.certs, i.attach) for i in signers] == [("csr-signer", ("kubelet-client", "kubelet-serving"), None)]
     assert catalog.identity_of("kubelet-client").name == "node"
+
+
+def test_an_unknown_name_is_a_key_error_not_none():
+    import pytest
+
+    for lookup in (catalog.ca, catalog.cert):
+        with pytest.raises(KeyError):
+            lookup("no-such-spec")
+
+
+def test_ca_key_files_are_derived_from_the_cas():
+    assert catalog.CA_KEY_FILES == {"ca.key", "etcd/ca.key", "front-proxy-ca.key"}

@@ -23,19 +23,14 @@ from vaultk8s.config import ClusterConfig, NodeSpec
 from vaultk8s.errors import PlanRefused
 from vaultk8s.plan import sa
 from vaultk8s.plan.actions import Action
-from vaultk8s.plan.resolve import resolve_sans
+from vaultk8s.plan.resolve import API_SERVICE_NAMES, SERVICE_FQDN_PREFIX, resolve_sans
 
 PKI = f"{catalog.PKI_DIR}/"
 SA_KEY = PKI + catalog.SA_KEY_FILE
 SA_PUB = PKI + catalog.SA_PUB_FILE
-NODE_SOURCE = PKI + "etcd/server.crt"  # kubeadm names etcd's serving certificate after the node
-APISERVER = PKI + "apiserver.crt"
+NODE_SOURCE = PKI + catalog.cert("etcd-server").cert_file  # kubeadm names etcd's serving certificate after the node
+APISERVER = PKI + catalog.cert("apiserver").cert_file
 ADMIN_CONF = "admin.conf"
-
-
-def ca_key_file(ca: catalog.CASpec) -> str:
-    """kubeadm's key beside a CA certificate: pki/ca.key for pki/ca.crt."""
-    return ca.cert_file.removesuffix(".crt") + ".key"
 
 
 @dataclass(frozen=True)
@@ -89,7 +84,7 @@ def read_tree(files: Mapping[str, bytes]) -> tuple[KubeadmTree | None, list[str]
 def _read_ca(files: Mapping[str, bytes], ca: catalog.CASpec, problems: list[str]) -> TreeCA | None:
     """A CA certificate and its key; the key may be gone (--remove-ca-keys ran): plan_cas then
     needs Vault to hold it already."""
-    cert_path, key_path = PKI + ca.cert_file, PKI + ca_key_file(ca)
+    cert_path, key_path = PKI + ca.cert_file, PKI + ca.key_file
     cert = _load_cert(files, cert_path, problems, required=True)
     key = _load_key(files, key_path, problems) if key_path in files else None
     if cert is None or (key is None and key_path in files):
@@ -268,7 +263,7 @@ def plan_cas(config: ClusterConfig, tree: KubeadmTree, observed: Mapping[str, Ob
                 actions.append(Action("import-ca", mount, f"{PKI}{ca.cert_file} is there unnamed: name it"))
             continue
         if have.key_pem is None:
-            raise PlanRefused(f"{PKI}{ca_key_file(ca)} missing, and {mount} does not hold {PKI}{ca.cert_file}: "
+            raise PlanRefused(f"{PKI}{ca.key_file} missing, and {mount} does not hold {PKI}{ca.cert_file}: "
                               "nothing to import the CA from (restore the key from the backup)")
         if seen.mount_type is None:
             actions.append(Action("enable-mount", mount, "PKI mount missing"))
@@ -308,8 +303,6 @@ UNDERIVED = "UNDERIVED"  # the mark on a field the tree cannot tell: check or fi
 # A 1.24 kubelet makes a P-256 key for every CSR, whatever the cluster's other keys are (seen with
 # the real kubelet: the signer refused each CSR of an adopted RSA-2048 cluster as UnsupportedKeyType).
 KUBELET_KEY_TYPE = "ec-p256"
-SERVICE_NAMES = ("kubernetes", "kubernetes.default", "kubernetes.default.svc")
-_SERVICE_FQDN = "kubernetes.default.svc."
 
 
 def derive_config(tree: KubeadmTree, files: Mapping[str, bytes]) -> tuple[dict[str, Any], dict[str, str]]:
@@ -319,9 +312,9 @@ def derive_config(tree: KubeadmTree, files: Mapping[str, bytes]) -> tuple[dict[s
     have = crypto.facts(tree.apiserver)
     etcd_ips = crypto.facts(crypto.load_certs(files[NODE_SOURCE])[0]).ip_sans
     node_ips = sorted((str(i) for i in etcd_ips if not i.is_loopback), key=str)
-    domains = sorted(d.removeprefix(_SERVICE_FQDN) for d in have.dns_sans if d.startswith(_SERVICE_FQDN))
+    domains = sorted(d.removeprefix(SERVICE_FQDN_PREFIX) for d in have.dns_sans if d.startswith(SERVICE_FQDN_PREFIX))
     service_ip = _service_ip(have.ip_sans, set(node_ips) | {endpoint_host})
-    taken = {tree.node, *SERVICE_NAMES, *(f"{_SERVICE_FQDN}{d}" for d in domains), endpoint_host, *node_ips,
+    taken = {tree.node, *API_SERVICE_NAMES, *(f"{SERVICE_FQDN_PREFIX}{d}" for d in domains), endpoint_host, *node_ips,
              str(service_ip)}
     sans = sorted(n for n in [*have.dns_sans, *(str(i) for i in have.ip_sans)] if n not in taken)
     local = _kubeconfig_server(files.get("controller-manager.conf")) or ""

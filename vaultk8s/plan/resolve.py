@@ -11,6 +11,8 @@ from vaultk8s.catalog import NODE, CertSpec, San, Usage
 from vaultk8s.config import ClusterConfig, NodeSpec
 
 LOCALHOST_IPS = (ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1"))
+API_SERVICE_NAMES = ("kubernetes", "kubernetes.default", "kubernetes.default.svc")  # + SERVICE_FQDN_PREFIX<domain>
+SERVICE_FQDN_PREFIX = "kubernetes.default.svc."
 
 
 @dataclass(frozen=True)
@@ -74,8 +76,7 @@ def _san_values(kind: San, node: NodeSpec, config: ClusterConfig) -> list[str]:
     if kind is San.LOCALHOST:
         return ["localhost"] + [str(ip) for ip in LOCALHOST_IPS]
     if kind is San.API_SERVICE:
-        base = ["kubernetes", "kubernetes.default", "kubernetes.default.svc"]
-        return base + [f"kubernetes.default.svc.{config.domain}", str(config.first_service_ip)]
+        return [*API_SERVICE_NAMES, f"{SERVICE_FQDN_PREFIX}{config.domain}", str(config.first_service_ip)]
     if kind is San.ENDPOINT_HOST:
         return [config.endpoint_host]
     raise ValueError(kind)
