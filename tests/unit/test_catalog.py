@@ -1,5 +1,7 @@
 """Catalog invariants: the one table must be internally consistent."""
 
+import pytest
+
 from vaultk8s import catalog
 from vaultk8s.catalog import NODE, Placement, Usage
 
@@ -68,8 +70,6 @@ def test_the_csr_signer_acts_only_for_kubelet_certificates():
 
 
 def test_an_unknown_name_is_a_key_error_not_none():
-    import pytest
-
     for lookup in (catalog.ca, catalog.cert):
         with pytest.raises(KeyError):
             lookup("no-such-spec")
