@@ -36,7 +36,7 @@ from cryptography import x509
 from tests.conftest import find_free_port
 from tests.helpers.agent import start_agent, stop_agent
 from tests.helpers.cluster import run_cli
-from tests.helpers.kube import running_control_plane
+from tests.helpers.kube import running_control_plane, stop_process
 from tests.helpers.kubelet import (KubeletNode, apply_bootstrap_rbac, bootstrap_kubeconfig, kubelet_prereqs,
                                    start_signer, write_projected_token)
 from tests.helpers.redacted import RedactedEnv
@@ -234,9 +234,8 @@ def _month_of_events(plane, openbao_ha, admin, started) -> None:
         _at(started, minute)
         run_cli("sa", "rotate", "--config", cluster, "--out", out, "--phase", phase, env=admin, check=True)
         plane.restart_apiserver()  # kube-apiserver and kube-controller-manager read sa.key/sa.pub at start
-        for proc in list(plane.controller_managers):
-            proc.terminate()
-            proc.wait(timeout=30)
+        for proc in plane.controller_managers:
+            stop_process(proc)
         plane.controller_managers.clear()
         plane.start_controller_manager()
 
