@@ -22,7 +22,8 @@ from typing import Any, TYPE_CHECKING
 
 from vaultk8s import catalog, crypto
 from vaultk8s.config import ClusterConfig, NodeSpec
-from vaultk8s.errors import PlanRefused, StoreError, VaultError
+from vaultk8s.errors import StoreError, VaultError
+from vaultk8s.ops.auth_mounts import ensure_auth_mount
 from vaultk8s.ops.cert_auth import login_trust, placeholder_trust
 from vaultk8s.ops import sa as sa_ops
 from vaultk8s.ops import signer_auth
@@ -99,10 +100,10 @@ def apply(config: ClusterConfig, gateway: VaultGateway, *, dry_run: bool = False
     gateway.check_ready()
     _ensure_policies(config, gateway, report, dry_run)
     accessors = Accessors(
-        _ensure_auth_mount(config, gateway, report, dry_run, "approle", naming.approle_mount(config),
-                           "AppRole mount for this cluster's nodes", "node machine credentials"),
-        _ensure_auth_mount(config, gateway, report, dry_run, "cert", naming.cert_mount(config),
-                           "cert mount for this cluster's nodes' certificate logins", "node certificate logins"),
+        ensure_auth_mount(config, gateway, report.actions, dry_run, "approle", naming.approle_mount(config),
+                          "AppRole mount for this cluster's nodes", "node machine credentials"),
+        ensure_auth_mount(config, gateway, report.actions, dry_run, "cert", naming.cert_mount(config),
+                          "cert mount for this cluster's nodes' certificate logins", "node certificate logins"),
         _token_accessor(gateway))
     _prune_removed_nodes(config, gateway, report, dry_run, accessors)
     trust = login_trust(config, gateway)
@@ -143,21 +144,6 @@ def _ensure_policies(config: ClusterConfig, gateway: VaultGateway, report: Polic
             (have or "").splitlines(True), want.splitlines(True), f"vault:{name}", f"policies/{kind}.hcl")))
         if not dry_run:
             gateway.write_policy(name, want)
-
-
-def _ensure_auth_mount(config: ClusterConfig, gateway: VaultGateway, report: PolicyReport, dry_run: bool,
-                       method: str, mount: str, why: str, what: str) -> str | None:
-    found = gateway.auth_accessor(mount)
-    if found is not None:
-        if found[0] != method:
-            raise PlanRefused(f"auth/{mount} is already a {found[0]!r} auth method, not {method}: "
-                              "choose another vault.mount_prefix")
-        return found[1]
-    report.actions.append(Action("enable-auth", f"auth/{mount}", why))
-    if dry_run:
-        return None
-    gateway.enable_auth(method, mount, f"vaultk8s {config.name}: {what}")
-    return gateway.auth_accessor(mount)[1]
 
 
 def _accessor_of(gateway: VaultGateway, mount: str, method: str) -> str | None:

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vaultk8s.config import ClusterConfig
-from vaultk8s.errors import PlanRefused, StoreError, VaultError
+from vaultk8s.errors import StoreError, VaultError
+from vaultk8s.ops.auth_mounts import ensure_auth_mount
 from vaultk8s.ops.node import SECRET_ID_FILE
 from vaultk8s.plan import jwt_claims, machine_auth, naming, sa
 from vaultk8s.plan import status as plan_status
@@ -35,17 +36,10 @@ def public_pems(keys: sa.KeySet) -> list[str]:
 
 def ensure_mount(config: ClusterConfig, gateway: VaultGateway, actions: list[Action], dry_run: bool) -> bool:
     """Enable the cluster's JWT mount when absent; True when it is mounted (False only on a dry run)."""
-    mount = naming.jwt_mount(config)
-    found = gateway.auth_accessor(mount)
-    if found is not None:
-        if found[0] != JWT_AUTH:
-            raise PlanRefused(f"auth/{mount} is already a {found[0]!r} auth method, not JWT: "
-                              "choose another vault.mount_prefix")
-        return True
-    actions.append(Action("enable-auth", f"auth/{mount}", "JWT mount: the CSR signer's projected ServiceAccount token"))
-    if not dry_run:
-        gateway.enable_auth(JWT_AUTH, mount, f"vaultk8s {config.name}: CSR signer (ServiceAccount tokens)")
-    return not dry_run
+    accessor = ensure_auth_mount(config, gateway, actions, dry_run, JWT_AUTH, naming.jwt_mount(config),
+                                 "JWT mount: the CSR signer's projected ServiceAccount token",
+                                 "CSR signer (ServiceAccount tokens)")
+    return accessor is not None
 
 
 def sync_keys(config: ClusterConfig, gateway: VaultGateway, keys: sa.KeySet, dry_run: bool) -> list[Action]:

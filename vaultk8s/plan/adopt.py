@@ -159,25 +159,27 @@ def _node_name(files: Mapping[str, bytes], problems: list[str]) -> str:
 
 
 def _load_cert(files: Mapping[str, bytes], path: str, problems: list[str], required: bool = False):
+    return _load(files, path, problems, lambda data: crypto.load_certs(data)[0], (ValueError, IndexError),
+                 "a PEM certificate", required)
+
+
+def _load_key(files: Mapping[str, bytes], path: str, problems: list[str]) -> crypto.PrivateKey | None:
+    # the problem never quotes the key's text: it is secret
+    return _load(files, path, problems, crypto.load_key, (ValueError, TypeError),
+                 "an unencrypted PEM private key", required=True)
+
+
+def _load(files: Mapping[str, bytes], path: str, problems: list[str], load, errors: tuple, what: str,
+          required: bool):
+    """load(files[path]), or None with the problem named (a missing file is one only when required)."""
     if path not in files:
         if required:
             problems.append(f"{path} missing")
         return None
     try:
-        return crypto.load_certs(files[path])[0]
-    except (ValueError, IndexError):
-        problems.append(f"{path} is not a PEM certificate")
-        return None
-
-
-def _load_key(files: Mapping[str, bytes], path: str, problems: list[str]) -> crypto.PrivateKey | None:
-    if path not in files:
-        problems.append(f"{path} missing")
-        return None
-    try:
-        return crypto.load_key(files[path])
-    except (ValueError, TypeError):  # never the key's text: it is secret
-        problems.append(f"{path} is not an unencrypted PEM private key")
+        return load(files[path])
+    except errors:
+        problems.append(f"{path} is not {what}")
         return None
 
 
