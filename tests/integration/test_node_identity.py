@@ -323,6 +323,21 @@ def test_bound_cidrs_hold_for_the_certificate_login(vault_env, tmp_path, mount_p
     assert _cert_login_refused(env, config, tmp_path / "out" / NODE, NODE)
 
 
+def test_default_policy_binds_the_certificate_login_to_the_nodes_own_ip(vault_env, tmp_path, mount_prefix):
+    """With the shipped policy defaults (no policy: section), a node whose IP is the one Vault sees
+    (127.0.0.1 here) logs in with its certificate, and the token it gets is bound to that IP."""
+    nodes = {"control_plane": [{"name": "cp-1", "ips": ["10.0.0.11"]}],
+             "workers": [{"name": NODE, "ips": ["127.0.0.1"]}, {"name": "worker-2", "ips": ["10.0.1.2"]}]}
+    path, config, _ = applied_cluster(vault_env, tmp_path, mount_prefix, policy={}, nodes=nodes)
+    assert config.policy.bind_cidrs
+    env = {k: v for k, v in vault_env.items() if k != "VAULT_TOKEN"}
+    token = _cert_login(env, config, tmp_path / "out" / NODE, NODE)
+    looked_up = call(vault_env, token, "GET", "auth/token/lookup-self").json()["data"]
+    assert looked_up["bound_cidrs"] == ["127.0.0.1"]
+    assert can_sign(vault_env, config, token, NODE)
+    assert _cert_login_refused(env, config, tmp_path / "out" / "worker-2", "worker-2")
+
+
 def test_secret_id_is_kept_until_the_certificate_login_works(vault_env, tmp_path, mount_prefix, caplog):
     """No cert entry yet (say, an older `policy apply`): the round succeeds with the enrolment
     secret_id, which is kept (and its expiry exported) until the certificate logs in."""
