@@ -9,7 +9,6 @@ import typer
 
 from vaultk8s.cli import common
 from vaultk8s.errors import ConfigError
-from vaultk8s.ops import adopt as ops
 
 
 def adopt(
@@ -30,6 +29,8 @@ def adopt(
     """Import a kubeadm cluster's CAs and service-account key into Vault, keeping every existing
     certificate, kubeconfig and token valid. Then `vaultk8s bootstrap --out` rewrites the directory
     in place (docs/adopt.md). Reads VAULT_ADDR, VAULT_TOKEN, VAULT_CACERT (or BAO_*)."""
+    from vaultk8s.ops import adopt as ops
+
     if print_config:
         typer.echo(ops.derived_config(source), nl=False)
         return

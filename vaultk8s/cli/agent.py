@@ -13,7 +13,6 @@ import typer
 from vaultk8s.agent.reload import ExecHook, SignalHook, parse_signal
 from vaultk8s.cli import common
 from vaultk8s.errors import ConfigError, shown
-from vaultk8s.ops.renew import node_output
 
 # The runner (prometheus-client) and the HTTP server are imported by the command itself, so every
 # other command starts without them.
@@ -49,6 +48,7 @@ def agent(
     reports READY=1 after the first good round and pings WATCHDOG=1 while /healthz would be 200.
     """
     from vaultk8s.agent.runner import Agent, AgentSettings
+    from vaultk8s.ops.renew import node_output
     from vaultk8s.serve import HealthServer, Notifier, Watchdog
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s vaultk8s-agent %(levelname)s %(message)s")

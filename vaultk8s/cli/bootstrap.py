@@ -7,8 +7,7 @@ from pathlib import Path
 import typer
 
 from vaultk8s.cli import common
-from vaultk8s.ops.bootstrap import DEFAULT_WORKERS
-from vaultk8s.ops.bootstrap import bootstrap as run_bootstrap
+from vaultk8s.ops.defaults import DEFAULT_WORKERS
 
 
 def bootstrap(
@@ -26,6 +25,8 @@ def bootstrap(
     run changes nothing unless a certificate is missing, in its renewal window, or no longer
     matches the catalog.
     """
+    from vaultk8s.ops.bootstrap import bootstrap as run_bootstrap
+
     cluster = common.load(config)
     gateway = common.vault_gateway(pool_size=workers + 2)
     with common.progress_bars(output is common.Output.text) as progress:

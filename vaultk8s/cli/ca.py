@@ -10,8 +10,7 @@ from rich.table import Table
 
 from vaultk8s import catalog
 from vaultk8s.cli import common
-from vaultk8s.ops import ca_rotation as ops
-from vaultk8s.plan.ca_rotation import CARotationPhase
+from vaultk8s.plan.phases import CARotationPhase
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -36,6 +35,8 @@ def rotate(
     State is kept in the mount's issuers. Restart what does not reload its CA files after stage and
     retire (etcd members, one at a time): see docs/ca-rotation.md.
     """
+    from vaultk8s.ops import ca_rotation as ops
+
     cluster = common.load(config)
     report = ops.rotate(cluster, out, common.vault_gateway(), ca.value, CARotationPhase(phase.value), now=common.now(),
                         dry_run=dry_run, force=force)
@@ -58,6 +59,8 @@ def status(
     output: common.Output = common.OutputOption,
 ) -> None:
     """Each CA's rotation state, its issuers, and how many leaves under --out each one signed."""
+    from vaultk8s.ops import ca_rotation as ops
+
     cluster = common.load(config)
     result = ops.status(cluster, out, common.vault_gateway())
     if common.json_output(output, result):

@@ -10,7 +10,6 @@ from rich.table import Table
 
 from vaultk8s.cli import common
 from vaultk8s.durations import days_hours
-from vaultk8s.ops.check import check_out_dir
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -24,6 +23,8 @@ def check(
 
     Exits 1 when any certificate is expired, has the wrong CA, or a missing or mismatched key.
     """
+    from vaultk8s.ops.check import check_out_dir
+
     rows = check_out_dir(out, common.now())
     bad = [r for r in rows if r.problems]
     if output is common.Output.json:

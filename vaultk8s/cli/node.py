@@ -6,8 +6,12 @@ from pathlib import Path
 
 import typer
 
+from typing import TYPE_CHECKING
+
 from vaultk8s.cli import common
-from vaultk8s.ops import node as ops
+
+if TYPE_CHECKING:  # the operations load with the command that runs them, not at start-up
+    from vaultk8s.ops import node as ops
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -28,6 +32,8 @@ def credentials(
     The secret_id is the node's enrolment credential (policy.secret_id_ttl, default 24h): the agent
     uses it for one round, then logs in with the node's certificate and destroys it (docs/identity.md).
     """
+    from vaultk8s.ops import node as ops
+
     wrap_seconds = int(common.duration_flag(wrap_ttl, "--wrap-ttl").total_seconds()) if wrap_ttl else None
     cluster = common.load(config)
     cluster.node(node)  # an unknown node fails before any Vault call
@@ -52,6 +58,8 @@ def revoke(
 ) -> None:
     """Destroy the node's secret_ids and certificate login and (default) delete its identity so its live
     tokens stop working. It stays revoked through later `policy apply` runs until `--readmit`."""
+    from vaultk8s.ops import node as ops
+
     cluster = common.load(config)
     cluster.node(node)
     report = ops.revoke(cluster, node, common.vault_gateway(), tokens=not keep_tokens)

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from vaultk8s.cli import common
-from vaultk8s.ops import policy as ops
-from vaultk8s.plan.review import Review
+
+if TYPE_CHECKING:  # the operations load with the command that runs them, not at start-up
+    from vaultk8s.ops import policy as ops
+    from vaultk8s.plan.review import Review
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -23,6 +26,8 @@ ReviewOutput = common.str_choices("ReviewOutput", ["text", "json", "markdown"])
 @app.command("render")
 def render(config: Path = common.ConfigOption, directory: Path = DirOption) -> None:
     """Regenerate policies/*.hcl from the catalog and the cluster file (commit the result)."""
+    from vaultk8s.ops import policy as ops
+
     changed = ops.render_to_dir(common.load(config), directory)
     typer.echo(f"{len(changed)} file(s) changed in {directory}" + (": " + ", ".join(changed) if changed else ""))
 
@@ -43,6 +48,8 @@ def apply(
 
     Needs an admin token: writing policies and identities is what grants everything else.
     """
+    from vaultk8s.ops import policy as ops
+
     report = ops.apply(common.load(config), common.vault_gateway(), dry_run=dry_run, readmit=tuple(readmit))
     _print_report(report, output, "would" if dry_run else "did")
 
@@ -50,6 +57,8 @@ def apply(
 @app.command("diff")
 def diff(config: Path = common.ConfigOption, output: common.Output = common.OutputOption) -> None:
     """Show drift between the rendered policies/auth roles and Vault. Exits 1 on drift."""
+    from vaultk8s.ops import policy as ops
+
     report = ops.apply(common.load(config), common.vault_gateway(), dry_run=True)
     _print_report(report, output, "drift")
     if report.changed:
@@ -79,6 +88,8 @@ def review(
 
     Online (default) it reads the policies and roles as they are in Vault (an auditor token suffices).
     """
+    from vaultk8s.ops import policy as ops
+
     cluster = common.load(config)
     result = ops.review_offline(cluster, directory) if offline else ops.review_vault(cluster, common.vault_gateway())
     if output is ReviewOutput.json:

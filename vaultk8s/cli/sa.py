@@ -10,8 +10,7 @@ from rich.table import Table
 
 from vaultk8s.cli import common
 from vaultk8s.durations import days_hours
-from vaultk8s.ops import sa as sa_ops
-from vaultk8s.plan.sa import SARotationPhase
+from vaultk8s.plan.phases import SARotationPhase
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -33,6 +32,8 @@ def rotate(
     Updates the key set in Vault KV (check-and-set), then sa.key and sa.pub in every control-plane
     node's pki/. Restart kube-apiserver and kube-controller-manager to load them.
     """
+    from vaultk8s.ops import sa as sa_ops
+
     cluster = common.load(config)
     report = sa_ops.rotate(cluster, out, common.vault_gateway(), SARotationPhase(phase.value), now=common.now(),
                            force=force)
@@ -48,6 +49,8 @@ def status(
     output: common.Output = common.OutputOption,
 ) -> None:
     """The service-account keys in Vault: state, age, and when a previous key may be retired."""
+    from vaultk8s.ops import sa as sa_ops
+
     cluster = common.load(config)
     result = sa_ops.status(cluster, common.vault_gateway(), now=common.now())
     if common.json_output(output, result):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
@@ -10,8 +11,9 @@ from rich.table import Table
 
 from vaultk8s.cli import common
 from vaultk8s.durations import days_hours
-from vaultk8s.ops import status as ops
-from vaultk8s.plan.status import StatusReport, rfc3339
+
+if TYPE_CHECKING:  # the operations load with the command that runs them, not at start-up
+    from vaultk8s.plan.status import StatusReport
 
 
 def status(
@@ -28,6 +30,8 @@ def status(
     token may list them). Due: automatic renewals past their renewal point, anything a person
     renews lapsing within --warn, a previous service-account key past its retire time.
     """
+    from vaultk8s.ops import status as ops
+
     window = common.duration_flag(warn, "--warn")
     report = ops.status(common.load(config), common.vault_gateway(), now=common.now(), warn=window, out=out)
     if not common.json_output(output, report):
@@ -39,6 +43,8 @@ def status(
 
 
 def _print_text(report: StatusReport) -> None:
+    from vaultk8s.plan.status import rfc3339
+
     now = common.now()
     table = Table("KIND", "NAME", "NOT AFTER", "LEFT", "DUE", "RENEWED BY", box=None)
     for item, due in zip(report.items, report.due):

@@ -28,6 +28,7 @@ from vaultk8s.errors import VaultK8sError
 from vaultk8s.ops import sa as sa_ops
 from vaultk8s.ops.cas import ensure_cas
 from vaultk8s.ops.cert_auth import ensure_login_trust
+from vaultk8s.ops.defaults import DEFAULT_WORKERS
 from vaultk8s.ops.kubeconfigs import ensure_node_kubeconfigs
 from vaultk8s.ops.leaves import CAState, IssuedLeaf, ca_bundle_changes, issue_leaf, key_and_csr_args, leaf_changes, observe_leaf
 from vaultk8s.plan.actions import Action, ActionReport
@@ -44,9 +45,6 @@ if TYPE_CHECKING:  # annotations only: hvac and requests load with the first com
 
 Progress = Callable[[str, int], Callable[[], None]]  # (phase, total) -> advance()
 
-# Concurrent Vault requests. Measured knee (bench/README.md): a bare client against a local
-# OpenBao signs fastest at 32 in flight (16: -12%, 64: -20%); role writes and reads flatten there.
-DEFAULT_WORKERS = 32
 # Threads writing node directories and kubeconfigs. Creating files costs kernel time that grows
 # faster than the writers: 1000 payloads took 5.8 s with 1 thread, 3.0-3.5 s with 4, 4.1 s with 8,
 # 5.3 s with 16 (bench/README.md). Vault's concurrency does not apply to the disk.

@@ -22,6 +22,7 @@ from cryptography import x509
 from vaultk8s import crypto
 from vaultk8s.errors import PlanRefused
 from vaultk8s.plan.actions import Action
+from vaultk8s.plan.phases import CARotationPhase
 from vaultk8s.plan.naming import (CROSS_PREFIX, RETIRED_PREFIX, cross_name, generation_of, intermediate_name,
                                   retired_name, retired_until_of, root_name)
 
@@ -39,14 +40,6 @@ def retired_usage(cert: x509.Certificate) -> str:
         crl_sign = True  # no KeyUsage: every usage is allowed
     return RETIRED_USAGE if crl_sign else RETIRED_USAGE_NO_CRL
 SHOWN_LEAVES = 5  # a refusal names this many leaves, then counts the rest
-
-
-class CARotationPhase(str, Enum):
-    """The steps of `vaultk8s ca rotate --phase`, in order; plan_rotation plans one."""
-
-    STAGE = "stage"
-    SWITCH = "switch"
-    RETIRE = "retire"
 
 
 class State(str, Enum):

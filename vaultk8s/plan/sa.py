@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from vaultk8s import crypto
 from vaultk8s.durations import hours_minutes
 from vaultk8s.errors import PlanRefused
+from vaultk8s.plan.phases import SARotationPhase
 
 DOCUMENT_SCHEMA = 1
 # max_versions on the key-set secret: one rotation's states (before stage, staged, promoted) stay
@@ -105,14 +106,6 @@ def key_pem(keys: KeySet) -> bytes:
 
 
 # --- the state machine --------------------------------------------------------------------------
-
-class SARotationPhase(str, Enum):
-    """The steps of `vaultk8s sa rotate --phase`, in order; apply_phase runs one."""
-
-    STAGE = "stage"
-    PROMOTE = "promote"
-    RETIRE = "retire"
-
 
 def stage(state: KeySet, new: SAKey | None, now: datetime) -> KeySet:
     """Add a verification-only key. A no-op when a key is already staged (new may then be None)."""
