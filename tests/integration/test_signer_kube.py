@@ -275,6 +275,24 @@ def test_two_signers_sign_each_csr_exactly_once(kube):
     assert kube.issued_count() == before + len(names) + 1
 
 
+def test_a_backlog_is_signed_by_several_workers_each_csr_once(kube):
+    """CSRs that piled up while no signer ran (a first start, an outage) are handled --workers at a
+    time: every one signed, none twice."""
+    plane = kube.plane
+    nodes = [f"worker-{1 + i % 2}" for i in range(16)]
+    names = [post_csr(plane, make_request(f"system:node:{node}")[1], kubeconfig=plane.out / node / "kubelet.conf")
+             for node in nodes]
+    for name in names:  # kube-controller-manager approves a node's own client CSRs
+        wait_csr(plane, name, until="Approved")
+    before = kube.issued_count()
+    with kube.signer("--workers", "4") as signer:
+        for name in names:
+            wait_csr(plane, name)
+        log = signer.text()
+    assert kube.issued_count() == before + len(names)
+    assert all(log.count(f"signed CSR {name} ") == 1 for name in names), log
+
+
 def test_vault_down_is_retried_with_backoff_never_failed(kube):
     plane = kube.plane
     target = int(kube.env["VAULT_ADDR"].rsplit(":", 1)[1])

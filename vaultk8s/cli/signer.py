@@ -14,7 +14,7 @@ import typer
 from vaultk8s.cli import common
 from vaultk8s.cli.node import print_credentials
 from vaultk8s.errors import ConfigError, VaultK8sError
-from vaultk8s.ops import node as ops
+from vaultk8s.ops.defaults import DEFAULT_SIGNER_WORKERS
 
 
 def signer(
@@ -33,6 +33,8 @@ def signer(
     lease_name: str = typer.Option("vaultk8s-signer", "--lease-name", help="Name of the leader-election Lease."),
     identity: str = typer.Option("", "--identity", help="This replica's name in the Lease (default: host name + random)."),
     resync: str = typer.Option("5m", "--resync", help="Re-list every CSR this often (the watch covers the rest)."),
+    workers: int = typer.Option(DEFAULT_SIGNER_WORKERS, "--workers", min=1, max=64,
+                                help="CSRs of a list (start-up, resync, a backlog) handled at once."),
 ) -> None:
     """Sign approved kubelet CSRs (kube-apiserver-client-kubelet, kubelet-serving) with each node's own Vault role.
 
@@ -47,6 +49,7 @@ def signer(
     from vaultk8s.signer.controller import Signer, SignerSettings, VaultSigner, run_elector
     from vaultk8s.signer.leader import LeaseElector
     from vaultk8s.signer.metrics import SignerMetrics
+    from vaultk8s.ops import node as ops
     from vaultk8s.serve import HealthServer, parse_listen_addr
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s vaultk8s-signer %(levelname)s %(message)s")
@@ -63,7 +66,8 @@ def signer(
                           "(deploy/signer/signer.yaml)", "command line")
     common.vault_gateway()  # VAULT_ADDR missing: fail now, not at the first CSR
     settings = SignerSettings(config=cluster, approve_serving=approve_serving, credentials_dir=credentials,
-                              token_file=token_file, jwt_file=jwt_file, resync_seconds=resync_seconds)
+                              token_file=token_file, jwt_file=jwt_file, resync_seconds=resync_seconds,
+                              workers=workers)
     gateway = kube.KubeGateway(kube.connect(kubeconfig))
     elector = LeaseElector(gateway, lease_namespace, lease_name,
                            identity or f"{socket.gethostname()}_{uuid.uuid4().hex[:8]}")
@@ -103,6 +107,8 @@ def signer_credentials(
     output: common.Output = common.OutputOption,
 ) -> None:
     """Write the CSR signer's AppRole role_id and a new secret_id as 0600 files (for `signer --credentials`)."""
+    from vaultk8s.ops import node as ops
+
     wrap_seconds = int(common.duration_flag(wrap_ttl, "--wrap-ttl").total_seconds()) if wrap_ttl else None
     report = ops.write_signer_credentials(common.load(config), out, common.vault_gateway(),
                                           wrap_ttl_seconds=wrap_seconds)

@@ -5,6 +5,9 @@ on the fresh object, and every write carries that object's resourceVersion: a CS
 or a human changed meanwhile is left for the next event instead of being signed twice. Transient
 failures (Vault down or sealed, an expired token, the API server unreachable) are retried with
 backoff and a full re-list; they never become a Failed condition. Only a refusal does.
+A list (start-up, a resync, after an outage) is handled by `workers` threads at once: a backlog of
+a thousand CSRs is signed in parallel, each CSR still by one thread; the watch handles one event
+at a time.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import logging
 import random
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,6 +26,7 @@ from vaultk8s.config import ClusterConfig
 from vaultk8s.errors import (KubeConflict, KubeError, PermissionDeniedError, StoreError, VaultError, VaultK8sError,
                              VaultRequestRefused)
 from vaultk8s.ops import signer_auth
+from vaultk8s.ops.defaults import DEFAULT_SIGNER_WORKERS
 from vaultk8s.ops.node import authenticate
 from vaultk8s.plan.csr_review import Decision, Verdict, review_csr, status_certificate
 from vaultk8s.signer.kube import KubeGateway, Obj, view_of
@@ -50,6 +55,7 @@ class SignerSettings:
     resync_seconds: int = 300
     watch_seconds: int = 30  # a watch ends this often, so shutdown and lost leadership are noticed
     relogin_fraction: float = 2 / 3  # of the login's lease: a 1-minute token_ttl logs in again at 40 s
+    workers: int = DEFAULT_SIGNER_WORKERS  # CSRs of one list handled at once
 
     @property
     def login_method(self) -> str:
@@ -86,6 +92,7 @@ class VaultSigner:
         for reason in LOGIN_FAILURE_REASONS:  # at 0 from the start, so increase() sees the first failure
             self.metrics.login_failures.labels(settings.login_method, reason)
         self._gateway: VaultGateway | None = None
+        self._login_lock = threading.RLock()  # one login however many threads sign
         self._owned = False
         self._relogin_at = self._expires_at = 0.0  # monotonic
 
@@ -96,13 +103,19 @@ class VaultSigner:
         except VaultRequestRefused:
             raise
         except VaultError:
-            self._gateway = None
+            with self._login_lock:
+                if self._gateway is gateway:  # not one another thread has logged in since
+                    self._gateway = None
             raise
         chain = list(data.get("ca_chain") or []) or [data.get("issuing_ca") or ""]
         return status_certificate(data["certificate"], [c for c in chain if c])
 
     def session(self) -> VaultGateway:
         """The logged-in gateway; logs in (again) first when there is none or 2/3 of its lease passed."""
+        with self._login_lock:
+            return self._session()
+
+    def _session(self) -> VaultGateway:
         if self._gateway is not None and self._owned and self.monotonic() >= self._relogin_at:
             self.close()
         if self._gateway is None:
@@ -137,7 +150,8 @@ class VaultSigner:
 
     def close(self) -> None:
         """Revoke a token this process logged in for; the next sign logs in again."""
-        gateway, self._gateway = self._gateway, None
+        with self._login_lock:
+            gateway, self._gateway = self._gateway, None
         if gateway is not None and self._owned and self.monotonic() < self._expires_at:  # else nothing to revoke
             try:
                 gateway.revoke_self()
@@ -221,12 +235,26 @@ class Signer:
     # --- the loop -------------------------------------------------------------------------------
 
     def sync(self) -> str:
-        """Handle every CSR; returns the resourceVersion to watch from."""
+        """Handle every CSR, `workers` at a time; returns the resourceVersion to watch from. After the
+        first failure the CSRs not yet started are left, and it is raised (the retry lists again)."""
         items, version = self.kube.list_csrs()
-        for csr in items:
-            self.handle(csr)
+        pending = [csr for csr in items if self._decide(csr).decision is not Decision.SKIP]
+        failed: list[Exception] = []
+        with ThreadPoolExecutor(max_workers=self.settings.workers, thread_name_prefix="csr") as pool:
+            list(pool.map(lambda csr: self._handle_unless_failed(csr, failed), pending))
+        if failed:
+            raise failed[0]
         self.metrics.last_sync.set(time.time())
         return version
+
+    def _handle_unless_failed(self, csr: Obj, failed: list[Exception]) -> None:
+        if failed:  # Vault or the API server is failing: one backoff, not one per pending CSR
+            return
+        self.heartbeat.beat()
+        try:
+            self.handle(csr)
+        except (Transient, KubeError) as err:
+            failed.append(err)
 
     def run(self) -> None:
         """Until stop(): while leader, list then watch (re-listing every resync), backing off on failures."""
