@@ -40,6 +40,8 @@ from tests.helpers.kube import running_control_plane, stop_process
 from tests.helpers.kubelet import (KubeletNode, apply_bootstrap_rbac, bootstrap_kubeconfig, kubelet_prereqs,
                                    start_signer, write_projected_token)
 from tests.helpers.redacted import RedactedEnv
+from vaultk8s import catalog
+from vaultk8s.ops.renew import agent_renews
 
 pytestmark = pytest.mark.integration
 
@@ -62,11 +64,18 @@ class Watch:
     stop: threading.Event = field(default_factory=threading.Event)
 
 
+# People's certificates (admin, super-admin) are on no node's credential: `vaultk8s bootstrap`, run
+# by a person, renews them, so nothing here does.
+PEOPLES = {spec.cert_file for spec in catalog.CERTS if not agent_renews(spec)}
+
+
 def _certificates(roots: list[tuple[Path, str]]) -> list[Path]:
-    """The certificate files in use: every *.crt a node's pki/ shows (not the ..data copies behind
-    it), and the kubelet's *-current.pem (it keeps the older ones it rotated away from)."""
+    """The certificate files agents and kubelets keep fresh: every *.crt a node's pki/ shows (not the
+    ..data copies behind it) but people's, and the kubelet's *-current.pem (it keeps the older ones
+    it rotated away from)."""
     return [path for root, pattern in roots for path in root.rglob(pattern)
-            if path.is_file() and not any(part.startswith("..") for part in path.relative_to(root).parts)]
+            if path.is_file() and path.name not in PEOPLES
+            and not any(part.startswith("..") for part in path.relative_to(root).parts)]
 
 
 def _watch_expiry(watch: Watch, roots: list[tuple[Path, str]]) -> None:
@@ -139,7 +148,9 @@ def run_lifetimes(openbao_ha, tmp_path: Path, *, minutes: float, leaf_ttl: str, 
     kubelet_prereqs()
     admin = RedactedEnv(openbao_ha.env_for(openbao_ha.standby()))
     prefix = f"life{secrets.token_hex(3)}/"
-    policy = {"secret_id_ttl": ENROLMENT_TTL, "token_ttl": "1m", "token_max_ttl": "2m"}
+    # bind_cidrs off: the agents reach Vault from 127.0.0.1, not from their nodes' 127.0.1.N
+    # (tests/integration/test_node_identity.py proves the CIDR-bound certificate login).
+    policy = {"secret_id_ttl": ENROLMENT_TTL, "token_ttl": "1m", "token_max_ttl": "2m", "bind_cidrs": False}
     watch = Watch()
     with running_control_plane(tmp_path, admin, prefix, workers=2, leaf_ttl=leaf_ttl, policy=policy) as plane:
         plane.start_controller_manager()
