@@ -68,12 +68,17 @@ def main() -> None:
     if args.work_dir is not None and args.work_dir.exists():
         parser.error(f"--work-dir {args.work_dir} already exists: give a new directory")
     with _work_dir(args.work_dir) as tmp:
-        server = DevServer(tmp / "bao", port=find_free_port())
-        env = server.up()
-        try:
-            print(json.dumps(run(env, tmp, args)), flush=True)
-        finally:
-            server.down()
+        print_against_openbao(tmp, lambda env: run(env, tmp, args))
+
+
+def print_against_openbao(tmp: Path, measure) -> None:
+    """Start one local OpenBao under tmp, print measure(env) as one JSON line, stop it."""
+    server = DevServer(tmp / "bao", port=find_free_port())
+    env = server.up()
+    try:
+        print(json.dumps(measure(env)), flush=True)
+    finally:
+        server.down()
 
 
 @contextlib.contextmanager

@@ -49,7 +49,7 @@ def cert_mount(config: ClusterConfig) -> str:
 
 def cert_entry(node: str) -> str:
     """The node's entry on the cert mount (`certs/<entry>`), named like its AppRole role."""
-    return f"{_NODE}{node}"
+    return approle_role(node)
 
 
 def cert_alias(node: str) -> str:
@@ -71,8 +71,8 @@ def approle_role(node: str) -> str:
 
 
 def token_display_name(node: str) -> str:
-    """Vault shows the node's plain tokens as `token-node-<node>`."""
-    return f"{_NODE}{node}"
+    """Vault shows the node's plain tokens as `token-<approle role>`, i.e. `token-node-<node>`."""
+    return approle_role(node)
 
 
 def entity_name(config: ClusterConfig, node: str) -> str:
