@@ -383,6 +383,32 @@ def apply_bootstrap_rbac(plane: KubeControlPlane) -> None:
 
 
 # the signer, as tests/integration/test_signer_kube.py runs it ---------------------------------------
+_TOKEN_MINTER = """apiVersion: v1
+kind: ServiceAccount
+metadata: {name: vaultk8s-test-token-minter, namespace: kube-system}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {name: vaultk8s-test-token-minter, namespace: kube-system}
+rules:
+- {apiGroups: [""], resources: [serviceaccounts/token], resourceNames: [vaultk8s-signer], verbs: [create]}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: vaultk8s-test-token-minter, namespace: kube-system}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: vaultk8s-test-token-minter}
+subjects:
+- {kind: ServiceAccount, name: vaultk8s-test-token-minter, namespace: kube-system}
+"""
+
+
+def token_minter_kubeconfig(plane: KubeControlPlane, path: Path, hours: int = 2) -> Path:
+    """The kubelet's one power a projected token needs (TokenRequest for vaultk8s-signer), as a
+    ServiceAccount token of `hours`: it outlives admin.conf, which only a person's bootstrap renews."""
+    plane.kubectl("apply", "-f", "-", input=_TOKEN_MINTER)
+    token = Secret(plane.kubectl("-n", "kube-system", "create", "token", "vaultk8s-test-token-minter",
+                                 f"--duration={hours}h").stdout.strip())
+    return token_kubeconfig(plane, token, path)
 def start_signer(plane: KubeControlPlane, vault_env: dict[str, str], workdir: Path, *extra: str,
                  jwt_file: Path | None = None) -> SignerProcess:
     """deploy/signer applied (its ServiceAccount and RBAC, kubeadm's bootstrap bindings; the Deployment
@@ -408,11 +434,13 @@ def start_signer(plane: KubeControlPlane, vault_env: dict[str, str], workdir: Pa
                          *login, "--approve-serving", *extra)
 
 
-def write_projected_token(plane: KubeControlPlane, path: Path, minutes: int = 10) -> None:
+def write_projected_token(plane: KubeControlPlane, path: Path, minutes: int = 10,
+                          kubeconfig: Path | None = None) -> None:
     """What the kubelet puts in the signer pod's projected volume: a TokenRequest token for
-    vaultk8s-signer, audience vaultk8s (deploy/signer/signer.yaml), replaced atomically, 0600."""
+    vaultk8s-signer, audience vaultk8s (deploy/signer/signer.yaml), replaced atomically, 0600.
+    Asked for as kubeconfig's identity (default admin.conf, whose certificate lives one leaf_ttl)."""
     token = plane.kubectl("-n", "kube-system", "create", "token", "vaultk8s-signer", "--audience=vaultk8s",
-                          f"--duration={minutes}m").stdout.strip()
+                          f"--duration={minutes}m", kubeconfig=kubeconfig).stdout.strip()
     scratch = path.with_name(path.name + ".new")
     scratch.touch(mode=0o600)
     scratch.write_text(token)

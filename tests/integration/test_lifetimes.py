@@ -38,7 +38,7 @@ from tests.helpers.agent import start_agent, stop_agent
 from tests.helpers.cluster import run_cli
 from tests.helpers.kube import running_control_plane, stop_process
 from tests.helpers.kubelet import (KubeletNode, apply_bootstrap_rbac, bootstrap_kubeconfig, kubelet_prereqs,
-                                   start_signer, write_projected_token)
+                                   start_signer, token_minter_kubeconfig, write_projected_token)
 from tests.helpers.redacted import RedactedEnv
 from vaultk8s import catalog
 from vaultk8s.ops.renew import agent_renews
@@ -119,11 +119,11 @@ def _etcd_loop(watch: Watch, pki: Path, port: int) -> None:
             watch.etcd_failures.append(f"{datetime.now(timezone.utc):%H:%M:%S} {done.stderr.strip()[-300:]}")
 
 
-def _refresh_projected_token(watch: Watch, plane, path: Path) -> None:
+def _refresh_projected_token(watch: Watch, plane, path: Path, minter: Path) -> None:
     """The kubelet's job for a projected token of 10 minutes: a new one at 80% of its life."""
     while not watch.stop.wait(8 * 60):
         try:
-            write_projected_token(plane, path)
+            write_projected_token(plane, path, kubeconfig=minter)
         except AssertionError as err:  # kubectl failed (e.g. the API server restarting): next time
             watch.event_errors.append(f"projected token refresh: {err}"[:500])
 
@@ -131,7 +131,9 @@ def _refresh_projected_token(watch: Watch, plane, path: Path) -> None:
 def _threads(watch: Watch, roots: list[tuple[Path, str]], ports: dict[str, int], plane,
              jwt_file: Path) -> list[threading.Thread]:
     threads = [threading.Thread(target=_watch_expiry, args=(watch, roots), daemon=True),
-               threading.Thread(target=_refresh_projected_token, args=(watch, plane, jwt_file), daemon=True),
+               threading.Thread(target=_refresh_projected_token,
+                                args=(watch, plane, jwt_file, token_minter_kubeconfig(plane, jwt_file.with_name("minter.conf"))),
+                                daemon=True),
                threading.Thread(target=_watch_health, args=(watch, ports), daemon=True),
                threading.Thread(target=_etcd_loop, args=(watch, plane.pki, plane.etcd_ports[0]), daemon=True)]
     for thread in threads:
