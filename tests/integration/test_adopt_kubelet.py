@@ -40,9 +40,9 @@ def test_kubelet_joined_before_adoption_rotates_through_vaultk8s_signer(vault_en
                                       workers=[{"name": WORKER, "ips": [WORKER_IP]}])
             plane.cluster_file = cluster
             adopt_in_place(plane, cluster, vault_env)
-            signer = start_signer(plane, vault_env, tmp_path)
-            plane.stop_controller_manager(kcm)
+            plane.stop_controller_manager(kcm)  # docs/adopt.md step 4: csrsigning off, then the signer
             plane.start_controller_manager(csrsigning=False)
+            signer = start_signer(plane, vault_env, tmp_path)
             assert [k for k in CA_KEYS if (plane.node_dir / k).exists()] == []
 
             life = (first.not_valid_after_utc - first.not_valid_before_utc).total_seconds()
