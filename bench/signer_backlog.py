@@ -116,8 +116,8 @@ def _post_backlog(plane, admin: _Client, count: int) -> list[tuple[str, str]]:
 
 def _run_signer(plane, env, tmp: Path, count: int, timeout: float, workers: int | None) -> dict:
     token_file = tmp / "signer-token"
+    token_file.touch(mode=0o600)  # 0600 before the token is in it
     token_file.write_text(env.token)
-    token_file.chmod(0o600)
     port = loopback_port()
     base = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))}
     child_env = {**base, **env.as_environ(), "PYTHONPATH": str(REPO)}

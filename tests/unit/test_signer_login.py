@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 import pytest
 
 from vaultk8s.config import parse_config
-from vaultk8s.errors import ConfigError, VaultError, VaultRequestRefused
+from vaultk8s.errors import ConfigError, PermissionDeniedError, VaultError, VaultRequestRefused
 from vaultk8s.plan import jwt_claims, machine_auth
 from vaultk8s.signer.controller import SignerSettings, VaultSigner
 from vaultk8s.signer.metrics import SignerMetrics
@@ -141,3 +141,42 @@ def test_jwt_claims_never_raise():
     assert jwt_claims.expiry(_jwt(exp=1_700_000_000)) == datetime.fromtimestamp(1_700_000_000, timezone.utc)
     for bad in ("", "a.b", "a.!!!.c", "a." + base64.urlsafe_b64encode(b"[1]").decode() + ".c", _jwt(exp=None)):
         assert jwt_claims.expiry(bad) is None
+
+
+def test_a_sign_whose_token_another_thread_just_replaced_is_made_once_more_with_the_new_one(tmp_path):
+    """--workers: one thread logs in again at 2/3 of the lease and revokes the old token while
+    another thread's sign is in flight on it. That sign's 403 issued nothing: it is repeated once
+    on the new session instead of failing the whole list into a backoff."""
+    clock = Clock()
+    gateways: list[FakeVault] = []
+
+    class Revoked(FakeVault):
+        def sign(self, mount, role, csr, ttl):
+            if self is gateways[0]:
+                clock.now += 40
+                signer.session()  # the other thread: logs in again, revoking this token
+                raise PermissionDeniedError("Vault denied permission to sign (403)")
+            return {"certificate": "LEAF"}
+
+    def connect():
+        gateways.append(Revoked(lease=60))
+        return gateways[-1]
+
+    token = tmp_path / "token"
+    token.write_text(_jwt())
+    settings = SignerSettings(config=parse_config(DOC), jwt_file=token)
+    signer = VaultSigner(connect, settings, monotonic=clock, clock=lambda: 5000.0)
+    assert b"LEAF" in signer.sign("c1/kubernetes-ca", "kubelet-client-cp-1", "CSR", 600)
+    assert len(gateways) == 2 and gateways[0].revoked == 1
+
+
+def test_a_403_on_the_current_session_still_fails_and_drops_it(tmp_path):
+    class Denied(FakeVault):
+        def sign(self, mount, role, csr, ttl):
+            raise PermissionDeniedError("Vault denied permission to sign (403)")
+
+    vault, clock = Denied(lease=60), Clock()
+    signer, _ = _signer(tmp_path, vault, clock)
+    with pytest.raises(PermissionDeniedError):
+        signer.sign("c1/kubernetes-ca", "kubelet-client-cp-1", "CSR", 600)
+    assert signer._gateway is None  # the next sign logs in again

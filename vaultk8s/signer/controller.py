@@ -99,7 +99,15 @@ class VaultSigner:
     def sign(self, mount: str, role: str, csr_pem: str, ttl_seconds: int) -> bytes:
         gateway = self.session()
         try:
-            data = gateway.sign(mount, role, csr_pem, ttl_seconds)
+            try:
+                data = gateway.sign(mount, role, csr_pem, ttl_seconds)
+            except PermissionDeniedError:
+                if not self._superseded(gateway):
+                    raise
+                # another thread logged in again meanwhile and revoked this token; a 403 issued
+                # nothing, so once more with the new session
+                gateway = self.session()
+                data = gateway.sign(mount, role, csr_pem, ttl_seconds)
         except VaultRequestRefused:
             raise
         except VaultError:
@@ -109,6 +117,10 @@ class VaultSigner:
             raise
         chain = list(data.get("ca_chain") or []) or [data.get("issuing_ca") or ""]
         return status_certificate(data["certificate"], [c for c in chain if c])
+
+    def _superseded(self, gateway: VaultGateway) -> bool:
+        with self._login_lock:
+            return self._gateway is not None and self._gateway is not gateway
 
     def session(self) -> VaultGateway:
         """The logged-in gateway; logs in (again) first when there is none or 2/3 of its lease passed."""
