@@ -48,6 +48,7 @@ def main() -> None:
     parser.add_argument("--floor-threads", default="8,16,32", help="thread counts the floor tries (best counts)")
     parser.add_argument("--signer-workers", type=int, help="pass --workers N to the signer (default: its own)")
     parser.add_argument("--timeout", type=float, default=900, help="give up on the signer after this long")
+    parser.add_argument("--py-spy", metavar="SVG", help="run the signer under `py-spy record -o SVG` (collapsed stacks unless it ends .svg; its times then include py-spy)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="vaultk8s-signer-bench-") as tmp_name:
         print_against_openbao(Path(tmp_name), lambda env: run(env, Path(tmp_name), args))
@@ -62,7 +63,7 @@ def run(env, tmp: Path, args) -> dict:
         config = load_config(plane.cluster_file)
         admin = _Client(plane.url, plane.pki / "ca.crt", plane.pki / "super-admin.crt", plane.pki / "super-admin.key")
         csrs = _post_backlog(plane, admin, args.csrs)
-        signer = _run_signer(plane, env, tmp, len(csrs), args.timeout, args.signer_workers)
+        signer = _run_signer(plane, env, tmp, len(csrs), args.timeout, args.signer_workers, args.py_spy)
         unsigned = [c["metadata"]["name"] for c in admin.get(CSR_API)["items"] if not (c.get("status") or {}).get("certificate")]
         if unsigned:
             raise SystemExit(f"{len(unsigned)} CSR(s) still unsigned, e.g. {unsigned[0]}")
@@ -114,7 +115,7 @@ def _post_backlog(plane, admin: _Client, count: int) -> list[tuple[str, str]]:
         return list(pool.map(post, range(count)))
 
 
-def _run_signer(plane, env, tmp: Path, count: int, timeout: float, workers: int | None) -> dict:
+def _run_signer(plane, env, tmp: Path, count: int, timeout: float, workers: int | None, py_spy: str | None = None) -> dict:
     token_file = tmp / "signer-token"
     token_file.touch(mode=0o600)  # 0600 before the token is in it
     token_file.write_text(env.token)
@@ -124,7 +125,9 @@ def _run_signer(plane, env, tmp: Path, count: int, timeout: float, workers: int 
     child_env.pop("VAULT_TOKEN", None)
     log = open(tmp / "signer.log", "wb")
     started = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-m", "vaultk8s", "signer", "--config", str(plane.cluster_file),
+    profiler = ["py-spy", "record", "--rate", "200", "--format", "flamegraph" if py_spy.endswith(".svg") else "raw",
+                "-o", py_spy, "--"] if py_spy else []
+    proc = subprocess.Popen(profiler + [sys.executable, "-m", "vaultk8s", "signer", "--config", str(plane.cluster_file),
                              "--kubeconfig", str(plane.super_admin_kubeconfig), "--token-file", str(token_file),
                              "--metrics-addr", f"127.0.0.1:{port}"] + (["--workers", str(workers)] if workers else []),
                             env=child_env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
@@ -135,7 +138,8 @@ def _run_signer(plane, env, tmp: Path, count: int, timeout: float, workers: int 
             time.sleep(0.1)
         signer_s = time.monotonic() - started
     finally:
-        proc.send_signal(signal.SIGTERM)
+        for pid in _children(proc.pid) if py_spy else [proc.pid]:  # py-spy writes its file once the signer exits
+            os.kill(pid, signal.SIGTERM)
         _, status, usage = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)
         stop_process(proc)
@@ -143,6 +147,10 @@ def _run_signer(plane, env, tmp: Path, count: int, timeout: float, workers: int 
     return {"signer_s": round(signer_s, 2), "signer_cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
             "signer_sys_s": round(usage.ru_stime, 2), "signer_cpu_ms_per_csr": round(1000 * (usage.ru_utime + usage.ru_stime) / count, 2),
             "signer_peak_rss_mb": round(usage.ru_maxrss / 1024, 1)}
+
+
+def _children(pid: int) -> list[int]:
+    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
 
 def _signed(port: int) -> float:

@@ -15,6 +15,7 @@ import secrets
 import string
 import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -291,6 +292,29 @@ def test_a_backlog_is_signed_by_several_workers_each_csr_once(kube):
         log = signer.text()
     assert kube.issued_count() == before + len(names)
     assert all(log.count(f"signed CSR {name} ") == 1 for name in names), log
+
+
+def test_the_api_connection_is_reused_by_every_read_and_write(kube):
+    """Each response is read to its end, so its connection goes back to the pool: a backlog costs one
+    TLS handshake per worker thread, not one per call. Writes that left their response unread made
+    every call a new handshake (16% of the signer's CPU in bench/signer_backlog.py)."""
+    from vaultk8s.signer.kube import KubeGateway, connect
+
+    plane = kube.plane
+    names = [post_csr(kube.plane, make_request("system:node:worker-1")[1]) for _ in range(4)]  # admin's: none approves
+    gateway = KubeGateway(connect(plane.super_admin_kubeconfig))
+    now = datetime.now(timezone.utc)
+    for name in names:
+        gateway.add_condition(gateway.read_csr(name), "Denied", "Test", "reuse", now)
+        gateway.add_condition(gateway.read_csr(name), "Failed", "Test", "reuse", now)
+    lease = f"reuse-{secrets.token_hex(3)}"
+    gateway.create_lease("kube-system", lease, {"holderIdentity": "a", "leaseDurationSeconds": 15})
+    for holder in ("b", "c"):
+        gateway.replace_lease(gateway.read_lease("kube-system", lease), {"holderIdentity": holder, "leaseDurationSeconds": 15})
+    gateway.list_csrs()
+    pools = gateway.api_client.rest_client.pool_manager.pools
+    assert [pools[key].num_connections for key in pools.keys()] == [1]  # 20 calls, one TLS connection
+    assert all("Failed" in conditions(get_csr(plane, name)) for name in names)
 
 
 def test_vault_down_is_retried_with_backoff_never_failed(kube):

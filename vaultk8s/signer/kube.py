@@ -89,7 +89,8 @@ class KubeGateway:
     def set_certificate(self, csr: Obj, bundle: bytes) -> None:
         body = _with_status(csr, certificate=base64.b64encode(bundle).decode())
         with _translate(f"write the certificate of {csr['metadata']['name']}"):
-            self.certs.replace_certificate_signing_request_status(csr["metadata"]["name"], body, _preload_content=False)
+            _json(self.certs.replace_certificate_signing_request_status(csr["metadata"]["name"], body,
+                                                                        _preload_content=False))
 
     def add_condition(self, csr: Obj, kind: str, reason: str, message: str, now: datetime) -> None:
         """Approved or Denied go through the approval subresource, Failed through status."""
@@ -98,9 +99,9 @@ class KubeGateway:
         name = csr["metadata"]["name"]
         with _translate(f"set {kind} on {name}"):
             if kind == "Failed":
-                self.certs.replace_certificate_signing_request_status(name, body, _preload_content=False)
+                _json(self.certs.replace_certificate_signing_request_status(name, body, _preload_content=False))
             else:
-                self.certs.replace_certificate_signing_request_approval(name, body, _preload_content=False)
+                _json(self.certs.replace_certificate_signing_request_approval(name, body, _preload_content=False))
 
     # --- Leases ---------------------------------------------------------------------------------
 
@@ -112,14 +113,14 @@ class KubeGateway:
         body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
                 "metadata": {"name": name, "namespace": namespace}, "spec": spec}
         with _translate(f"create Lease {namespace}/{name}"):
-            self.coordination.create_namespaced_lease(namespace, body, _preload_content=False)
+            _json(self.coordination.create_namespaced_lease(namespace, body, _preload_content=False))
 
     def replace_lease(self, lease: Obj, spec: Obj) -> None:
         """Write spec over the lease as read (its resourceVersion guards the write)."""
         meta = lease["metadata"]
         body = {**lease, "spec": spec}
         with _translate(f"update Lease {meta['namespace']}/{meta['name']}"):
-            self.coordination.replace_namespaced_lease(meta["name"], meta["namespace"], body, _preload_content=False)
+            _json(self.coordination.replace_namespaced_lease(meta["name"], meta["namespace"], body, _preload_content=False))
 
 
 def _with_status(csr: Obj, **fields: Any) -> Obj:
@@ -127,6 +128,8 @@ def _with_status(csr: Obj, **fields: Any) -> Obj:
 
 
 def _json(response: Any) -> Obj:
+    """The body of an unpreloaded response. Every call reads it: only a response read to the end
+    gives its connection back to the pool; else each call pays a new TLS handshake."""
     return json.loads(response.data)
 
 
