@@ -12,7 +12,11 @@ kubelet-client CSR with its own certificate, and the super-admin approves them a
 2. **floor**: the same CSRs through `/sign` on the same roles by a bare `requests` client, one
    keep-alive Session per thread (compare.py's `_Bare`), best of the thread counts. Nothing is
    written back to the API server, so the floor is what Vault alone charges.
-Prints one JSON line; `signer_over_floor` = signer_s / floor_s.
+3. **write floor**: one status write per CSR (PUT .../status of the listed object, one more condition)
+   by the same bare client, best of the thread counts: what the API server and etcd charge for the
+   write-back the sign floor leaves out.
+Prints one JSON line; `signer_over_floor` = signer_s / floor_s, `signer_over_both_floors` =
+signer_s / (floor_s + kube_write_floor_s): on 2 cores Vault, etcd and the API server share the CPU.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -67,8 +72,12 @@ def run(env, tmp: Path, args) -> dict:
         unsigned = [c["metadata"]["name"] for c in admin.get(CSR_API)["items"] if not (c.get("status") or {}).get("certificate")]
         if unsigned:
             raise SystemExit(f"{len(unsigned)} CSR(s) still unsigned, e.g. {unsigned[0]}")
-        floor = _floor(env, config, csrs, [int(t) for t in args.floor_threads.split(",")])
-    return {"csrs": len(csrs), "signer_workers": args.signer_workers, **signer, **floor, "signer_over_floor": round(signer["signer_s"] / floor["floor_s"], 2),
+        threads = [int(t) for t in args.floor_threads.split(",")]
+        floor = _floor(env, config, csrs, threads)
+        write_floor = _write_floor(plane, threads)
+    return {"csrs": len(csrs), "signer_workers": args.signer_workers, **signer, **floor, **write_floor,
+            "signer_over_floor": round(signer["signer_s"] / floor["floor_s"], 2),
+            "signer_over_both_floors": round(signer["signer_s"] / (floor["floor_s"] + write_floor["kube_write_floor_s"]), 2),
             "load_before": round(load_before, 2), "load_after": round(os.getloadavg()[0], 2)}
 
 
@@ -171,6 +180,28 @@ def _floor(env, config, csrs: list[tuple[str, str]], thread_counts: list[int]) -
 
     times = {threads: round(_timed_map(threads, sign, csrs), 2) for threads in thread_counts}
     return {"floor_s": min(times.values()), "floor_by_threads_s": times}
+
+
+def _write_floor(plane, thread_counts: list[int]) -> dict:
+    """One status write per CSR, as the signer makes it (PUT .../status with the listed object), by a
+    bare client: what the API server and etcd alone charge for writing the certificates back."""
+    local = threading.local()
+    pki = plane.pki
+
+    def write(csr: dict, kind: str) -> None:
+        if not hasattr(local, "client"):
+            local.client = _Client(plane.url, pki / "ca.crt", pki / "super-admin.crt", pki / "super-admin.key")
+        name, status = csr["metadata"]["name"], csr.setdefault("status", {})
+        status["conditions"] = [*status.get("conditions", []),
+                                {"type": kind, "status": "True", "reason": "Bench", "message": "write floor"}]
+        local.client.send("PUT", f"{CSR_API}/{name}/status", csr)
+
+    admin = _Client(plane.url, pki / "ca.crt", pki / "super-admin.crt", pki / "super-admin.key")
+    times = {}
+    for threads in thread_counts:  # each round writes every CSR once more, from a fresh list
+        kind = f"BenchWrite{threads}"  # a condition type appears once per CSR
+        times[threads] = round(_timed_map(threads, lambda csr: write(csr, kind), admin.get(CSR_API)["items"]), 2)
+    return {"kube_write_floor_s": min(times.values()), "kube_write_floor_by_threads_s": times}
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ Kubernetes knows (who asked), so a refusal is explained instead of being a Vault
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from dataclasses import dataclass
 from enum import Enum
@@ -84,7 +85,9 @@ class Refusal(Exception):
         self.message = message
 
 
-def review_csr(csr: CsrView, config: ClusterConfig, approve_serving: bool = False) -> Verdict:
+def skipped(csr: CsrView, approve_serving: bool = False) -> Verdict | None:
+    """The SKIP verdict of a CSR that is not the signer's to act on, decided without parsing its
+    request; None when review_csr must look at it."""
     if csr.signer_name not in SIGNER_CERTS:
         return Verdict(Decision.SKIP, "OtherSigner", f"signer {csr.signer_name} is not ours")
     if csr.issued or csr.failed or csr.denied:
@@ -92,6 +95,13 @@ def review_csr(csr: CsrView, config: ClusterConfig, approve_serving: bool = Fals
     serving = csr.signer_name == SERVING_SIGNER
     if not csr.approved and not (serving and approve_serving):
         return Verdict(Decision.SKIP, "Pending", "waiting for an approver")
+    return None
+
+
+def review_csr(csr: CsrView, config: ClusterConfig, approve_serving: bool = False) -> Verdict:
+    skip = skipped(csr, approve_serving)
+    if skip is not None:
+        return skip
     try:
         node = check_csr(csr, config)
     except Refusal as refused:
@@ -199,11 +209,16 @@ def _check_sans(signer_name: str, request: x509.CertificateSigningRequest, node:
 
 def status_certificate(leaf_pem: str, ca_chain_pems: list[str]) -> bytes:
     """The leaf and the intermediates a verifier needs; the root stays out (kubelets trust ca.crt)."""
-    chain = [leaf_pem.strip()]
+    chain = [leaf_pem.strip(), *(pem for pem in _intermediates(tuple(ca_chain_pems)) if pem != leaf_pem.strip())]
+    return ("\n".join(chain) + "\n").encode()
+
+
+@functools.lru_cache(maxsize=8)  # every sign of a mount returns the same chain: check its signatures once
+def _intermediates(ca_chain_pems: tuple[str, ...]) -> tuple[str, ...]:
+    found: list[str] = []
     for pem in ca_chain_pems:
         for cert in load_certs(pem):
-            if not is_self_signed(cert):
-                text = cert_pem(cert).decode().strip()
-                if text not in chain:
-                    chain.append(text)
-    return ("\n".join(chain) + "\n").encode()
+            text = cert_pem(cert).decode().strip()
+            if not is_self_signed(cert) and text not in found:
+                found.append(text)
+    return tuple(found)

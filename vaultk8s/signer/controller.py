@@ -28,7 +28,7 @@ from vaultk8s.errors import (KubeConflict, KubeError, PermissionDeniedError, Sto
 from vaultk8s.ops import signer_auth
 from vaultk8s.ops.defaults import DEFAULT_SIGNER_WORKERS
 from vaultk8s.ops.node import authenticate
-from vaultk8s.plan.csr_review import Decision, Verdict, review_csr, status_certificate
+from vaultk8s.plan.csr_review import Decision, Verdict, review_csr, skipped, status_certificate
 from vaultk8s.signer.kube import KubeGateway, Obj, view_of
 from vaultk8s.signer.leader import LeaseElector
 from vaultk8s.signer.metrics import Heartbeat, SignerMetrics
@@ -188,24 +188,31 @@ class Signer:
 
     # --- one CSR --------------------------------------------------------------------------------
 
-    def handle(self, csr: Obj) -> Verdict | None:
-        """Decide and act on one CSR; returns what was done (None: nothing to do or not leader)."""
+    def handle(self, csr: Obj, listed_in_term: int | None = None) -> Verdict | None:
+        """Decide and act on one CSR; returns what was done (None: nothing to do or not leader).
+
+        A CSR is read again first (another replica may have acted on it), unless it comes from a
+        list this replica took in its leadership term still running: then no other replica has acted
+        since, and a third party's change meanwhile fails the write on its resourceVersion."""
+        if not self._awaits_signer(csr) or not self.elector.is_leader():
+            return None
+        if listed_in_term is None or listed_in_term != self.elector.term:
+            csr = self.kube.read_csr(csr["metadata"]["name"])
+            if csr is None:
+                return None
         verdict = self._decide(csr)
-        if verdict.decision is Decision.SKIP or not self.elector.is_leader():
-            return None
-        fresh = self.kube.read_csr(csr["metadata"]["name"])  # another replica may have acted already
-        if fresh is None:
-            return None
-        verdict = self._decide(fresh)
         if verdict.decision is Decision.SKIP:
             return None
         try:
-            self._act(fresh, verdict)
+            self._act(csr, verdict)
         except KubeConflict as err:
             log.info("CSR %s changed while being handled, deciding again on the next event: %s",
-                     fresh["metadata"]["name"], err)
+                     csr["metadata"]["name"], err)
             return None
         return verdict
+
+    def _awaits_signer(self, csr: Obj) -> bool:
+        return skipped(view_of(csr), self.settings.approve_serving) is None
 
     def _decide(self, csr: Obj) -> Verdict:
         return review_csr(view_of(csr), self.settings.config, self.settings.approve_serving)
@@ -249,22 +256,24 @@ class Signer:
     def sync(self) -> str:
         """Handle every CSR, `workers` at a time; returns the resourceVersion to watch from. After the
         first failure the CSRs not yet started are left, and it is raised (the retry lists again)."""
+        term = self.elector.term  # before is_leader: a term that ends meanwhile makes every CSR read again
+        term_of_list = term if self.elector.is_leader() else None
         items, version = self.kube.list_csrs()
-        pending = [csr for csr in items if self._decide(csr).decision is not Decision.SKIP]
+        pending = [csr for csr in items if self._awaits_signer(csr)]
         failed: list[Exception] = []
         with ThreadPoolExecutor(max_workers=self.settings.workers, thread_name_prefix="csr") as pool:
-            list(pool.map(lambda csr: self._handle_unless_failed(csr, failed), pending))
+            list(pool.map(lambda csr: self._handle_unless_failed(csr, failed, term_of_list), pending))
         if failed:
             raise failed[0]
         self.metrics.last_sync.set(time.time())
         return version
 
-    def _handle_unless_failed(self, csr: Obj, failed: list[Exception]) -> None:
+    def _handle_unless_failed(self, csr: Obj, failed: list[Exception], listed_in_term: int | None) -> None:
         if failed:  # Vault or the API server is failing: one backoff, not one per pending CSR
             return
         self.heartbeat.beat()
         try:
-            self.handle(csr)
+            self.handle(csr, listed_in_term)
         except (Transient, KubeError) as err:
             failed.append(err)
 

@@ -41,6 +41,7 @@ class LeaseElector:
     renew_deadline_seconds: int = 10
     clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)
     monotonic: Callable[[], float] = time.monotonic
+    term: int = 0  # counts the times this replica became leader: an unchanged term is unbroken leadership
     _leading_until: float = field(default=0.0, repr=False)
 
     def is_leader(self) -> bool:
@@ -55,6 +56,7 @@ class LeaseElector:
             log.info("lease %s/%s: %s", self.namespace, self.name, err)
             return False
         if held and not self.is_leader():
+            self.term += 1
             log.info("became leader (lease %s/%s, identity %s)", self.namespace, self.name, self.identity)
         self._leading_until = started + self.renew_deadline_seconds if held else 0.0
         return held
