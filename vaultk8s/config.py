@@ -6,6 +6,7 @@ problem found is collected, so an operator fixes the file in one pass.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from dataclasses import dataclass
@@ -14,14 +15,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 from urllib.parse import urlsplit
 
-import yaml
-
 from vaultk8s.durations import parse_duration
 from vaultk8s.errors import ConfigError, shown
 from vaultk8s.hostnames import is_dns_label, is_dns_subdomain, is_ip, url_port
 from vaultk8s.keytypes import LEAF_KEY_TYPES, ROOT_KEY_TYPES, SA_KEY_TYPES
 
 if TYPE_CHECKING:
+    import yaml
+
     from vaultk8s.hsm.settings import HsmSettings
 
 DEFAULT_APISERVER_PORT = 6443
@@ -145,23 +146,31 @@ MAX_CONFIG_BYTES = 32 * 1024 * 1024  # a 10,000-node cluster file is about 1 MB
 MAX_DEPTH = 64  # a cluster file is 5 levels deep
 
 
-class _StrictLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # libyaml: 10x faster on big files
-    """safe_load, minus what hides mistakes: a duplicate key would silently keep the last value."""
+@functools.cache  # PyYAML loads with the first cluster file, not with `vaultk8s --help`
+def _strict_loader() -> type:
+    import yaml
 
-    def construct_mapping(self, node, deep=False):  # type: ignore[override]
-        seen: set[Any] = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=True)
-            if isinstance(key, (str, int, float, bool)) or key is None:
-                if key in seen:
-                    raise ConfigError(f"duplicate key {shown(key)} at line {key_node.start_mark.line + 1}")
-                seen.add(key)
-        return super().construct_mapping(node, deep=deep)
+    class StrictLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # libyaml: 10x faster on big files
+        """safe_load, minus what hides mistakes: a duplicate key would silently keep the last value."""
+
+        def construct_mapping(self, node, deep=False):  # type: ignore[override]
+            seen: set[Any] = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                if isinstance(key, (str, int, float, bool)) or key is None:
+                    if key in seen:
+                        raise ConfigError(f"duplicate key {shown(key)} at line {key_node.start_mark.line + 1}")
+                    seen.add(key)
+            return super().construct_mapping(node, deep=deep)
+
+    return StrictLoader
 
 
 def _refuse_aliases_and_depth(root: yaml.Node) -> None:
     """An alias (*name) makes the composer reuse a node: refuse any node met twice (no alias bombs),
     and nesting deeper than any cluster file needs. Iterative, so no input can exhaust the stack."""
+    import yaml
+
     seen: set[int] = set()
     stack = [(root, 1)]
     while stack:
@@ -199,7 +208,9 @@ def load_config(path: Path) -> ClusterConfig:
 
 
 def parse_yaml(text: str, source: str) -> Any:
-    loader = _StrictLoader(text)
+    import yaml
+
+    loader = _strict_loader()(text)
     try:
         root = loader.get_single_node()
         if root is None:

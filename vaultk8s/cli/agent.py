@@ -10,7 +10,6 @@ from pathlib import Path
 
 import typer
 
-from vaultk8s.agent.reload import ExecHook, SignalHook, parse_signal
 from vaultk8s.cli import common
 from vaultk8s.errors import ConfigError, shown
 
@@ -85,6 +84,8 @@ def agent(
 
 
 def _hooks(exec_: list[str], pid_file: Path | None, reload_signal: str | None) -> tuple:
+    from vaultk8s.agent.reload import ExecHook, SignalHook, parse_signal
+
     hooks: list = []
     for cmd in exec_:
         try:

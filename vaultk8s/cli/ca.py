@@ -5,14 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from vaultk8s import catalog
 from vaultk8s.cli import common
 from vaultk8s.plan.phases import CARotationPhase
 
-app = typer.Typer(no_args_is_help=True)
+app = common.command_group()
 
 CAOption = common.str_choices("CAOption", [c.name for c in catalog.CAS])
 PhaseOption = common.str_choices("PhaseOption", [p.value for p in CARotationPhase])
@@ -65,11 +63,8 @@ def status(
     result = ops.status(cluster, out, common.vault_gateway())
     if common.json_output(output, result):
         return
-    console = Console(width=200)
     for ca in result:
-        table = Table("ISSUER", "ROLE", "DEFAULT", "ISSUING", "NOT AFTER", "LEAVES", box=None)
-        for i in ca["issuers"]:
-            table.add_row(i["name"] or i["id"], i["role"], "yes" if i["default"] else "", "yes" if i["issuing"] else "no",
-                          i["not_after"][:16].replace("T", " "), str(i["leaves"]))
-        console.print(f"{ca['ca']} ({ca['mount']}): {ca['state']}; next: {ca['next']}", highlight=False)
-        console.print(table)
+        typer.echo(f"{ca['ca']} ({ca['mount']}): {ca['state']}; next: {ca['next']}")
+        common.print_table(("ISSUER", "ROLE", "DEFAULT", "ISSUING", "NOT AFTER", "LEAVES"),
+                           [(i["name"] or i["id"], i["role"], "yes" if i["default"] else "", "yes" if i["issuing"] else "no",
+                             i["not_after"][:16].replace("T", " "), str(i["leaves"])) for i in ca["issuers"]])

@@ -5,13 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from vaultk8s.cli import common
 from vaultk8s.durations import days_hours
 
-app = typer.Typer(no_args_is_help=True)
+app = common.command_group()
 
 
 @app.command("check")
@@ -30,11 +28,9 @@ def check(
     if output is common.Output.json:
         common.print_json({"certificates": [r.to_dict() for r in rows], "problems": len(bad)})
     else:
-        table = Table("NODE", "CERTIFICATE", "EXPIRES", "RESIDUAL", "CA", "STATUS", box=None)
-        for r in rows:
-            status = ", ".join(r.problems) or ("renewal due" if r.renewal_due else "ok")
-            expires = r.not_after.strftime("%Y-%m-%d %H:%M UTC") if r.not_after else "-"
-            table.add_row(r.node, r.file, expires, days_hours(r.residual_seconds), r.ca, status)
-        Console(width=200).print(table)
+        common.print_table(("NODE", "CERTIFICATE", "EXPIRES", "RESIDUAL", "CA", "STATUS"),
+                           [(r.node, r.file, r.not_after.strftime("%Y-%m-%d %H:%M UTC") if r.not_after else "-",
+                             days_hours(r.residual_seconds), r.ca,
+                             ", ".join(r.problems) or ("renewal due" if r.renewal_due else "ok")) for r in rows])
     if bad:
         raise typer.Exit(1)

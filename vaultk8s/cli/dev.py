@@ -7,8 +7,10 @@ from typing import Annotated, Optional
 
 import typer
 
+from vaultk8s.cli import common
 
-app = typer.Typer(no_args_is_help=True)
+
+app = common.command_group()
 
 DEFAULT_STATE_DIR = Path(".vaultk8s/dev")
 StateDir = Annotated[

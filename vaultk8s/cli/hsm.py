@@ -9,11 +9,12 @@ from pathlib import Path
 import typer
 
 from vaultk8s import catalog
+from vaultk8s.cli import common
 from vaultk8s.cli.common import Output
 from vaultk8s.config import load_config
 from vaultk8s.errors import ConfigError
 
-app = typer.Typer(no_args_is_help=True)
+app = common.command_group()
 
 
 @app.command()

@@ -12,7 +12,7 @@ from vaultk8s.cli import common
 if TYPE_CHECKING:  # the operations load with the command that runs them, not at start-up
     from vaultk8s.ops import node as ops
 
-app = typer.Typer(no_args_is_help=True)
+app = common.command_group()
 
 NodeOption = typer.Option(..., "--node", "-n", help="Node name as in the cluster file.")
 

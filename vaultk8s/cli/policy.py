@@ -6,8 +6,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from vaultk8s.cli import common
 
@@ -15,7 +13,7 @@ if TYPE_CHECKING:  # the operations load with the command that runs them, not at
     from vaultk8s.ops import policy as ops
     from vaultk8s.plan.review import Review
 
-app = typer.Typer(no_args_is_help=True)
+app = common.command_group()
 
 DirOption = typer.Option(Path("policies"), "--dir", help="Directory of the reviewed policy files.", file_okay=False)
 
@@ -106,15 +104,9 @@ _COLUMNS = ("identity", "mount", "role", "common_name", "organization", "sans", 
 
 
 def _print_text(result: Review) -> None:
-    console = Console(width=240)
-    table = Table(*[c.upper() for c in _COLUMNS], box=None)
-    for row in result.rows:
-        table.add_row(*[getattr(row, c) for c in _COLUMNS])
-    console.print(table)
-    findings = Table("SEVERITY", "IDENTITY", "SUBJECT", "FINDING", box=None)
-    for f in result.findings:
-        findings.add_row(f.severity, f.identity, f.subject, f.message)
-    console.print(findings)
+    common.print_table([c.upper() for c in _COLUMNS], [[getattr(row, c) for c in _COLUMNS] for row in result.rows], 240)
+    common.print_table(("SEVERITY", "IDENTITY", "SUBJECT", "FINDING"),
+                       [(f.severity, f.identity, f.subject, f.message) for f in result.findings], 240)
     typer.echo(f"{len(result.high)} high finding(s)")
 
 

@@ -5,14 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from vaultk8s.cli import common
 from vaultk8s.durations import days_hours
 from vaultk8s.plan.phases import SARotationPhase
 
-app = typer.Typer(no_args_is_help=True)
+app = common.command_group()
 
 
 PhaseOption = common.str_choices("PhaseOption", [p.value for p in SARotationPhase])
@@ -55,12 +53,8 @@ def status(
     result = sa_ops.status(cluster, common.vault_gateway(), now=common.now())
     if common.json_output(output, result):
         return
-    table = Table("KEY ID", "TYPE", "STATE", "SINCE", "AGE", "RETIRE AFTER", box=None)
-    for k in result.keys:
-        retire = k.retire_after.strftime("%Y-%m-%d %H:%M UTC") if k.retire_after else "-"
-        table.add_row(k.id[:16], k.key_type, k.state, k.since.strftime("%Y-%m-%d %H:%M UTC"),
-                      days_hours(k.age_seconds), retire)
-    console = Console(width=200)
-    console.print(table)
-    console.print(f"{result.kv_path} (KV version {result.kv_version}), grace period {result.grace_period}; "
-                  f"next: {result.next_step}", highlight=False)
+    common.print_table(("KEY ID", "TYPE", "STATE", "SINCE", "AGE", "RETIRE AFTER"),
+                       [(k.id[:16], k.key_type, k.state, k.since.strftime("%Y-%m-%d %H:%M UTC"), days_hours(k.age_seconds),
+                         k.retire_after.strftime("%Y-%m-%d %H:%M UTC") if k.retire_after else "-") for k in result.keys])
+    typer.echo(f"{result.kv_path} (KV version {result.kv_version}), grace period {result.grace_period}; "
+               f"next: {result.next_step}")

@@ -6,8 +6,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from vaultk8s.cli import common
 from vaultk8s.durations import days_hours
@@ -46,12 +44,9 @@ def _print_text(report: StatusReport) -> None:
     from vaultk8s.plan.status import rfc3339
 
     now = common.now()
-    table = Table("KIND", "NAME", "NOT AFTER", "LEFT", "DUE", "RENEWED BY", box=None)
-    for item, due in zip(report.items, report.due):
-        left = days_hours(int((item.not_after - now).total_seconds())) if item.not_after else "-"
-        table.add_row(item.kind, item.name, rfc3339(item.not_after) or "never", left, "DUE" if due else "",
-                      item.renewed_by)
-    console = Console(width=220)
-    console.print(table)
+    common.print_table(("KIND", "NAME", "NOT AFTER", "LEFT", "DUE", "RENEWED BY"),
+                       [(item.kind, item.name, rfc3339(item.not_after) or "never",
+                         days_hours(int((item.not_after - now).total_seconds())) if item.not_after else "-",
+                         "DUE" if due else "", item.renewed_by) for item, due in zip(report.items, report.due)], 220)
     for note in report.notes:
-        console.print(f"note: {note}", highlight=False, markup=False)
+        typer.echo(f"note: {note}")
