@@ -58,7 +58,8 @@ def test_plain_files_are_linked_as_they_are_before_new_content(tmp_path, monkeyp
     published, removed = [], []
     real_publish, real_rmtree = atomic.PayloadDir._publish, atomic.shutil.rmtree
     monkeypatch.setattr(atomic.PayloadDir, "_publish",
-                        lambda self, files: published.append(files["a.key"].data) or real_publish(self, files))
+                        lambda self, files, previous: published.append(files["a.key"].data)
+                        or real_publish(self, files, previous))
     monkeypatch.setattr(atomic.shutil, "rmtree", lambda path, **kw: removed.append(os.path.islink(
         tmp_path / "pki" / "etcd")) or real_rmtree(path, **kw))
     assert PayloadDir(tmp_path / "pki").update({"a.crt": public(b"new"), "a.key": secret(b"new")})

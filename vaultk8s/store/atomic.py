@@ -15,9 +15,7 @@ cert links, so a crash between two links shows at worst a key without its cert, 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import fcntl
-import glob
 import os
 import secrets
 import shutil
@@ -55,8 +53,14 @@ def public(data: bytes) -> FileContent:
 
 def ensure_dir(path: Path) -> None:
     try:
-        path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
-        if stat.S_IMODE(path.stat().st_mode) != DIR_MODE:  # a chmod is a metadata write: only when needed
+        try:
+            found = os.stat(path)  # the common case, a directory already there: one call
+        except FileNotFoundError:
+            found = None
+        if found is None or not stat.S_ISDIR(found.st_mode):
+            path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)  # a file in the way: FileExistsError
+            found = os.stat(path)
+        if stat.S_IMODE(found.st_mode) != DIR_MODE:  # a chmod is a metadata write: only when needed
             os.chmod(path, DIR_MODE)
     except OSError as err:
         raise StoreError(f"cannot create directory {path}: {err.strerror}") from None
@@ -93,7 +97,7 @@ def write_file_in_place(path: Path, content: FileContent) -> bool:
 
 
 def _write_if_changed(path: Path, content: FileContent, make_parent: bool) -> bool:
-    if read_file(path) == content.data and _mode(path) == content.mode:
+    if _read_with_mode(path) == (content.data, content.mode):
         return False
     if make_parent:
         ensure_dir(path.parent)
@@ -130,11 +134,12 @@ def replace_file(path: Path, content: FileContent) -> None:
 
 def _remove_stale_tmps(path: Path) -> None:
     """Temps of this file left by a killed writer (old enough not to be a live writer's)."""
-    now = time.time()
-    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
-        with contextlib.suppress(OSError):
-            if now - tmp.lstat().st_mtime > STALE_TMP_SECONDS:
-                tmp.unlink()
+    now, prefix = time.time(), f".{path.name}."
+    for entry in _scandir(path.parent):
+        if entry.name.startswith(prefix) and entry.name.endswith(".tmp") and len(entry.name) > len(prefix) + 4:
+            with contextlib.suppress(OSError):
+                if now - entry.stat(follow_symlinks=False).st_mtime > STALE_TMP_SECONDS:
+                    os.unlink(entry.path)
 
 
 def remove_file(path: Path) -> bool:
@@ -178,11 +183,12 @@ class PayloadDir:
     def update(self, changes: Mapping[str, FileContent | None]) -> bool:
         """Apply changes (None removes a file) as one new version. False when nothing changed."""
         ensure_dir(self.path)
-        with locked(self.path / LOCK_FILE):
-            self._remove_leftovers()
-            if self._current_version() is not None and all(self._holds(rel, c) for rel, c in changes.items()):
+        with locked(self.path / LOCK_FILE):  # the current version is ours to change until the lock goes
+            current = self._current_version()
+            self._remove_leftovers(current)
+            if current is not None and all(_holds(current, rel, c) for rel, c in changes.items()):
                 return False  # the common re-run: compare only the changed files, not every file
-            old = self.snapshot()
+            old = _read_tree(current) if current is not None else self._legacy_files()
             new = dict(old)
             for rel, content in changes.items():
                 _check_rel(rel)
@@ -190,26 +196,18 @@ class PayloadDir:
                     new.pop(rel, None)
                 else:
                     new[rel] = content
-            if new == old and self._current_version() is not None:
+            if new == old and current is not None:
                 self._link_top_level({rel.split("/")[0] for rel in new})  # finishes a killed publish
                 return False
-            if self._current_version() is None and old and new != old:
+            if current is None and old and new != old:
                 # Plain files (kubeadm's): linked as they are first, then the new version swapped in,
                 # so no reader sees a new key beside an old certificate (docs/adopt-facts.md, 5 and 12).
-                self._publish(old)
-            self._publish(new)
+                self._publish(old, None)
+                current = self._current_version()
+            self._publish(new, current)
         return True
 
-    def _holds(self, rel: str, content: FileContent | None) -> bool:
-        """The current version already has rel as content (None: has no rel)."""
-        _check_rel(rel)
-        path = self._current_version() / rel
-        if content is None:
-            return not path.exists()
-        return read_file(path) == content.data and (_mode(path) or PUBLIC_MODE) == content.mode
-
-    def _publish(self, files: dict[str, FileContent]) -> None:
-        previous = self._current_version()
+    def _publish(self, files: dict[str, FileContent], previous: Path | None) -> None:
         stamp = datetime.now(timezone.utc).strftime("%Y_%m_%d_%H_%M_%S")
         version = self.path / f"..{stamp}.{secrets.token_hex(4)}"
         try:
@@ -233,43 +231,41 @@ class PayloadDir:
 
     def _link_top_level(self, names: set[str]) -> None:
         changed = False
+        entries = {e.name: e for e in _scandir(self.path)}  # d_type: no stat per entry
         for name in sorted(names, key=_keys_first):
-            entry = self.path / name
-            want = f"{DATA_LINK}/{name}"
-            if entry.is_symlink() and os.readlink(entry) == want:
+            entry, want = entries.get(name), f"{DATA_LINK}/{name}"
+            if entry is not None and entry.is_symlink() and os.readlink(entry.path) == want:
                 continue
-            if entry.is_dir() and not entry.is_symlink():
-                _replace_dir_with_link(entry, want)  # a plain directory (kubeadm's etcd/) is migrated
+            if entry is not None and entry.is_dir(follow_symlinks=False):
+                _replace_dir_with_link(self.path / name, want)  # a plain directory (kubeadm's etcd/) is migrated
             else:
-                _swap_link(entry, want)
+                _swap_link(self.path / name, want)
             changed = True
             crash_point("payload-link")
-        gone = [e for e in self.path.iterdir()
-                if e.is_symlink() and e.name not in names and not e.name.startswith(".")]
+        gone = [e for e in entries.values() if e.is_symlink() and e.name not in names and not e.name.startswith(".")]
         for entry in sorted(gone, key=lambda e: _keys_first(e.name), reverse=True):  # certs go first
-            entry.unlink()
+            os.unlink(entry.path)
             changed = True
         if changed:
             _fsync_dir(self.path)
 
-    def _remove_leftovers(self) -> None:
+    def _remove_leftovers(self, current: Path | None) -> None:
         """Version dirs and temp links of a writer killed mid-publish (we hold the lock: none is live)."""
-        current = self._current_version()
-        for entry in self.path.iterdir():
+        for entry in _scandir(self.path):
             if entry.name.startswith(".") and entry.name.endswith(".tmp"):
                 if entry.is_symlink():
-                    entry.unlink()
+                    os.unlink(entry.path)
                 else:  # a plain directory exchanged for its link, not yet removed
-                    shutil.rmtree(entry, ignore_errors=True)
+                    shutil.rmtree(entry.path, ignore_errors=True)
             elif (entry.name.startswith("..") and entry.name not in (DATA_LINK, LOCK_FILE)
-                  and entry.is_dir() and not entry.is_symlink() and entry != current):
-                shutil.rmtree(entry, ignore_errors=True)
+                  and entry.is_dir(follow_symlinks=False) and (current is None or entry.name != current.name)):
+                shutil.rmtree(entry.path, ignore_errors=True)
 
     def _current_version(self) -> Path | None:
-        link = self.path / DATA_LINK
-        if not link.is_symlink():
+        try:
+            target = self.path / os.readlink(self.path / DATA_LINK)
+        except OSError:  # missing, or not a link
             return None
-        target = self.path / os.readlink(link)
         return target if target.is_dir() else None
 
     def _legacy_files(self) -> dict[str, FileContent]:
@@ -289,6 +285,31 @@ def locked(path: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+def _holds(version: Path, rel: str, content: FileContent | None) -> bool:
+    """The version already has rel as content (None: has no rel)."""
+    _check_rel(rel)
+    found = _read_with_mode(version / rel)
+    if content is None:
+        return found is None
+    return found is not None and found[0] == content.data and (found[1] or PUBLIC_MODE) == content.mode
+
+
+def _read_with_mode(path: Path) -> tuple[bytes, int] | None:
+    """A file's bytes and permission bits through one descriptor; None when it does not exist."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(), stat.S_IMODE(os.fstat(handle.fileno()).st_mode)
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        raise StoreError(f"cannot read {path}: {err.strerror}") from None
+
+
+def _scandir(path: Path) -> list[os.DirEntry]:
+    with os.scandir(path) as entries:
+        return list(entries)
 
 
 def _keys_first(name: str) -> tuple[bool, str]:
@@ -349,6 +370,8 @@ _AT_FDCWD = -100
 
 def _exchange(first: Path, second: Path) -> bool:
     """Atomically swap two names (Linux renameat2); False when the libc, kernel or file system cannot."""
+    import ctypes  # here: only the in-place conversion of a kubeadm tree swaps directories
+
     try:
         renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
     except (OSError, AttributeError):
