@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import ipaddress
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,7 +88,57 @@ def render_document(rk: ResolvedKubeconfig, ca_pem: bytes, cert_pem: bytes | Non
 
 def render_kubeconfig(rk: ResolvedKubeconfig, ca_pem: bytes, cert_pem: bytes | None = None,
                       key_pem: bytes | None = None) -> bytes:
-    return yaml.dump(render_document(rk, ca_pem, cert_pem, key_pem), Dumper=_SAFE_DUMPER, sort_keys=False).encode()
+    """The YAML of render_document, byte for byte what yaml.dump makes of it."""
+    return dump_yaml(render_document(rk, ca_pem, cert_pem, key_pem)).encode()
+
+
+# PyYAML's representer costs ~0.4 ms a kubeconfig, most of a 1000-node bootstrap's kubeconfig
+# phase. Documents of one shape differ only in their strings, so each shape is dumped once with
+# placeholders, and strings YAML writes bare (plain scalars) are put in their place; a document
+# with any other string is dumped whole. tests/unit/test_kubeconfig_yaml.py holds the two equal.
+_PLACEHOLDER = re.compile(r"VAULTK8SPLACEHOLDER(\d{4})X")
+_PLAIN_SAFE = re.compile(r"[A-Za-z0-9][A-Za-z0-9+/=._@:-]*")
+
+
+def dump_yaml(doc: Any) -> str:
+    values: list[str] = []
+    skeleton = _hollow(doc, values)
+    if len(values) > 9999 or not all(_bare(v) for v in values):
+        return yaml.dump(doc, Dumper=_SAFE_DUMPER, sort_keys=False)
+    return _PLACEHOLDER.sub(lambda m: values[int(m.group(1))], _skeleton_yaml(skeleton))
+
+
+def _hollow(node: Any, values: list[str]) -> Any:
+    """node with every string value (not key) replaced by a numbered placeholder, appended to values."""
+    if isinstance(node, str):
+        values.append(node)
+        return f"VAULTK8SPLACEHOLDER{len(values) - 1:04d}X"
+    if isinstance(node, dict):
+        return {key: _hollow(value, values) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_hollow(item, values) for item in node]
+    return node
+
+
+def _skeleton_yaml(skeleton: Any) -> str:
+    key = repr(skeleton)
+    text = _SKELETONS.get(key)
+    if text is None:
+        text = yaml.dump(skeleton, Dumper=_SAFE_DUMPER, sort_keys=False)
+        if len(_SKELETONS) < 64:  # kubeconfigs come in a few shapes
+            _SKELETONS[key] = text
+    return text
+
+
+_SKELETONS: dict[str, str] = {}
+_RESOLVER = yaml.resolver.Resolver()  # the implicit types yaml.dump checks a string against
+
+
+def _bare(value: str) -> bool:
+    """yaml.dump writes value as it is: only plain-scalar characters, not ending in ':' (a key
+    indicator), and not read back as anything but a string (true, 1.5, null, a date...)."""
+    return (_PLAIN_SAFE.fullmatch(value) is not None and not value.endswith(":")
+            and _RESOLVER.resolve(yaml.ScalarNode, value, (True, False)) == "tag:yaml.org,2002:str")
 
 
 def kubeconfig_drift(desired: dict[str, Any], observed_yaml: bytes | None) -> str | None:
