@@ -156,12 +156,8 @@ def remove_file(path: Path) -> bool:
 
 
 def read_file(path: Path) -> bytes | None:
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        return None
-    except OSError as err:
-        raise StoreError(f"cannot read {path}: {err.strerror}") from None
+    found = _read_with_mode(path)
+    return found[0] if found is not None else None
 
 
 class PayloadDir:
