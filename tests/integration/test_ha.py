@@ -164,3 +164,17 @@ def test_sa_key_write_is_never_replayed_blindly(openbao_ha, mount_prefix):
         with pytest.raises(PlanRefused, match="changed in Vault while this command ran"):
             gateway.kv2_write(mount, "sa", racing, cas=0)
     assert gateway.kv2_read(mount, "sa") == (ours, 1)
+
+
+def test_an_auth_mount_probe_through_a_standby_answers_at_once(openbao_ha, mount_prefix):
+    """"Is anything mounted here?" (bootstrap asks it of the cert and JWT logins every run): a missing
+    mount is answered by the first 404, not waited out as a standby's lag (3 s each before); a
+    mount just enabled is seen as mounted."""
+    gateway = VaultGateway.from_env(openbao_ha.env_for(openbao_ha.standby()))
+    calls = []
+    gateway.client.adapter.session.hooks["response"].append(lambda response, *a, **kw: calls.append(response.url))
+    assert gateway.read_auth_config(f"auth/{mount_prefix}nothing/certs/x") == (False, None)
+    assert len(calls) == 1, calls
+    mount = f"{mount_prefix}probe-cert"
+    gateway.enable_auth("cert", mount, "test")
+    assert gateway.read_auth_config(f"auth/{mount}/certs/x")[0] is True

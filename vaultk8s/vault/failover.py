@@ -53,6 +53,7 @@ UNSENT, AMBIGUOUS, LAGGING = "unsent", "ambiguous", "lagging"
 LAG_SECONDS = 3.0
 _SAFE_METHODS = frozenset({"GET", "HEAD", "LIST", "DELETE", "OPTIONS"})
 _repeatable: contextvars.ContextVar[bool] = contextvars.ContextVar("vaultk8s_repeatable", default=False)
+_lag_waited: contextvars.ContextVar[bool] = contextvars.ContextVar("vaultk8s_lag_waited", default=True)
 
 
 @contextlib.contextmanager
@@ -63,6 +64,17 @@ def repeatable() -> Iterator[None]:
         yield
     finally:
         _repeatable.reset(token)
+
+
+@contextlib.contextmanager
+def missing_mounts_answered_at_once() -> Iterator[None]:
+    """Inside, "no handler for route" is the answer (nothing mounted there), not a standby's lag to
+    wait out: for probes where a missing mount is the common case (LAG_SECONDS each otherwise)."""
+    token = _lag_waited.set(False)
+    try:
+        yield
+    finally:
+        _lag_waited.reset(token)
 
 
 def classify(err: BaseException) -> str | None:
@@ -135,7 +147,7 @@ class FailoverAdapter(JSONAdapter):
             except (requests.RequestException, hv.VaultError) as err:
                 kind = classify(err)
                 may_repeat = kind in (UNSENT, LAGGING) or (kind == AMBIGUOUS and self._repeatable(method))
-                budget = LAG_SECONDS if kind == LAGGING else self.failover_seconds
+                budget = (LAG_SECONDS if _lag_waited.get() else 0.0) if kind == LAGGING else self.failover_seconds
                 if not self._answered:
                     raise  # a wrong VAULT_ADDR fails in seconds (urllib3's own retries), not after a failover wait
                 if not may_repeat or time.monotonic() + delay > started + budget:

@@ -30,7 +30,7 @@ from urllib3.util.retry import Retry
 
 from vaultk8s.errors import PermissionDeniedError, PlanRefused, VaultError, VaultRequestRefused, shown
 from vaultk8s.hostnames import url_port
-from vaultk8s.vault.failover import AMBIGUOUS, FailoverAdapter, classify, repeatable
+from vaultk8s.vault.failover import AMBIGUOUS, FailoverAdapter, classify, missing_mounts_answered_at_once, repeatable
 
 # 502-504 and 429 come from proxies, standbys and rate limits before a request was processed, so
 # retrying even a POST is safe; a 500 or a read error may have done the work and is not retried
@@ -485,8 +485,9 @@ class VaultGateway:
 
     def read_auth_config(self, path: str) -> tuple[bool, dict[str, Any] | None]:
         """(mounted, config): a 404 with no error is a mount without config yet; one saying "no
-        handler for route" means no auth method is mounted there."""
-        with self._translate("read", path):
+        handler for route" means no auth method is mounted there, answered at once (a cluster
+        without certificate or JWT logins is normal; each bootstrap waited LAG_SECONDS for it)."""
+        with self._translate("read", path), missing_mounts_answered_at_once():
             try:  # the adapter, not client.read: that one answers None for every 404
                 data = self.client.adapter.get(f"/v1/{path}")
                 return True, (data.get("data") if isinstance(data, dict) else None)
