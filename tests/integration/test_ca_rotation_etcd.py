@@ -31,7 +31,8 @@ CLIENT = "apiserver-etcd-client"
 LOOP_LIMIT_SECONDS = 300  # the loop stops by itself even if the test body hangs
 TLS_FAILURE = re.compile(r"x509|certificate|tls:|handshake", re.I)
 TRANSPORT_HICCUP = re.compile(r"DeadlineExceeded|deadline exceeded|Unavailable|missing content-type|"
-                              r"connection refused|transport is closing", re.I)
+                              r"connection refused|transport is closing|"
+                              r"server closed the stream without sending trailers", re.I)  # a member stopped mid-call
 
 
 class LoopClient(threading.Thread):
