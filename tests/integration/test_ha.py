@@ -177,4 +177,20 @@ def test_an_auth_mount_probe_through_a_standby_answers_at_once(openbao_ha, mount
     assert len(calls) == 1, calls
     mount = f"{mount_prefix}probe-cert"
     gateway.enable_auth("cert", mount, "test")
-    assert gateway.read_auth_config(f"auth/{mount}/certs/x")[0] is True
+    assert gateway.read_auth_config(f"auth/{mount}/certs/x", just_enabled=True)[0] is True
+
+
+def test_policy_apply_through_a_standby_configures_the_jwt_mount_it_enables(openbao_ha, tmp_path, mount_prefix):
+    """policy apply enables the JWT mount and at once writes its keys: that read waits out a
+    standby not yet knowing the new mount instead of taking it for "no JWT login here"."""
+    doc = cluster_doc(mount_prefix, workers=1)
+    doc["policy"] = {"bind_cidrs": False}
+    path = write_cluster(tmp_path / "cluster.yaml", doc)
+    env = openbao_ha.env_for(openbao_ha.standby())
+    boot = run_cli("bootstrap", "-c", str(path), "-o", str(tmp_path / "out"), env=env)  # makes the SA key set
+    assert boot.returncode == 0, boot.stderr
+    applied = cli(env, "policy", "apply", "-c", str(path))
+    assert applied.returncode == 0, applied.stderr
+    jwt = converge.VaultView(env).get(f"auth/{mount_prefix}jwt/config")["data"]
+    sa_pub = (tmp_path / "out" / "cp-1" / "pki" / "sa.pub").read_text().strip()
+    assert [k.strip() for k in jwt["jwt_validation_pubkeys"]] == [sa_pub]

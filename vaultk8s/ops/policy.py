@@ -129,7 +129,7 @@ def _ensure_signer_jwt(config: ClusterConfig, gateway: VaultGateway, report: Pol
     elif not mounted:  # a dry run before the mount exists
         report.actions.append(Action("write-jwt-config", f"auth/{mount}/config", "missing"))
     else:
-        report.actions.extend(signer_auth.sync_keys(config, gateway, keys, dry_run))
+        report.actions.extend(signer_auth.sync_keys(config, gateway, keys, dry_run, just_enabled=True))
 
 
 def _ensure_policies(config: ClusterConfig, gateway: VaultGateway, report: PolicyReport, dry_run: bool) -> None:

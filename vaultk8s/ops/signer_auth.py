@@ -42,12 +42,13 @@ def ensure_mount(config: ClusterConfig, gateway: VaultGateway, actions: list[Act
     return accessor is not None
 
 
-def sync_keys(config: ClusterConfig, gateway: VaultGateway, keys: sa.KeySet, dry_run: bool) -> list[Action]:
+def sync_keys(config: ClusterConfig, gateway: VaultGateway, keys: sa.KeySet, dry_run: bool,
+              just_enabled: bool = False) -> list[Action]:
     """Make the JWT config's keys (and issuer) match the key set; [] when they do, or when no JWT
-    mount exists yet (`policy apply` writes the config when it enables the mount)."""
+    mount exists yet (`policy apply` writes the config when it enables the mount, just_enabled)."""
     path = f"auth/{naming.jwt_mount(config)}/config"
     want = machine_auth.jwt_config_params(config, public_pems(keys))
-    mounted, have = gateway.read_auth_config(path)
+    mounted, have = gateway.read_auth_config(path, just_enabled=just_enabled)
     drift = machine_auth.jwt_config_drift(want, have)
     if not mounted or not drift:
         return []

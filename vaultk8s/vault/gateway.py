@@ -483,11 +483,13 @@ class VaultGateway:
             data = self.client.auth.token.lookup_self()
         return int(((data or {}).get("data") or {}).get("ttl") or 0)
 
-    def read_auth_config(self, path: str) -> tuple[bool, dict[str, Any] | None]:
+    def read_auth_config(self, path: str, *, just_enabled: bool = False) -> tuple[bool, dict[str, Any] | None]:
         """(mounted, config): a 404 with no error is a mount without config yet; one saying "no
-        handler for route" means no auth method is mounted there, answered at once (a cluster
-        without certificate or JWT logins is normal; each bootstrap waited LAG_SECONDS for it)."""
-        with self._translate("read", path), missing_mounts_answered_at_once():
+        handler for route" means no auth method is mounted there. That is answered at once (a
+        cluster without certificate or JWT logins is normal; each bootstrap waited LAG_SECONDS for
+        it), unless just_enabled: then it is a standby that has not seen the mount yet, waited out."""
+        answer = contextlib.nullcontext() if just_enabled else missing_mounts_answered_at_once()
+        with self._translate("read", path), answer:
             try:  # the adapter, not client.read: that one answers None for every 404
                 data = self.client.adapter.get(f"/v1/{path}")
                 return True, (data.get("data") if isinstance(data, dict) else None)
