@@ -13,7 +13,7 @@ from vaultk8s.signer.controller import Signer, SignerSettings
 from vaultk8s.signer.leader import LeaseElector
 
 from tests.helpers.csr import CLIENT_USAGES, make_request
-from tests.unit.test_signer_leader import Clock, LeaseStore
+from tests.helpers.lease import Clock, LeaseStore
 
 DOC = {
     "cluster": {"name": "demo", "endpoint": "https://10.0.0.10:6443", "domain": "example.org"},

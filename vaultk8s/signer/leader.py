@@ -41,7 +41,7 @@ class LeaseElector:
     renew_deadline_seconds: int = 10
     clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)
     monotonic: Callable[[], float] = time.monotonic
-    term: int = 0  # counts the times this replica became leader: an unchanged term is unbroken leadership
+    term: int = field(default=0, init=False)  # times this replica became leader: unchanged = unbroken leadership
     _leading_until: float = field(default=0.0, repr=False)
 
     def is_leader(self) -> bool:

@@ -286,9 +286,9 @@ def locked(path: Path) -> Iterator[None]:
 def _holds(version: Path, rel: str, content: FileContent | None) -> bool:
     """The version already has rel as content (None: has no rel)."""
     _check_rel(rel)
-    found = _read_with_mode(version / rel)
     if content is None:
-        return found is None
+        return not (version / rel).exists()
+    found = _read_with_mode(version / rel)
     return found is not None and found[0] == content.data and (found[1] or PUBLIC_MODE) == content.mode
 
 
