@@ -130,6 +130,8 @@ def run(env, tmp: Path, args) -> dict:
         "client_user_s": first["user_s"], "client_system_s": first["system_s"],
         "tmpfs": _fs_type(tmp) == "tmpfs", "work_dir_fs": _fs_type(tmp),
         "phases_first_s": first["report"].get("phase_seconds"), "phases_noop_s": noop["report"].get("phase_seconds"),
+        "phases_first_cpu_s": first["report"].get("phase_cpu_seconds"),
+        "phases_noop_cpu_s": noop["report"].get("phase_cpu_seconds"),
         "floor": floor["detail"], "noop_floor": noop_floor["detail"], "write_floor": write_floor["detail"],
         "cpus": os.cpu_count(), "load_before": load_before, "load_after": os.getloadavg()[0],
     }

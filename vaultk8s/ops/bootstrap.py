@@ -59,20 +59,22 @@ class BootstrapReport(ActionReport):
     seconds: float = 0.0
     ca_fingerprints: dict[str, str] = field(default_factory=dict)
     phase_seconds: dict[str, float] = field(default_factory=dict)  # wall time per phase, for bench/
+    phase_cpu_seconds: dict[str, float] = field(default_factory=dict)  # this process's CPU per phase
 
     @contextlib.contextmanager
     def phase(self, name: str) -> Iterator[None]:
-        started = time.monotonic()
+        started, cpu_started = time.monotonic(), time.process_time()
         try:
             yield
         finally:
             self.phase_seconds[name] = round(time.monotonic() - started, 3)
+            self.phase_cpu_seconds[name] = round(time.process_time() - cpu_started, 3)
 
     def to_dict(self) -> dict:
         return {
             "dry_run": self.dry_run, "changed": self.changed, "kept": self.kept,
             "seconds": round(self.seconds, 3), "ca_fingerprints": self.ca_fingerprints,
-            "phase_seconds": self.phase_seconds,
+            "phase_seconds": self.phase_seconds, "phase_cpu_seconds": self.phase_cpu_seconds,
             "actions": [a.to_dict() for a in self.actions],
         }
 
