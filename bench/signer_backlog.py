@@ -38,7 +38,7 @@ import requests
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.compare import _Bare, _timed_map, print_against_openbao  # noqa: E402
+from bench.compare import _Bare, _timed_map, machine_cpu_s, machine_use, print_against_openbao  # noqa: E402
 from tests.helpers.csr import CLIENT_USAGES, make_request  # noqa: E402
 from tests.helpers.kube import loopback_port, running_control_plane, stop_process  # noqa: E402
 from vaultk8s.config import load_config  # noqa: E402
@@ -133,7 +133,7 @@ def _run_signer(plane, env, tmp: Path, count: int, timeout: float, workers: int 
     child_env = {**base, **env.as_environ(), "PYTHONPATH": str(REPO)}
     child_env.pop("VAULT_TOKEN", None)
     log = open(tmp / "signer.log", "wb")
-    started = time.monotonic()
+    started, machine_started = time.monotonic(), machine_cpu_s()
     profiler = ["py-spy", "record", "--rate", "200", "--format", "flamegraph" if py_spy.endswith(".svg") else "raw",
                 "-o", py_spy, "--"] if py_spy else []
     proc = subprocess.Popen(profiler + [sys.executable, "-m", "vaultk8s", "signer", "--config", str(plane.cluster_file),
@@ -146,6 +146,7 @@ def _run_signer(plane, env, tmp: Path, count: int, timeout: float, workers: int 
                 raise SystemExit(f"the signer stopped or timed out; see {tmp / 'signer.log'}")
             time.sleep(0.1)
         signer_s = time.monotonic() - started
+        machine = machine_use(machine_started, signer_s)  # the signer, Vault, the API server and etcd
     finally:
         for pid in _children(proc.pid) if py_spy else [proc.pid]:  # py-spy writes its file once the signer exits
             os.kill(pid, signal.SIGTERM)
@@ -155,7 +156,7 @@ def _run_signer(plane, env, tmp: Path, count: int, timeout: float, workers: int 
         log.close()
     return {"signer_s": round(signer_s, 2), "signer_cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
             "signer_sys_s": round(usage.ru_stime, 2), "signer_cpu_ms_per_csr": round(1000 * (usage.ru_utime + usage.ru_stime) / count, 2),
-            "signer_peak_rss_mb": round(usage.ru_maxrss / 1024, 1)}
+            "signer_peak_rss_mb": round(usage.ru_maxrss / 1024, 1), **machine}
 
 
 def _children(pid: int) -> list[int]:
