@@ -303,7 +303,7 @@ def run_write_floor(out: Path, copy: Path) -> dict:
     return {"write_floor_s": round(time.monotonic() - started, 2), "detail": counts}
 
 
-# --- vaultk8s -----------------------------------------------------------------------------------
+# --- the whole machine --------------------------------------------------------------------------
 
 def machine_cpu_s() -> tuple[float, float]:
     """(busy, stolen) CPU seconds of the whole machine so far, from /proc/stat: busy is every
@@ -319,6 +319,8 @@ def machine_use(started: tuple[float, float], seconds: float) -> dict:
     busy, stolen = (now - then for now, then in zip(machine_cpu_s(), started))
     return {"machine_busy_cores": round(busy / seconds, 2), "machine_stolen_s": round(stolen, 2)}
 
+
+# --- vaultk8s -----------------------------------------------------------------------------------
 
 def run_bootstrap(env, cluster_file: Path, out: Path, concurrency: int | None, profile: Path | None) -> dict:
     cmd = [sys.executable, "-m", "vaultk8s", "bootstrap", "--config", str(cluster_file), "--out", str(out),

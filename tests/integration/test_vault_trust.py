@@ -10,7 +10,11 @@ import pytest
 
 from vaultk8s.errors import VaultError
 from vaultk8s.vault.gateway import VaultGateway
-from tests.unit.test_vault_session import _self_signed_pem
+from tests.helpers.kubeadm_cluster import cert_pem, new_ca
+
+
+def _other_ca_pem() -> bytes:
+    return cert_pem(new_ca("not-vaults-ca", kind="ec")[0])
 
 
 def _gateway(openbao, **env) -> VaultGateway:
@@ -19,7 +23,7 @@ def _gateway(openbao, **env) -> VaultGateway:
 
 def test_a_server_certificate_from_another_ca_is_refused(openbao, tmp_path):
     other = tmp_path / "other-ca.pem"
-    other.write_bytes(_self_signed_pem())
+    other.write_bytes(_other_ca_pem())
     with pytest.raises(VaultError, match="TLS verification of .* failed: set VAULT_CACERT"):
         _gateway(openbao, VAULT_CACERT=str(other)).read_policy("default")
 
@@ -30,7 +34,7 @@ def test_a_hashed_ca_directory_is_trusted_and_a_wrong_one_is_not(openbao, tmp_pa
     right.mkdir()
     wrong.mkdir()
     shutil.copy(openbao.cacert, right / "ca.pem")
-    (wrong / "ca.pem").write_bytes(_self_signed_pem())
+    (wrong / "ca.pem").write_bytes(_other_ca_pem())
     for directory in (right, wrong):
         subprocess.run(["openssl", "rehash", str(directory)], check=True, capture_output=True)
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(right))

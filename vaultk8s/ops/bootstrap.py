@@ -59,7 +59,7 @@ class BootstrapReport(ActionReport):
     seconds: float = 0.0
     ca_fingerprints: dict[str, str] = field(default_factory=dict)
     phase_seconds: dict[str, float] = field(default_factory=dict)  # wall time per phase, for bench/
-    phase_cpu_seconds: dict[str, float] = field(default_factory=dict)  # this process's CPU per phase
+    phase_cpu_seconds: dict[str, float] = field(default_factory=dict)  # this process only: not RSA key processes
 
     @contextlib.contextmanager
     def phase(self, name: str) -> Iterator[None]:
