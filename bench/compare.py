@@ -134,6 +134,7 @@ def run(env, tmp: Path, args) -> dict:
         "phases_first_s": first["report"].get("phase_seconds"), "phases_noop_s": noop["report"].get("phase_seconds"),
         "phases_first_cpu_s": first["report"].get("phase_cpu_seconds"),
         "phases_noop_cpu_s": noop["report"].get("phase_cpu_seconds"),
+        "file_threads_first": first["report"].get("file_threads"),
         "floor": floor["detail"], "noop_floor": noop_floor["detail"], "write_floor": write_floor["detail"],
         "cpus": os.cpu_count(), "load_before": load_before, "load_after": os.getloadavg()[0],
     }

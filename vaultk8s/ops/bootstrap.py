@@ -39,15 +39,16 @@ from vaultk8s.plan.role_diff import role_actions
 from vaultk8s.plan.roles import ResolvedRole, resolve_roles
 from vaultk8s.store.atomic import FileContent, check_writable, public, write_file
 from vaultk8s.store.layout import NodeOutput
+from vaultk8s.store.paced import PacedPool
 
 if TYPE_CHECKING:  # annotations only: hvac and requests load with the first command that talks to Vault
     from vaultk8s.vault.gateway import VaultGateway
 
 Progress = Callable[[str, int], Callable[[], None]]  # (phase, total) -> advance()
 
-# Threads writing node directories and kubeconfigs. Creating files costs kernel time that grows
-# faster than the writers: 1000 payloads took 5.8 s with 1 thread, 3.0-3.5 s with 4, 4.1 s with 8,
-# 5.3 s with 16 (bench/README.md). Vault's concurrency does not apply to the disk.
+# Most threads writing node directories and kubeconfigs; PacedPool times whether they beat one on
+# this disk. On ext4, 1000 payloads took 5.8 s with 1 thread, 3.0-3.5 s with 4, 4.1 s with 8,
+# 5.3 s with 16; on tmpfs one beat four (bench/README.md). Vault's concurrency does not apply.
 FILE_WORKERS = 4
 
 
@@ -60,6 +61,7 @@ class BootstrapReport(ActionReport):
     ca_fingerprints: dict[str, str] = field(default_factory=dict)
     phase_seconds: dict[str, float] = field(default_factory=dict)  # wall time per phase, for bench/
     phase_cpu_seconds: dict[str, float] = field(default_factory=dict)  # this process only: not RSA key processes
+    file_threads: dict[str, list[int]] = field(default_factory=dict)  # PacedPool's choice per stretch of nodes
 
     @contextlib.contextmanager
     def phase(self, name: str) -> Iterator[None]:
@@ -75,6 +77,7 @@ class BootstrapReport(ActionReport):
             "dry_run": self.dry_run, "changed": self.changed, "kept": self.kept,
             "seconds": round(self.seconds, 3), "ca_fingerprints": self.ca_fingerprints,
             "phase_seconds": self.phase_seconds, "phase_cpu_seconds": self.phase_cpu_seconds,
+            "file_threads": self.file_threads,
             "actions": [a.to_dict() for a in self.actions],
         }
 
@@ -102,7 +105,7 @@ def bootstrap(config: ClusterConfig, out: Path, gateway: VaultGateway, *, now: d
         crash_point("sa")
         report.actions.extend(sa_actions)
     certs = resolve_all(config)
-    with ThreadPoolExecutor(max_workers=workers) as pool, ThreadPoolExecutor(max_workers=FILE_WORKERS) as files:
+    with ThreadPoolExecutor(max_workers=workers) as pool, PacedPool(FILE_WORKERS) as files:
         # Roles are read in the pool while this thread checks the files on disk; the report keeps
         # the order roles-then-leaves.
         with report.phase("plan"):
@@ -120,9 +123,11 @@ def bootstrap(config: ClusterConfig, out: Path, gateway: VaultGateway, *, now: d
         if not dry_run:
             with report.phase("node files"):
                 _write_nodes(config, out, cas, issued, sa_ops.key_files(sa_keys), files)
+                report.file_threads["node files"] = files.last_threads
             crash_point("nodes")
         with report.phase("kubeconfigs"):
             report.actions.extend(_ensure_kubeconfigs(config, out, dry_run, files))
+            report.file_threads["kubeconfigs"] = files.last_threads
     crash_point("kubeconfigs")
     if not dry_run:
         _write_rbac(Path(out))
@@ -262,8 +267,8 @@ def _wait_all(futures: list[Future], feeding: list[Future] = ()) -> None:
 # --- output -------------------------------------------------------------------------------------
 
 def _write_nodes(config: ClusterConfig, out: Path, cas: dict[str, CAState], issued: list[IssuedLeaf],
-                 control_plane_files: dict[str, FileContent], pool: ThreadPoolExecutor) -> None:
-    """Nodes are independent directories, written by a few threads (FILE_WORKERS)."""
+                 control_plane_files: dict[str, FileContent], files: PacedPool) -> None:
+    """Nodes are independent directories, written by up to FILE_WORKERS threads."""
     by_node: dict[str, list[IssuedLeaf]] = {}
     for leaf in issued:
         by_node.setdefault(leaf.cert.node, []).append(leaf)
@@ -277,12 +282,12 @@ def _write_nodes(config: ClusterConfig, out: Path, cas: dict[str, CAState], issu
         NodeOutput(out, node.name).update_pki(changes)
         crash_point("node-written")
 
-    list(pool.map(write, config.nodes))
+    files.map(write, config.nodes)
 
 
-def _ensure_kubeconfigs(config: ClusterConfig, out: Path, dry_run: bool, pool: ThreadPoolExecutor) -> list[Action]:
+def _ensure_kubeconfigs(config: ClusterConfig, out: Path, dry_run: bool, files: PacedPool) -> list[Action]:
     """Per node in the pool; actions in node order, as ensure_kubeconfigs reports them."""
-    per_node = pool.map(lambda node: ensure_node_kubeconfigs(node, config, out, dry_run=dry_run), config.nodes)
+    per_node = files.map(lambda node: ensure_node_kubeconfigs(node, config, out, dry_run=dry_run), config.nodes)
     return [a for actions in per_node for a in actions]
 
 
