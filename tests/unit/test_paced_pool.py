@@ -54,7 +54,7 @@ def test_work_that_slows_down_together_stays_on_one_thread() -> None:
 
 
 @pytest.mark.parametrize("bad", [0, 3 * SLICE + 2, 4 * SLICE - 1])  # head, thread slice, pool slice
-def test_the_first_error_is_raised(bad: int) -> None:
+def test_an_error_from_any_part_of_a_stretch_is_raised(bad: int) -> None:
     def fail_on(n: int) -> int:
         if n == bad:
             raise ValueError(f"item {n}")

@@ -37,8 +37,9 @@ class PacedPool:
         self._pool.shutdown()
 
     def map(self, fn: Callable[[Item], Result], items: Sequence[Item]) -> list[Result]:
-        """fn over items, results in item order. The first exception is raised; items already
-        handed to the pool still finish, as with ThreadPoolExecutor.map."""
+        """fn over items, results in item order. An exception from fn is raised once the items
+        already handed to the pool finish, as with ThreadPoolExecutor.map. Work order differs from
+        item order: a stretch's last items (its timed slices) run before the rest of it."""
         items = list(items)
         self.last_threads = []
         return [result for start in range(0, len(items), STRETCH)
