@@ -1,19 +1,16 @@
 """A 1000-worker cluster bootstraps without error (timings live in bench/, not here); the file
 phases write the same tree on one thread as on all of them."""
 
-import os
-import stat
 from datetime import datetime, timezone
-from pathlib import Path
 
 import pytest
 
 from tests.helpers.cluster import cluster_doc
+from tests.helpers.golden import tree_manifest
 from vaultk8s.config import parse_config
 from vaultk8s.ops.bootstrap import FILE_WORKERS, bootstrap
 from vaultk8s.ops.defaults import DEFAULT_WORKERS
 from vaultk8s.store import paced
-from vaultk8s.store.atomic import DATA_LINK, LOCK_FILE
 from vaultk8s.vault.gateway import VaultGateway
 
 pytestmark = pytest.mark.integration
@@ -33,10 +30,11 @@ def test_thousand_workers(openbao, mount_prefix, tmp_path):
 
 def test_one_thread_and_all_threads_write_the_same_tree(openbao, mount_prefix, tmp_path, monkeypatch):
     """Which count PacedPool picks depends on the disk, so CI may only ever take one: each is
-    forced here, on 40 workers (timed stretches), and the trees and a no-op re-run compared."""
+    forced here, on 40 workers (timed stretches); the golden manifests of both trees
+    (paths, modes, links, every certificate's subject and SANs) must be equal, and a re-run a no-op."""
     config = parse_config(cluster_doc(mount_prefix, workers=40))
     gateway = VaultGateway.from_env(openbao.as_environ(), pool_size=DEFAULT_WORKERS + 2)  # as the CLI sizes it
-    shapes = {}
+    manifests = {}
     for threads, margin in ((1, 0.0), (FILE_WORKERS, float("inf"))):  # pool never / always faster
         monkeypatch.setattr(paced, "POOL_MARGIN", margin)
         out = tmp_path / f"threads-{threads}"
@@ -44,20 +42,7 @@ def test_one_thread_and_all_threads_write_the_same_tree(openbao, mount_prefix, t
         assert report.file_threads == {"node files": [threads], "kubeconfigs": [threads]}  # one stretch
         again = bootstrap(config, out, gateway, now=datetime.now(timezone.utc))
         assert again.actions == [] and again.kept == sum(a.kind == "issue" for a in report.actions)
-        shapes[threads] = _tree_shape(out)
-    assert shapes[1] == shapes[FILE_WORKERS]
-    assert len(shapes[1]) > 43 * 10
+        manifests[threads] = tree_manifest(out)
+    assert manifests[1] == manifests[FILE_WORKERS]
+    assert len(manifests[1]) > 43 * 10  # every node's files, links and version directories
 
-
-def _tree_shape(out: Path) -> dict[str, tuple]:
-    """Each path's kind, mode and link target; version directories (`..<UTC time>.<random>`) by one name."""
-    def plain(name: str) -> str:
-        return "..version" if name.startswith("..") and name not in (DATA_LINK, LOCK_FILE) else name
-
-    shape = {}
-    for path in out.rglob("*"):
-        rel = "/".join(plain(part) for part in path.relative_to(out).parts)
-        info = os.lstat(path)
-        target = plain(os.readlink(path)) if path.is_symlink() else None
-        shape[rel] = (stat.S_IFMT(info.st_mode), stat.S_IMODE(info.st_mode), target)
-    return shape
