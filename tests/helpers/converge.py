@@ -19,18 +19,27 @@ from vaultk8s.plan.resolve import resolve_all
 
 
 class VaultView:
-    """Raw admin reads (any node of a cluster: standbys forward)."""
+    """Raw admin reads, answered by the active node: a standby answers from its own raft replica,
+    which can lag a write made a moment ago (a config just written read back as 404)."""
 
     def __init__(self, env: dict[str, str]):
         self.env = env
 
     def get(self, path: str, method: str = "GET") -> dict:
-        resp = requests.request(method, f"{self.env['VAULT_ADDR']}/v1/{path}", timeout=30,
+        resp = requests.request(method, f"{self._active_addr()}/v1/{path}", timeout=30,
                                 headers={"X-Vault-Token": self.env["VAULT_TOKEN"]}, verify=self.env["VAULT_CACERT"])
         if resp.status_code == 404:
             return {}
         resp.raise_for_status()
         return resp.json()
+
+    def _active_addr(self) -> str:
+        """The leader's address as VAULT_ADDR's node knows it; that node itself on one node or mid-election."""
+        addr = self.env["VAULT_ADDR"]
+        leader = requests.get(f"{addr}/v1/sys/leader", timeout=30, verify=self.env["VAULT_CACERT"]).json()
+        if leader.get("ha_enabled") and not leader.get("is_self") and leader.get("leader_address"):
+            return leader["leader_address"]
+        return addr
 
     def issuers(self, mount: str) -> list[str]:
         return sorted((self.get(f"{mount}/issuers", "LIST").get("data") or {}).get("keys") or [])
