@@ -9,7 +9,6 @@ from tests.helpers.cluster import cluster_doc
 from tests.helpers.golden import tree_manifest
 from vaultk8s.config import parse_config
 from vaultk8s.ops.bootstrap import FILE_WORKERS, bootstrap
-from vaultk8s.ops.defaults import DEFAULT_WORKERS
 from vaultk8s.store import paced
 from vaultk8s.vault.gateway import VaultGateway
 
@@ -28,12 +27,13 @@ def test_thousand_workers(openbao, mount_prefix, tmp_path):
     assert second.actions == [] and second.kept == len(issued)
 
 
-def test_one_thread_and_all_threads_write_the_same_tree(openbao, mount_prefix, tmp_path, monkeypatch):
+def test_one_thread_and_all_threads_write_the_same_tree(openbao, mount_prefix, tmp_path, monkeypatch, caplog):
     """Which count PacedPool picks depends on the disk, so CI may only ever take one: each is
     forced here, on 40 workers (timed stretches); the golden manifests of both trees
-    (paths, modes, links, every certificate's subject and SANs) must be equal, and a re-run a no-op."""
+    (paths, modes, links, every certificate's subject and SANs) must be equal, and a re-run a no-op.
+    The gateway's default pool holds bootstrap's default workers: no connection made and dropped."""
     config = parse_config(cluster_doc(mount_prefix, workers=40))
-    gateway = VaultGateway.from_env(openbao.as_environ(), pool_size=DEFAULT_WORKERS + 2)  # as the CLI sizes it
+    gateway = VaultGateway.from_env(openbao.as_environ())
     manifests = {}
     for threads, margin in ((1, 0.0), (FILE_WORKERS, float("inf"))):  # pool never / always faster
         monkeypatch.setattr(paced, "POOL_MARGIN", margin)
@@ -44,5 +44,6 @@ def test_one_thread_and_all_threads_write_the_same_tree(openbao, mount_prefix, t
         assert again.actions == [] and again.kept == sum(a.kind == "issue" for a in report.actions)
         manifests[threads] = tree_manifest(out)
     assert manifests[1] == manifests[FILE_WORKERS]
+    assert not [r for r in caplog.records if "pool is full" in r.getMessage()], "default pool < DEFAULT_WORKERS"
     assert len(manifests[1]) > 43 * 10  # every node's files, links and version directories
 

@@ -103,7 +103,13 @@ def _check_cacert(path: str) -> None:
         raise VaultError(f"VAULT_CACERT={shown(path)} holds no readable PEM certificate") from None
 
 
-def make_client(settings: VaultSettings, pool_size: int = 16) -> hvac.Client:
+# Connections kept per Vault address: bootstrap's default 32 workers, the main thread and a spare
+# (ops/defaults.py). Fewer, and each request past them makes and drops a TLS connection with a
+# "Connection pool is full" warning; the CLI sizes it to --workers + 2.
+DEFAULT_POOL_SIZE = 34
+
+
+def make_client(settings: VaultSettings, pool_size: int = DEFAULT_POOL_SIZE) -> hvac.Client:
     session = _session(settings)
     adapter = HTTPAdapter(max_retries=_RETRY, pool_connections=4, pool_maxsize=pool_size)
     session.mount("https://", adapter)
@@ -135,7 +141,7 @@ class VaultGateway:
         self.addr = addr or client.url
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, pool_size: int = 16) -> "VaultGateway":
+    def from_env(cls, env: Mapping[str, str] | None = None, pool_size: int = DEFAULT_POOL_SIZE) -> "VaultGateway":
         settings = settings_from_env(env)
         return cls(make_client(settings, pool_size), settings.addr)
 
