@@ -324,3 +324,51 @@ def test_rsa_leaves_made_in_key_processes_match_their_certs(openbao, mount_prefi
         assert proc.returncode == 0, proc.stdout + proc.stderr
     second = bootstrap(config, out, gateway, now=datetime.now(timezone.utc))
     assert second.actions == [] and second.kept == 14 + 3
+
+
+def test_leaf_checks_in_the_check_process_give_the_reasons_made_inline(openbao, mount_prefix, tmp_path, monkeypatch):
+    """A re-run checks leaves in a second process from _MIN_CERTS_FOR_CHECK_PROCESS certificates on
+    (forced here on a small cluster): missing files, a key of another cert, a cert of another CA,
+    and a forced renewal get the same reasons, in the same order, as when checked in this process."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from vaultk8s.ops import bootstrap as bootstrap_ops
+    from vaultk8s.store.atomic import public, secret
+    from vaultk8s.store.layout import NodeOutput
+    from vaultk8s.vault.gateway import VaultGateway
+
+    submitted = []
+
+    class Recording(ProcessPoolExecutor):
+        def submit(self, fn, /, *args, **kwargs):
+            submitted.append(fn.__name__)
+            return super().submit(fn, *args, **kwargs)
+
+    monkeypatch.setattr(bootstrap_ops, "ProcessPoolExecutor", Recording)
+    config = parse_config(cluster_doc(mount_prefix, workers=2))
+    gateway = VaultGateway.from_env(openbao.as_environ())
+    out = tmp_path / "out"
+    bootstrap_ops.bootstrap(config, out, gateway, now=datetime.now(timezone.utc))
+    worker_2, control_plane = out / "worker-2" / "pki", out / "cp-1" / "pki"
+    NodeOutput(out, "worker-1").update_pki({"kubelet.key": secret((worker_2 / "kubelet.key").read_bytes())})
+    NodeOutput(out, "worker-2").update_pki({"kubelet.crt": None})
+    NodeOutput(out, "cp-1").update_pki({"apiserver.crt": public((control_plane / "etcd" / "server.crt").read_bytes()),
+                                        "apiserver.key": secret((control_plane / "etcd" / "server.key").read_bytes())})
+
+    def plan(threshold: float, force: bool = False) -> list:
+        monkeypatch.setattr(bootstrap_ops, "_MIN_CERTS_FOR_CHECK_PROCESS", threshold)
+        report = bootstrap_ops.bootstrap(config, out, gateway, now=datetime.now(timezone.utc), dry_run=True,
+                                         force_renew=force)
+        return [a for a in report.actions if a.kind == "issue"]
+
+    inline = plan(float("inf"))
+    assert submitted == []
+    in_process = plan(0)
+    assert submitted == ["reissue_reasons"]
+    assert in_process == inline
+    assert {(a.target, a.reason) for a in inline} == {
+        ("worker-1/pki/kubelet.crt", "key does not match certificate"),
+        ("worker-2/pki/kubelet.crt", "missing"),
+        ("cp-1/pki/apiserver.crt", "not issued by the current CA")}
+    assert plan(0, force=True) == plan(float("inf"), force=True)
+    assert len(plan(0, force=True)) == len(resolve_all(config))

@@ -30,9 +30,9 @@ from vaultk8s.ops.cas import ensure_cas
 from vaultk8s.ops.cert_auth import ensure_login_trust
 from vaultk8s.ops.defaults import DEFAULT_WORKERS
 from vaultk8s.ops.kubeconfigs import ensure_node_kubeconfigs
-from vaultk8s.ops.leaves import CAState, IssuedLeaf, ca_bundle_changes, issue_leaf, key_and_csr_args, leaf_changes, observe_leaf
+from vaultk8s.ops.leaves import (CAState, IssuedLeaf, ca_bundle_changes, issue_leaf, key_and_csr_args, leaf_changes,
+                                 reissue_reasons)
 from vaultk8s.plan.actions import Action, ActionReport
-from vaultk8s.plan.leaves import reissue_reason
 from vaultk8s.plan.rbac import render_rbac
 from vaultk8s.plan.resolve import ResolvedCert, resolve_all
 from vaultk8s.plan.role_diff import role_actions
@@ -108,10 +108,11 @@ def bootstrap(config: ClusterConfig, out: Path, gateway: VaultGateway, *, now: d
     with ThreadPoolExecutor(max_workers=workers) as pool, PacedPool(FILE_WORKERS) as files:
         # Roles are read in the pool while this thread checks the files on disk; the report keeps
         # the order roles-then-leaves.
-        with report.phase("plan"):
+        with report.phase("plan"), _processes(len(certs) >= _MIN_CERTS_FOR_CHECK_PROCESS, 1) as checker:
+            leaf_reasons = _start_leaf_checks(certs, out, cas, now, force_renew, checker)
             roles = resolve_roles(certs)
             role_plan = _start_role_plan(roles, gateway, report, pool, progress)
-            leaf_actions, todo = _plan_leaves(certs, out, cas, now, force_renew, report)
+            leaf_actions, todo = _leaf_plan(certs, leaf_reasons(), report)
             report.actions.extend(role_plan())
             report.actions.extend(leaf_actions)
         crash_point("roles")
@@ -163,13 +164,29 @@ def _write_role(gateway: VaultGateway, role: ResolvedRole) -> None:
 
 # --- leaves -------------------------------------------------------------------------------------
 
-def _plan_leaves(certs: tuple[ResolvedCert, ...], out: Path, cas: dict[str, CAState], now: datetime,
-                 force: bool, report: BootstrapReport) -> tuple[list[Action], list[ResolvedCert]]:
+def _start_leaf_checks(certs: tuple[ResolvedCert, ...], out: Path, cas: dict[str, CAState], now: datetime,
+                       force: bool, checker: ProcessPoolExecutor | None) -> Callable[[], list[str | None]]:
+    """Each leaf's reissue reason; the returned call waits for them. In the checker process when
+    given: the checks (key match, signature) are CPU that would share this process's GIL with the
+    role reads, which take all of it on a re-run (bench/README.md, seventh pass)."""
+    issuer_pems = {name: crypto.cert_pem(state.issuer) if state.issuer else None for name, state in cas.items()}
+    args = (out, certs, issuer_pems, now, force)
+    if checker is None:
+        return lambda: reissue_reasons(*args)
+    checked = checker.submit(reissue_reasons, *args)
+
+    def reasons() -> list[str | None]:
+        try:
+            return checked.result()
+        except BrokenProcessPool:  # e.g. embedded in a script whose __main__ spawn cannot re-import
+            return reissue_reasons(*args)
+    return reasons
+
+
+def _leaf_plan(certs: tuple[ResolvedCert, ...], reasons: list[str | None],
+               report: BootstrapReport) -> tuple[list[Action], list[ResolvedCert]]:
     actions, todo = [], []
-    for rc in certs:
-        state = cas[rc.spec.ca]
-        issuers = [state.issuer] if state.issuer else []
-        reason = reissue_reason(rc, observe_leaf(NodeOutput(out, rc.node), rc), issuers, now, force)
+    for rc, reason in zip(certs, reasons, strict=True):
         if reason is None:
             report.kept += 1
             continue
@@ -228,25 +245,30 @@ def _apply_roles_and_leaves(roles: tuple[ResolvedRole, ...], todo: list[Resolved
     return [f.result() for f in signs]
 
 
-@contextlib.contextmanager
-def _key_processes(todo: list[ResolvedCert]) -> Iterator[ProcessPoolExecutor | None]:
+def _key_processes(todo: list[ResolvedCert]) -> contextlib.AbstractContextManager[ProcessPoolExecutor | None]:
     """RSA keys are made in one process per core: cryptography holds the GIL while generating one
     (~70 ms for 2048 bits), so threads would use a single core. EC keys take ~0.1 ms: made inline."""
+    return _processes(sum(rc.key_type.startswith("rsa-") for rc in todo) >= _MIN_RSA_FOR_PROCESSES)
+
+
+@contextlib.contextmanager
+def _processes(worth_it: bool, count: int | None = None) -> Iterator[ProcessPoolExecutor | None]:
+    """count processes (default: one per core), or None on one core or when not worth_it."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    rsa = sum(rc.key_type.startswith("rsa-") for rc in todo)
-    if cores < 2 or rsa < _MIN_RSA_FOR_PROCESSES:
+    if cores < 2 or not worth_it:
         yield None
         return
     # spawn, not fork: this process already runs threads (pool, progress bars).
-    with ProcessPoolExecutor(max_workers=cores, mp_context=multiprocessing.get_context("spawn")) as keygen:
+    with ProcessPoolExecutor(max_workers=count or cores, mp_context=multiprocessing.get_context("spawn")) as pool:
         try:
-            yield keygen
+            yield pool
         except BaseException:
-            keygen.shutdown(wait=True, cancel_futures=True)
+            pool.shutdown(wait=True, cancel_futures=True)
             raise
 
 
 _MIN_RSA_FOR_PROCESSES = 8  # below this, starting the processes costs more than it saves
+_MIN_CERTS_FOR_CHECK_PROCESS = 1000  # ~0.4 ms each inline; starting the process costs ~0.3 s of a core
 
 
 def _wait_all(futures: list[Future], feeding: list[Future] = ()) -> None:

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
 
 from cryptography import x509
 
 from vaultk8s import catalog, crypto
 from vaultk8s.errors import VaultError
-from vaultk8s.plan.leaves import ObservedLeaf
+from vaultk8s.plan.leaves import ObservedLeaf, reissue_reason
 from vaultk8s.plan.resolve import ResolvedCert
 from vaultk8s.store.atomic import FileContent, public, secret
 from vaultk8s.store.layout import NodeOutput
@@ -58,6 +60,15 @@ def observe_leaf(node: NodeOutput, rc: ResolvedCert) -> ObservedLeaf:
     except (ValueError, TypeError):
         key = None
     return ObservedLeaf(cert, key)
+
+
+def reissue_reasons(out: Path, certs: Sequence[ResolvedCert], issuer_pems: dict[str, bytes | None],
+                    now: datetime, force: bool) -> list[str | None]:
+    """plan.leaves.reissue_reason of each cert as it is on disk under out, its CA's issuer given as
+    PEM: plain data in and out, so bootstrap can run this in a second process."""
+    issuers = {ca: crypto.load_certs(pem)[:1] if pem else [] for ca, pem in issuer_pems.items()}
+    return [reissue_reason(rc, observe_leaf(NodeOutput(out, rc.node), rc), issuers[rc.spec.ca], now, force)
+            for rc in certs]
 
 
 @dataclass(frozen=True)
