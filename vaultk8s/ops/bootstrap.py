@@ -108,7 +108,7 @@ def bootstrap(config: ClusterConfig, out: Path, gateway: VaultGateway, *, now: d
     with ThreadPoolExecutor(max_workers=workers) as pool, PacedPool(FILE_WORKERS) as files:
         # Roles are read in the pool while this thread checks the files on disk; the report keeps
         # the order roles-then-leaves.
-        with report.phase("plan"), _processes(len(certs) >= _MIN_CERTS_FOR_CHECK_PROCESS, 1) as checker:
+        with report.phase("plan"), _processes(_worth_a_check_process(certs, out), 1) as checker:
             leaf_reasons = _start_leaf_checks(certs, out, cas, now, force_renew, checker)
             roles = resolve_roles(certs)
             role_plan = _start_role_plan(roles, gateway, report, pool, progress)
@@ -181,6 +181,11 @@ def _start_leaf_checks(certs: tuple[ResolvedCert, ...], out: Path, cas: dict[str
         except BrokenProcessPool:  # e.g. embedded in a script whose __main__ spawn cannot re-import
             return reissue_reasons(*args)
     return reasons
+
+
+def _worth_a_check_process(certs: tuple[ResolvedCert, ...], out: Path) -> bool:
+    """Enough leaves, and a tree to check them in: on a first run they are all missing, found at once."""
+    return len(certs) >= _MIN_CERTS_FOR_CHECK_PROCESS and NodeOutput(out, certs[-1].node).root.is_dir()
 
 
 def _leaf_plan(certs: tuple[ResolvedCert, ...], reasons: list[str | None],
