@@ -106,8 +106,8 @@ def bootstrap(config: ClusterConfig, out: Path, gateway: VaultGateway, *, now: d
         report.actions.extend(sa_actions)
     certs = resolve_all(config)
     with ThreadPoolExecutor(max_workers=workers) as pool, PacedPool(FILE_WORKERS) as files:
-        # Roles are read in the pool while this thread checks the files on disk; the report keeps
-        # the order roles-then-leaves.
+        # Roles are read in the pool while the files on disk are checked (in the checker process
+        # on a large re-run, else on this thread); the report keeps the order roles-then-leaves.
         with report.phase("plan"), _processes(_worth_a_check_process(certs, out), 1) as checker:
             leaf_reasons = _start_leaf_checks(certs, out, cas, now, force_renew, checker)
             roles = resolve_roles(certs)
