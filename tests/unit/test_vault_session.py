@@ -10,7 +10,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from vaultk8s.vault.gateway import _session, settings_from_env
+from vaultk8s.vault.gateway import _RETRY, settings_from_env
+from vaultk8s.vault.session import vault_session
 
 ADDR = "https://vault.example:8200"
 
@@ -34,6 +35,10 @@ def _self_signed_pem() -> bytes:
 
 def _settings(**extra):
     return settings_from_env({"VAULT_ADDR": ADDR, "VAULT_TOKEN": "t", **extra})
+
+
+def _session(settings):
+    return vault_session(settings.addr, settings.cacert, settings.skip_verify, _RETRY, 4)
 
 
 def test_no_environment_lookups_per_call(clean_env):

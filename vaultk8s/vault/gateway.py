@@ -1,7 +1,7 @@
 """The only module that talks to Vault: a small gateway over hvac with the calls vaultk8s uses.
 
 hvac's quirks are wrapped here once: 204 responses, InvalidPath on empty LISTs, no retries of its
-own (we give it a requests.Session with urllib3 Retry, and vault/failover.py's adapter for HA
+own (we give it a requests.Session, vault/session.py, with urllib3 Retry, and vault/failover.py's adapter for HA
 failovers), and exceptions that carry URLs but no advice. Every failure leaves as a VaultError
 with a one-line message.
 
@@ -25,12 +25,12 @@ import hvac
 import hvac.exceptions as hv
 import requests
 from cryptography import x509
-from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 from vaultk8s.errors import PermissionDeniedError, PlanRefused, VaultError, VaultRequestRefused, shown
 from vaultk8s.hostnames import url_port
 from vaultk8s.vault.failover import AMBIGUOUS, FailoverAdapter, classify, missing_mounts_answered_at_once, repeatable
+from vaultk8s.vault.session import vault_session
 
 # 502-504 and 429 come from proxies, standbys and rate limits before a request was processed, so
 # retrying even a POST is safe; a 500 or a read error may have done the work and is not retried
@@ -110,27 +110,12 @@ DEFAULT_POOL_SIZE = 34
 
 
 def make_client(settings: VaultSettings, pool_size: int = DEFAULT_POOL_SIZE) -> hvac.Client:
-    session = _session(settings)
-    adapter = HTTPAdapter(max_retries=_RETRY, pool_connections=4, pool_maxsize=pool_size)
-    session.mount("https://", adapter)
-    session.mount("http://", adapter)
+    session = vault_session(settings.addr, settings.cacert, settings.skip_verify, _RETRY, pool_size)
     # token="" not None: with None hvac falls back to VAULT_TOKEN / ~/.vault-token behind our back.
     return hvac.Client(
         url=settings.addr, token=settings.token or "", verify=session.verify, session=session,
         namespace=settings.namespace, timeout=30, adapter=FailoverAdapter,
     )
-
-
-def _session(settings: VaultSettings) -> requests.Session:
-    """A session that reads the proxy and CA-bundle variables once, here, as requests would read them
-    on every call with trust_env on: that re-reading was 13% of a bootstrap's CPU (py-spy --gil,
-    bench/README.md). hvac ignores verify= when given a session, so the session carries it."""
-    session = requests.Session()
-    session.trust_env = False
-    session.proxies = requests.utils.get_environ_proxies(settings.addr)  # honours NO_PROXY for Vault's host
-    env_bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
-    session.verify = False if settings.skip_verify else (settings.cacert or env_bundle or True)
-    return session
 
 
 class VaultGateway:
