@@ -144,3 +144,13 @@ def test_a_proxy_from_the_environment_is_still_used(monkeypatch):
         session = vault_session("http://vault.invalid:8200", None, False, _RETRY, 4)
         assert session.request("GET", "http://vault.invalid:8200/v1/sys/health", timeout=5).json() == {"data": {}}
     assert _Recorder.paths_seen == ["http://vault.invalid:8200/v1/sys/health"]
+
+
+def test_query_parameters_equal_requests_own():
+    """None is left out, as requests leaves it out; lists repeat the key."""
+    _Recorder.paths_seen, _Recorder.delay = [], 0.0
+    params = {"version": 3, "list": "true", "gone": None, "keys": ["a", "b"]}
+    with _loopback(_Recorder) as addr:
+        for session in _both(addr):
+            session.request("GET", f"{addr}/v1/kv/data/x", params=params, timeout=5)
+    assert _Recorder.paths_seen[0] == _Recorder.paths_seen[1] == "/v1/kv/data/x?version=3&list=true&keys=a&keys=b"

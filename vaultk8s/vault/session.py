@@ -57,8 +57,9 @@ class VaultSession(requests.Session):
         if json is not None:
             body = jsonlib.dumps(json, allow_nan=False).encode()
             sent.setdefault("Content-Type", "application/json")
-        if params:
-            url += ("&" if "?" in url else "?") + urlencode(params, doseq=True)
+        query = urlencode([(k, v) for k, v in _pairs(params) if v is not None], doseq=True)  # requests drops None
+        if query:
+            url += ("&" if "?" in url else "?") + query
         try:
             raw = self._pool_manager().urlopen(method, url, body=body, headers=dict(sent), retries=self._retry,
                                                timeout=timeout, preload_content=False, decode_content=False)
@@ -76,11 +77,21 @@ class VaultSession(requests.Session):
         return response
 
     def _pool_manager(self) -> urllib3.PoolManager:
+        pools = self._pools  # one tuple, swapped whole: read without the lock on every call
+        if pools is not None and pools[0] == self.verify:
+            return pools[1]
         with self._pools_lock:
             if self._pools is None or self._pools[0] != self.verify:
                 self._pools = (self.verify, urllib3.PoolManager(
                     num_pools=4, maxsize=self._pool_size, retries=self._retry, **_tls(self.verify)))
             return self._pools[1]
+
+
+def _pairs(params) -> list:
+    """(key, value) pairs of requests' params: a dict, pairs, or nothing."""
+    if not params:
+        return []
+    return list(params.items()) if hasattr(params, "items") else list(params)
 
 
 def _tls(verify: bool | str) -> dict:
@@ -91,24 +102,23 @@ def _tls(verify: bool | str) -> dict:
     return {"cert_reqs": "CERT_REQUIRED", **({"ca_cert_dir": where} if os.path.isdir(where) else {"ca_certs": where})}
 
 
+_BY_REASON = ((u3.ResponseError, requests.exceptions.RetryError), (u3.SSLError, requests.exceptions.SSLError))
+_BY_ERROR = ((u3.SSLError, requests.exceptions.SSLError), (u3.ReadTimeoutError, requests.exceptions.ReadTimeout),
+             (u3.InvalidHeader, requests.exceptions.InvalidHeader))
+
+
 def _as_requests_error(err: BaseException) -> requests.RequestException:
-    """The exception requests' HTTPAdapter.send raises for this urllib3 one (failover.classify reads them)."""
+    """The exception requests' HTTPAdapter.send raises for this urllib3 one (failover.classify reads them):
+    given up after retries, by its last reason; else by the error itself; ConnectionError otherwise."""
     if isinstance(err, u3.MaxRetryError):
         reason = err.reason
         if isinstance(reason, u3.ConnectTimeoutError) and not isinstance(reason, u3.NewConnectionError):
             return requests.exceptions.ConnectTimeout(err)
-        if isinstance(reason, u3.ResponseError):
-            return requests.exceptions.RetryError(err)
-        if isinstance(reason, u3.SSLError):
-            return requests.exceptions.SSLError(err)
-        return requests.exceptions.ConnectionError(err)
-    if isinstance(err, u3.SSLError):
-        return requests.exceptions.SSLError(err)
-    if isinstance(err, u3.ReadTimeoutError):
-        return requests.exceptions.ReadTimeout(err)
-    if isinstance(err, u3.InvalidHeader):
-        return requests.exceptions.InvalidHeader(err)
-    return requests.exceptions.ConnectionError(err)
+        table, subject = _BY_REASON, reason
+    else:
+        table, subject = _BY_ERROR, err
+    kind = next((theirs for ours, theirs in table if isinstance(subject, ours)), requests.exceptions.ConnectionError)
+    return kind(err)
 
 
 def vault_session(addr: str, cacert: str | None, skip_verify: bool, retry: Retry, pool_size: int) -> VaultSession:
