@@ -9,12 +9,14 @@ import json
 import logging
 import threading
 import time
+import traceback
 from contextlib import contextmanager
 
 import pytest
 import requests
 
 from tests.conftest import find_free_port
+from vaultk8s.errors import VaultError
 from vaultk8s.vault.failover import AMBIGUOUS, UNSENT, classify
 from vaultk8s.vault.gateway import _RETRY, VaultGateway
 from vaultk8s.vault.session import VaultSession, vault_session
@@ -44,6 +46,29 @@ def test_the_gateway_takes_the_short_path_on_one_connection(openbao, caplog):
     opened = [r for r in caplog.records if "Starting new HTTPS connection" in r.getMessage()]
     assert len(opened) == 1, [r.getMessage() for r in opened]
     assert gateway.read_policy("no-such-policy-here") is None  # a 404 answer, read and given back
+    assert not gateway.client.session.get_adapter(openbao.addr).poolmanager.pools  # requests' pools unused
+
+
+def test_no_proxy_alone_keeps_the_short_path(openbao, monkeypatch):
+    """NO_PROXY without a proxy for Vault's scheme (common on corporate machines) is no proxy."""
+    monkeypatch.setenv("NO_PROXY", "example.org")
+    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    gateway = _gateway(openbao)
+    assert gateway.read_policy("default") is not None
+    assert not gateway.client.session.get_adapter(openbao.addr).poolmanager.pools
+
+
+@pytest.mark.parametrize("token", ["tok\n evil", " tok", "tok\r\n X-Other: 1"])
+def test_a_token_that_is_not_a_header_value_never_leaves(openbao, token, caplog):
+    """A token from a file or a login that would fold or inject a header: one line, token not shown."""
+    gateway = _gateway(openbao)
+    gateway.client.token = token
+    with pytest.raises(VaultError) as caught:
+        gateway.read_policy("default")
+    assert str(caught.value) == "VAULT_TOKEN holds whitespace or a newline: strip it and retry"
+    shown = "".join(traceback.format_exception(caught.value)) + caplog.text  # what a user or a log would see
+    assert "tok" not in shown.replace("VAULT_TOKEN", "").replace("token", "")
 
 
 def test_answers_and_errors_equal_requests_own(openbao):

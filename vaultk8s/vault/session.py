@@ -4,9 +4,10 @@ requests costs about as much CPU per call as the rest of a sign: on every reques
 merges cookies, auth, hooks, environment and headers, prepares the request, and HTTPAdapter
 checks the CA bundle on disk and builds the response (bench/README.md, eighth pass: 0.9-1.0 ms
 of client CPU per sign through it, 0.5 ms through urllib3 alone). So a plain call, a JSON body or
-none, with the session's own TLS settings and no proxy, client certificate, cookie or auth, goes
-to urllib3 directly, with the same Retry, timeout, pool size and CA, and comes back as a
-requests.Response raising requests' exceptions: hvac and vault/failover.py see no difference.
+none, with the session's own TLS settings, no proxy for its URL (NO_PROXY alone is none), and no
+client certificate, cookie or auth, goes to urllib3 directly, with the same Retry, timeout, pool
+size, CA and header checks, and comes back as a requests.Response raising requests' exceptions:
+hvac and vault/failover.py see no difference.
 Anything else takes requests' full path.
 """
 
@@ -23,7 +24,7 @@ from requests.adapters import HTTPAdapter
 from requests.cookies import extract_cookies_to_jar
 from requests.hooks import dispatch_hook
 from requests.structures import CaseInsensitiveDict
-from requests.utils import get_encoding_from_headers
+from requests.utils import check_header_validity, get_encoding_from_headers, select_proxy
 from urllib3 import exceptions as u3
 from urllib3.util.retry import Retry
 
@@ -43,7 +44,7 @@ class VaultSession(requests.Session):
                 timeout=None, allow_redirects=True, proxies=None, hooks=None, stream=None, verify=None, cert=None,
                 json=None):
         if (data or cookies or files or auth or hooks or stream or cert or self.cert or self.auth or self.cookies
-                or any((proxies or {}).values()) or any(self.proxies.values()) or self.trust_env
+                or select_proxy(url, {**self.proxies, **(proxies or {})}) or self.trust_env
                 or (verify is not None and verify != self.verify) or not allow_redirects):
             return super().request(method, url, params=params, data=data, headers=headers, cookies=cookies,
                                    files=files, auth=auth, timeout=timeout, allow_redirects=allow_redirects,
@@ -51,6 +52,8 @@ class VaultSession(requests.Session):
         return self._direct(method.upper(), url, params, headers, timeout, json)
 
     def _direct(self, method: str, url: str, params, headers, timeout, json) -> requests.Response:
+        for header in (headers or {}).items():
+            check_header_validity(header)  # as requests does: a token with a newline or space never leaves
         sent = CaseInsensitiveDict(self.headers)
         sent.update(headers or {})
         body = None
