@@ -65,6 +65,8 @@ def main() -> None:
     parser.add_argument("--work-dir", type=Path, help="run in this new directory and keep it (default: a temp "
                         "directory, removed at the end; see bench/README.md on deleting before a run)")
     args = parser.parse_args()
+    if args.work_dir is not None:
+        args.work_dir = args.work_dir.resolve()  # the bootstrap child runs in REPO
     if args.work_dir is not None and args.work_dir.exists():
         parser.error(f"--work-dir {args.work_dir} already exists: give a new directory")
     with _work_dir(args.work_dir) as tmp:
@@ -338,7 +340,7 @@ def run_bootstrap(env, cluster_file: Path, out: Path, concurrency: int | None, p
     environ.update(env.as_environ(), PYTHONPATH=str(REPO))
     with tempfile.TemporaryFile() as stdout, tempfile.TemporaryFile() as stderr:
         started, machine_started = time.monotonic(), machine_cpu_s()
-        proc = subprocess.Popen(cmd, env=environ, stdout=stdout, stderr=stderr)
+        proc = subprocess.Popen(cmd, env=environ, cwd=REPO, stdout=stdout, stderr=stderr)  # -m puts the cwd first
         _, status, usage = os.wait4(proc.pid, 0)  # wait4: this child's own peak RSS
         seconds = time.monotonic() - started
         machine = machine_use(machine_started, seconds)

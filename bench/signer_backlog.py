@@ -135,11 +135,11 @@ def _run_signer(plane, env, tmp: Path, count: int, timeout: float, workers: int 
     log = open(tmp / "signer.log", "wb")
     started, machine_started = time.monotonic(), machine_cpu_s()
     profiler = ["py-spy", "record", "--rate", "200", "--format", "flamegraph" if py_spy.endswith(".svg") else "raw",
-                "-o", py_spy, "--"] if py_spy else []
+                "-o", str(Path(py_spy).resolve()), "--"] if py_spy else []
     proc = subprocess.Popen(profiler + [sys.executable, "-m", "vaultk8s", "signer", "--config", str(plane.cluster_file),
                              "--kubeconfig", str(plane.super_admin_kubeconfig), "--token-file", str(token_file),
                              "--metrics-addr", f"127.0.0.1:{port}"] + (["--workers", str(workers)] if workers else []),
-                            env=child_env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                            env=child_env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)  # -m: cwd first
     try:
         while _signed(port) < count:
             if proc.poll() is not None or time.monotonic() - started > timeout:
