@@ -2,46 +2,14 @@
 
 from __future__ import annotations
 
-import random
-import socket
 import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
 
+from tests.helpers.ports import find_free_port
 from tests.helpers.redacted import RedactedEnv
 from vaultk8s.dev import DevServer, VaultEnv
-
-
-def _can_bind(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def find_free_port(span: int = 2) -> int:
-    """A free port P with P+1..P+span-1 free too: a dev node's cluster listener takes PORT+1, and
-    node k of a dev cluster PORT+2(k-1) and the next (span 6 for 3 nodes)."""
-    low, _ = _ephemeral_range()
-    for _ in range(200):
-        # Below the ephemeral range: a server killed and restarted by a test must find its port
-        # still free, not taken by some client's outgoing connection meanwhile.
-        port = random.randrange(10000, max(10001, low - span))
-        if all(_can_bind(port + i) for i in range(span)):
-            return port
-    raise RuntimeError(f"no {span} free consecutive ports on 127.0.0.1")
-
-
-def _ephemeral_range() -> tuple[int, int]:
-    try:
-        low, high = map(int, open("/proc/sys/net/ipv4/ip_local_port_range").read().split())
-    except (OSError, ValueError):
-        return 32768, 60999
-    return low, high
 
 
 @pytest.fixture(scope="session")

@@ -23,6 +23,7 @@ from vaultk8s.plan.csr_review import CLIENT_SIGNER, SERVING_SIGNER
 
 from tests.helpers.cluster import REPO
 from tests.helpers.kube import KubeControlPlane, stop_process
+from tests.helpers.ports import find_free_port
 
 CLIENT_USAGES = ["digital signature", "key encipherment", "client auth"]  # what a 1.24 kubelet sends
 SERVING_USAGES = ["digital signature", "key encipherment", "server auth"]
@@ -119,9 +120,7 @@ class TcpProxy:
 
     def __init__(self, target_port: int):
         self.target = target_port
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
+        self.port = find_free_port(1)
         self._listener = None
         self._conns: list = []
 

@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
+
+from tests.helpers.ports import find_free_port
 
 ETCD, ETCDCTL = shutil.which("etcd"), shutil.which("etcdctl")
 MEMBERS = [("cp-1", "127.0.0.11"), ("cp-2", "127.0.0.12"), ("cp-3", "127.0.0.13")]  # all of 127/8 is loopback
 
 
 def free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    return find_free_port(1, host)
 
 
 def start_member(tmp_path: Path, pki: Path, name: str, ip: str, ports: tuple[int, int], initial: str):

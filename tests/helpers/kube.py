@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import socket
 import subprocess
 import time
 import uuid
@@ -21,6 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.helpers.ports import find_free_port
 from tests.helpers.cluster import run_cli, write_cluster
 from tests.helpers.redacted import RedactedEnv
 
@@ -44,9 +44,7 @@ def kube_bin_dir() -> Path:
 
 
 def loopback_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return find_free_port(1)
 
 
 def kube_cluster_doc(prefix: str, apiserver_port: int, workers: int = 1, key_type: str = "ec-p256",

@@ -22,7 +22,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import string
 import subprocess
 import tempfile
@@ -38,6 +37,7 @@ from cryptography import x509
 from tests.helpers.cluster import REPO, run_cli
 from tests.helpers.csr import SignerProcess
 from tests.helpers.kube import KUBE_BIN_ENV, KubeControlPlane, kube_bin_dir, stop_process, token_kubeconfig
+from tests.helpers.ports import find_free_port
 from tests.helpers.redacted import RedactedEnv, Secret
 
 DEPLOY_SIGNER = REPO / "deploy" / "signer"
@@ -68,9 +68,7 @@ def kubelet_prereqs() -> tuple[Path, Path]:
 
 
 def free_port_on(ip: str) -> int:
-    with socket.socket() as sock:
-        sock.bind((ip, 0))
-        return sock.getsockname()[1]
+    return find_free_port(1, ip)
 
 
 class _HostDirs:

@@ -9,7 +9,6 @@ A test that needs it skips with a reason when prometheus or promtool is not inst
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -20,6 +19,7 @@ import requests
 import yaml
 
 from tests.helpers.kube import stop_process
+from tests.helpers.ports import find_free_port
 
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 15.0
@@ -39,9 +39,7 @@ def promtool(*args: str, cwd: Path | None = None, timeout: float = 60) -> subpro
 
 
 def _loopback_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return find_free_port(1)
 
 
 class Prometheus:
