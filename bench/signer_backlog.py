@@ -2,6 +2,7 @@
 written back by `vaultk8s signer`, against the floor of N bare signs in the same run.
 
     VAULTK8S_KUBE_BIN=../shared/k8s/bin python3 bench/signer_backlog.py [--csrs 1000] [--floor-threads 8,16,32]
+        [--work-dir /dev/shm/NEW]   # OpenBao's raft, etcd's data and the tree on tmpfs; kept
 
 Order: one local OpenBao (vaultk8s.dev.DevServer) and a cluster of cp-1 + N workers bootstrapped
 on it (tests/helpers/kube.py: etcd + kube-apiserver from ../shared/k8s); each worker posts one
@@ -27,7 +28,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -38,7 +38,7 @@ import requests
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.compare import _Bare, _timed_map, machine_cpu_s, machine_use, print_against_openbao  # noqa: E402
+from bench.compare import _Bare, _fs_type, _timed_map, _work_dir, machine_cpu_s, machine_use, print_against_openbao  # noqa: E402
 from tests.helpers.csr import CLIENT_USAGES, make_request  # noqa: E402
 from tests.helpers.kube import loopback_port, running_control_plane, stop_process  # noqa: E402
 from vaultk8s.config import load_config  # noqa: E402
@@ -54,9 +54,15 @@ def main() -> None:
     parser.add_argument("--signer-workers", type=int, help="pass --workers N to the signer (default: its own)")
     parser.add_argument("--timeout", type=float, default=900, help="give up on the signer after this long")
     parser.add_argument("--py-spy", metavar="SVG", help="run the signer under `py-spy record -o SVG` (collapsed stacks unless it ends .svg; its times then include py-spy)")
+    parser.add_argument("--work-dir", type=Path, help="run in this new directory and keep it: OpenBao's raft, etcd's data "
+                        "and the tree go there (default: a temp directory, removed at the end)")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="vaultk8s-signer-bench-") as tmp_name:
-        print_against_openbao(Path(tmp_name), lambda env: run(env, Path(tmp_name), args))
+    if args.work_dir is not None:
+        args.work_dir = args.work_dir.resolve()  # the signer child runs in REPO
+        if args.work_dir.exists():
+            parser.error(f"--work-dir {args.work_dir} already exists: give a new directory")
+    with _work_dir(args.work_dir) as tmp:
+        print_against_openbao(tmp, lambda env: run(env, tmp, args))
 
 
 def run(env, tmp: Path, args) -> dict:
@@ -78,6 +84,7 @@ def run(env, tmp: Path, args) -> dict:
     return {"csrs": len(csrs), "signer_workers": args.signer_workers, **signer, **floor, **write_floor,
             "signer_over_floor": round(signer["signer_s"] / floor["floor_s"], 2),
             "signer_over_both_floors": round(signer["signer_s"] / (floor["floor_s"] + write_floor["kube_write_floor_s"]), 2),
+            "tmpfs": _fs_type(tmp) == "tmpfs", "work_dir_fs": _fs_type(tmp),
             "load_before": round(load_before, 2), "load_after": round(os.getloadavg()[0], 2)}
 
 

@@ -27,13 +27,16 @@ def test_compare_prints_one_json_line_with_the_contract_keys():
     assert result["cfssl_s"] is not None or result["cfssl_skipped"]
 
 
-def test_signer_backlog_signs_a_tiny_backlog_and_prints_its_keys():
+def test_signer_backlog_signs_a_tiny_backlog_and_prints_its_keys(tmp_path):
     from tests.helpers.kube import kube_bin_dir
 
     kube_bin_dir()  # skips with the reason when VAULTK8S_KUBE_BIN is unset
+    work = tmp_path / "work"
     proc = subprocess.run([sys.executable, str(REPO / "bench" / "signer_backlog.py"), "--csrs", "3",
-                           "--floor-threads", "2"], capture_output=True, text=True, timeout=300, cwd=REPO)
+                           "--floor-threads", "2", "--work-dir", str(work)],
+                          capture_output=True, text=True, timeout=300, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["csrs"] == 3
-    assert {"signer_s", "signer_cpu_s", "floor_s", "signer_over_floor", "load_before"} <= set(result)
+    assert {"signer_s", "signer_cpu_s", "floor_s", "signer_over_floor", "load_before", "tmpfs"} <= set(result)
+    assert result["work_dir_fs"] and (work / "signer.log").exists()  # kept, with the signer's log in it
