@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import random
+import threading
 
 from vaultk8s.signer.controller import MAX_BACKOFF_SECONDS, backoff_seconds
 from vaultk8s.signer.leader import LeaseElector
@@ -51,6 +52,20 @@ def test_a_stale_read_loses_the_race():
     assert b.try_acquire_or_renew()
     store.read_lease = lambda *_: copy.deepcopy(stale)
     assert not a.try_acquire_or_renew() and not a.is_leader()
+
+
+def test_a_waiting_loop_wakes_when_the_lease_is_won_not_at_its_next_poll():
+    store, clock = LeaseStore(), Clock()
+    a, b = _elector(store, clock, "a"), _elector(store, clock, "b")
+    assert not a.wait_for_leadership(0.01)  # no attempt yet: times out, not leader
+    woke = []
+    waiter = threading.Thread(target=lambda: woke.append(a.wait_for_leadership(30)))
+    waiter.start()
+    assert a.try_acquire_or_renew()
+    waiter.join(timeout=5)  # well before the 30 s it would otherwise wait
+    assert woke == [True]
+    assert a.wait_for_leadership(30)  # already leader: returns at once
+    assert b.try_acquire_or_renew() is False and not b.wait_for_leadership(0.01)  # a lost attempt wakes no one
 
 
 def test_backoff_grows_and_is_capped():

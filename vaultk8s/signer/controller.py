@@ -282,9 +282,8 @@ class Signer:
         version, listed = None, 0.0
         while not self._stop.is_set():
             self.heartbeat.beat()
-            if not self.elector.is_leader():
+            if not self.elector.wait_for_leadership(1.0):
                 version = None
-                self._stop.wait(1.0)
                 continue
             try:
                 if version is None or time.monotonic() - listed > self.settings.resync_seconds:

@@ -10,6 +10,7 @@ which is shorter than the lease the others wait out, so two never act at once on
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -43,9 +44,18 @@ class LeaseElector:
     monotonic: Callable[[], float] = time.monotonic
     term: int = field(default=0, init=False)  # times this replica became leader: unchanged = unbroken leadership
     _leading_until: float = field(default=0.0, repr=False)
+    _gained: threading.Event = field(default_factory=threading.Event, repr=False)
 
     def is_leader(self) -> bool:
         return self.monotonic() < self._leading_until
+
+    def wait_for_leadership(self, timeout: float) -> bool:
+        """Up to timeout for this replica to become leader (at once when it already is): the loop
+        starts the moment the lease is won, not at its next poll (which cost every start 1 s)."""
+        if not self.is_leader():
+            self._gained.wait(timeout)
+            self._gained.clear()
+        return self.is_leader()
 
     def try_acquire_or_renew(self) -> bool:
         """One attempt; True when this identity holds the lease now."""
@@ -55,10 +65,13 @@ class LeaseElector:
         except KubeError as err:  # unreachable, or another candidate wrote first: leading runs out by itself
             log.info("lease %s/%s: %s", self.namespace, self.name, err)
             return False
-        if held and not self.is_leader():
+        gained = held and not self.is_leader()
+        if gained:
             self.term += 1
             log.info("became leader (lease %s/%s, identity %s)", self.namespace, self.name, self.identity)
         self._leading_until = started + self.renew_deadline_seconds if held else 0.0
+        if gained:
+            self._gained.set()  # after _leading_until: a waiter that wakes sees itself leader
         return held
 
     def _attempt(self) -> bool:
