@@ -25,7 +25,7 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.conftest import find_free_port  # noqa: E402
+from tests.helpers.ports import find_free_port  # noqa: E402
 from tests.helpers.agent import start_agent, stop_agent, wait_for  # noqa: E402
 from tests.helpers.cluster import cluster_doc, run_cli, write_cluster  # noqa: E402
 from vaultk8s.dev import DevServer  # noqa: E402

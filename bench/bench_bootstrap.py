@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.conftest import find_free_port  # noqa: E402
+from tests.helpers.ports import find_free_port  # noqa: E402
 from tests.helpers.cluster import cluster_doc  # noqa: E402
 from vaultk8s.config import parse_config  # noqa: E402
 from vaultk8s.dev import DevServer  # noqa: E402

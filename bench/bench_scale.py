@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.conftest import find_free_port  # noqa: E402
+from tests.helpers.ports import find_free_port  # noqa: E402
 from tests.helpers.cluster import REPO, cluster_doc, write_cluster  # noqa: E402
 from vaultk8s.dev import DevServer  # noqa: E402
 

@@ -25,7 +25,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.conftest import find_free_port  # noqa: E402
+from tests.helpers.ports import find_free_port  # noqa: E402
 from tests.helpers.cluster import cluster_doc  # noqa: E402
 from vaultk8s.dev import DevServer  # noqa: E402
 

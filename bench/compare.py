@@ -41,7 +41,7 @@ from cryptography.hazmat.primitives import serialization
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.conftest import find_free_port  # noqa: E402
+from tests.helpers.ports import find_free_port  # noqa: E402
 from tests.helpers.cluster import cluster_doc  # noqa: E402
 from vaultk8s import catalog, crypto  # noqa: E402
 from vaultk8s.config import parse_config  # noqa: E402

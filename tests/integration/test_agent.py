@@ -150,7 +150,7 @@ def test_sighup_renews_now_and_sigterm_stops(node_env):
     path, _, creds, env, out = node_env
     pki = out / "worker-1" / "pki"
     before = _serial(pki / "kubelet.crt")
-    from tests.conftest import find_free_port
+    from tests.helpers.ports import find_free_port
     port = find_free_port()
     full = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))} | env
     proc = subprocess.Popen([sys.executable, "-m", "vaultk8s", "agent", "-c", str(path), "--node", "worker-1",

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import find_free_port
+from tests.helpers.ports import find_free_port
 from tests.helpers.agent import get, node_env, start_agent, stop_agent, wait_for  # noqa: F401 (fixture)
 from tests.helpers.nodes import tree_state
 from tests.helpers.policy import cli

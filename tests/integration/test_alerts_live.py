@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import find_free_port
+from tests.helpers.ports import find_free_port
 from tests.helpers.agent import start_agent, stop_agent
 from tests.helpers.policy import applied_cluster, cli
 from tests.helpers.prometheus import Prometheus

@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from tests.conftest import find_free_port
+from tests.helpers.ports import find_free_port
 from tests.helpers import converge
 from tests.helpers.cluster import cluster_doc, write_cluster
 from tests.helpers.ha import assert_one_clear_line, reaped, start_cli

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import find_free_port
+from tests.helpers.ports import find_free_port
 from tests.helpers.cluster import REPO
 from tests.helpers.kube import running_control_plane
 from tests.helpers.policy import applied_cluster, cli

@@ -33,7 +33,7 @@ import pytest
 import requests
 from cryptography import x509
 
-from tests.conftest import find_free_port
+from tests.helpers.ports import find_free_port
 from tests.helpers.agent import start_agent, stop_agent
 from tests.helpers.cluster import run_cli
 from tests.helpers.kube import running_control_plane, stop_process

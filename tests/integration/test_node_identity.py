@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import hashes
 
-from tests.conftest import find_free_port
+from tests.helpers.ports import find_free_port
 from tests.helpers.agent import get, start_agent, stop_agent, wait_for
 from tests.helpers.hsm import hsm_section, needs_softhsm, new_token
 from tests.helpers.policy import CLUSTER, applied_cluster, approle_login, call, can_sign, cli, write_cluster

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from tests.conftest import find_free_port
+from tests.helpers.ports import find_free_port
 from tests.helpers.agent import node_env, start_agent, stop_agent, wait_for  # noqa: F401 (fixture)
 from tests.helpers.prometheus import Prometheus, promtool
 

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 import pytest
 import requests
 
-from tests.conftest import find_free_port
+from tests.helpers.ports import find_free_port
 from vaultk8s.errors import VaultError
 from vaultk8s.vault.failover import AMBIGUOUS, UNSENT, classify
 from vaultk8s.vault.gateway import _RETRY, VaultGateway
