@@ -95,3 +95,9 @@ def test_renewing_keeps_the_term():
         assert signer.elector.try_acquire_or_renew()
         clock.advance(5)
     assert signer.elector.term == 1
+
+
+def test_stop_wakes_a_standby_loop_waiting_for_the_lease():
+    signer, _, _, _ = _signer([])
+    signer.stop()
+    assert signer.elector.wait_for_leadership(30) is False  # returns at once: run() then sees the stop

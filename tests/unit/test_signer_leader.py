@@ -68,6 +68,17 @@ def test_a_waiting_loop_wakes_when_the_lease_is_won_not_at_its_next_poll():
     assert b.try_acquire_or_renew() is False and not b.wait_for_leadership(0.01)  # a lost attempt wakes no one
 
 
+def test_wake_ends_a_standby_wait_without_making_it_leader():
+    store, clock = LeaseStore(), Clock()
+    a = _elector(store, clock, "a")
+    woke = []
+    waiter = threading.Thread(target=lambda: woke.append(a.wait_for_leadership(30)))
+    waiter.start()
+    a.wake()
+    waiter.join(timeout=5)
+    assert woke == [False] and not waiter.is_alive()
+
+
 def test_backoff_grows_and_is_capped():
     rng = random.Random(7)
     delays = [backoff_seconds(n, rng) for n in range(1, 12)]

@@ -313,6 +313,7 @@ class Signer:
 
     def stop(self) -> None:
         self._stop.set()
+        self.elector.wake()  # a standby waiting for the lease sees the stop at once
 
 
 def run_elector(elector: LeaseElector, metrics: SignerMetrics, stop: threading.Event, period: float = 2.0) -> None:

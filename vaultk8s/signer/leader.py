@@ -57,6 +57,10 @@ class LeaseElector:
             self._gained.clear()
         return self.is_leader()
 
+    def wake(self) -> None:
+        """End a wait_for_leadership now (shutdown: a standby's loop stops at once, not after its wait)."""
+        self._gained.set()
+
     def try_acquire_or_renew(self) -> bool:
         """One attempt; True when this identity holds the lease now."""
         started = self.monotonic()
