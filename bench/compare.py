@@ -65,10 +65,7 @@ def main() -> None:
     parser.add_argument("--work-dir", type=Path, help="run in this new directory and keep it (default: a temp "
                         "directory, removed at the end; see bench/README.md on deleting before a run)")
     args = parser.parse_args()
-    if args.work_dir is not None:
-        args.work_dir = args.work_dir.resolve()  # the bootstrap child runs in REPO
-    if args.work_dir is not None and args.work_dir.exists():
-        parser.error(f"--work-dir {args.work_dir} already exists: give a new directory")
+    args.work_dir = new_work_dir(parser, args.work_dir)
     with _work_dir(args.work_dir) as tmp:
         print_against_openbao(tmp, lambda env: run(env, tmp, args))
 
@@ -81,6 +78,15 @@ def print_against_openbao(tmp: Path, measure) -> None:
         print(json.dumps(measure(env)), flush=True)
     finally:
         server.down()
+
+
+def new_work_dir(parser: argparse.ArgumentParser, path: Path | None) -> Path | None:
+    """--work-dir made absolute (the child runs in REPO); one that exists is refused, not mixed into."""
+    if path is None:
+        return None
+    if path.exists():
+        parser.error(f"--work-dir {path} already exists: give a new directory")
+    return path.resolve()
 
 
 @contextlib.contextmanager

@@ -10,7 +10,8 @@ kubelet-client CSR with its own certificate, and the super-admin approves them a
 1. **signer**: `python -m vaultk8s signer` starts (token login, lease, list) and signs the backlog;
    `signer_s` runs from its spawn until every CSR has its certificate (its signed counter on
    /metrics, then one list to check); `signer_first_sign_s` until the counter first moves (its
-   start: python, the kubernetes client's import, login, lease; polled every 0.1 s); `signer_cpu_s` is its user + system time, from `wait4`.
+   start: python, the kubernetes client's import, login, lease; polled every 0.1 s);
+   `signer_cpu_s` is its user + system time, from `wait4`.
 2. **floor**: the same CSRs through `/sign` on the same roles by a bare `requests` client, one
    keep-alive Session per thread (compare.py's `_Bare`), best of the thread counts. Nothing is
    written back to the API server, so the floor is what Vault alone charges.
@@ -39,7 +40,8 @@ import requests
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.compare import _Bare, _fs_type, _timed_map, _work_dir, machine_cpu_s, machine_use, print_against_openbao  # noqa: E402
+from bench.compare import (  # noqa: E402
+    _Bare, _fs_type, _timed_map, _work_dir, machine_cpu_s, machine_use, new_work_dir, print_against_openbao)
 from tests.helpers.csr import CLIENT_USAGES, make_request  # noqa: E402
 from tests.helpers.kube import loopback_port, running_control_plane, stop_process  # noqa: E402
 from vaultk8s.config import load_config  # noqa: E402
@@ -58,10 +60,7 @@ def main() -> None:
     parser.add_argument("--work-dir", type=Path, help="run in this new directory and keep it: OpenBao's raft, etcd's data "
                         "and the tree go there (default: a temp directory, removed at the end)")
     args = parser.parse_args()
-    if args.work_dir is not None:
-        args.work_dir = args.work_dir.resolve()  # the signer child runs in REPO
-        if args.work_dir.exists():
-            parser.error(f"--work-dir {args.work_dir} already exists: give a new directory")
+    args.work_dir = new_work_dir(parser, args.work_dir)
     with _work_dir(args.work_dir) as tmp:
         print_against_openbao(tmp, lambda env: run(env, tmp, args))
 
