@@ -97,6 +97,11 @@ def test_adopt_then_in_place_bootstrap_then_remove_ca_keys_fails_no_request(vaul
         again = adopt(cluster, tree, vault_env, "--remove-ca-keys")
         assert again.returncode == 0 and "no changes" in again.stdout, again.stdout + again.stderr
         assert plane.kubectl("get", "--raw", "/readyz").stdout.strip() == "ok"  # vaultk8s's admin.conf
+        check = run_cli("certs", "check", "--out", str(plane.out))
+        assert check.returncode == 0, check.stdout + check.stderr
+        # kubeadm's CAs have serial number 0, and they stay the roots: no command prints cryptography's warning
+        for run in (dry, result, boot, removed, again, check):
+            assert "Warning" not in run.stderr, run.stderr
 
 
 @pytest.fixture
