@@ -38,5 +38,6 @@ def test_signer_backlog_signs_a_tiny_backlog_and_prints_its_keys(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["csrs"] == 3
-    assert {"signer_s", "signer_cpu_s", "floor_s", "signer_over_floor", "signer_first_sign_s", "load_before", "tmpfs"} <= set(result)
+    assert {"signer_s", "signer_cpu_s", "floor_s", "signer_over_floor", "signer_first_sign_s", "signer_backlog_cpu_ms_per_csr",
+            "load_before", "tmpfs"} <= set(result)
     assert result["work_dir_fs"] and (work / "signer.log").exists()  # kept, with the signer's log in it
