@@ -99,6 +99,7 @@ def test_adopt_then_in_place_bootstrap_then_remove_ca_keys_fails_no_request(vaul
         assert plane.kubectl("get", "--raw", "/readyz").stdout.strip() == "ok"  # vaultk8s's admin.conf
         check = run_cli("certs", "check", "--out", str(plane.out))
         assert check.returncode == 0, check.stdout + check.stderr
+        assert len(serial_zero_notes(cluster, vault_env)) == 3  # each adopted root, until `ca rotate`
         # kubeadm's CAs have serial number 0, and they stay the roots: no command prints cryptography's warning
         for run in (dry, result, boot, removed, again, check):
             assert "Warning" not in run.stderr, run.stderr
@@ -233,11 +234,18 @@ def test_rotating_every_ca_and_the_sa_key_of_an_adopted_cluster_ends_kubeadms_tr
             if phase != "promote":
                 plane.restart_apiserver()  # --service-account-key-file is read at start
         print(f"rotations and restarts: {time.monotonic() - started:.1f}s")
+        assert serial_zero_notes(cluster, vault_env) == []  # kubeadm's roots are retired
         assert status_with(plane, cert=kubeadm_admin["cert"], key=kubeadm_admin["key"]) == 401
         assert status_with(plane, token=token) == 401
         assert status_with(plane, token=mint_token(plane, name="after")) == 200
         assert plane.kubectl("auth", "can-i", "delete", "secrets", "-A").stdout.strip() == "yes"
 
+
+def serial_zero_notes(cluster: Path, env: dict[str, str]) -> list[str]:
+    """`vaultk8s status`'s notes on roots with serial number 0 (kubeadm's)."""
+    result = run_cli("status", "--config", str(cluster), "--output", "json", env=env)
+    assert result.returncode in (0, 1) and "Traceback" not in result.stderr, result.stderr
+    return [n for n in json.loads(result.stdout)["notes"] if "serial number 0" in n]
 
 
 @needs_softhsm

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 
 from vaultk8s.plan import status as plan
+from vaultk8s.plan.naming import retired_name
 from vaultk8s.plan.status import IssuerFacts, Lifetime, Renewal
 
 NOW = datetime(2026, 12, 3, 12, 0, tzinfo=timezone.utc)
@@ -82,3 +83,14 @@ def test_sa_keys_by_age_against_policy():
     assert not plan.is_due(previous, NOW, WARN) and plan.is_due(previous, NOW + DAY * 2, WARN)
     old = {i.detail.split(" ")[0]: i for i in plan.sa_key_lifetimes(first, settings)}["active"]
     assert plan.is_due(old, NOW, WARN)  # 400 days active: past service_account.max_age
+
+
+def test_a_root_with_serial_zero_is_named_in_the_notes():
+    def facts(issuer_id, serial):
+        return IssuerFacts("k8s-ca", issuer_id, issuer_id, "k1", True, f"CN={issuer_id}", NOW + 3650 * DAY, True, serial)
+
+    issuers = [facts("kubeadm", 0), facts("vault", 0x2f1a), facts(retired_name(1, NOW + DAY), 0)]
+    report = plan.plan_status(plan.issuer_lifetimes(issuers), NOW, WARN, ["a note"])
+    assert report.notes[0] == "a note" and len(report.notes) == 2
+    assert report.notes[1].startswith("k8s-ca/issuer/kubeadm: serial number 0 ") and "vaultk8s ca rotate" in report.notes[1]
+    assert report.due == (False, False, False)  # a note, not a failure: the root is still valid for years

@@ -80,7 +80,7 @@ def _issuer_facts(mount: str, issuer_id: str, info: dict, pem: str) -> plan.Issu
     cert = crypto.load_certs(pem)[0]
     return plan.IssuerFacts(mount, issuer_id, info.get("issuer_name") or "", info.get("key_id") or "",
                             crypto.is_self_signed(cert), cert.subject.rfc4514_string(), cert.not_valid_after_utc,
-                            bool(info.get("is_default")))
+                            bool(info.get("is_default")), cert.serial_number)
 
 
 def sa_key_lifetimes(config: ClusterConfig, gateway: VaultGateway) -> list[Lifetime]:

@@ -19,6 +19,7 @@ from typing import Any
 
 from vaultk8s.config import SASettings
 from vaultk8s.plan import sa
+from vaultk8s.plan.naming import RETIRED_PREFIX
 from vaultk8s.plan.schedule import RENEW_FRACTION
 
 LEAF = "leaf"
@@ -49,6 +50,7 @@ class Lifetime:
     renewed_by: str
     detail: str = ""
     not_before: datetime | None = None  # automatic renewal: its window opens at RENEW_FRACTION of the life
+    warning: str = ""  # what to act on besides the date: becomes one of the report's notes
 
 
 def is_due(item: Lifetime, now: datetime, warn: timedelta) -> bool:
@@ -91,7 +93,8 @@ def plan_status(items: list[Lifetime], now: datetime, warn: timedelta, notes: li
     """Soonest first (no end last), then by kind and name, so the output is stable."""
     never = datetime.max.replace(tzinfo=timezone.utc)
     ordered = tuple(sorted(items, key=lambda i: (i.not_after or never, i.kind, i.name)))
-    return StatusReport(ordered, tuple(is_due(i, now, warn) for i in ordered), warn, tuple(notes))
+    warnings = tuple(f"{i.name}: {i.warning}" for i in ordered if i.warning)
+    return StatusReport(ordered, tuple(is_due(i, now, warn) for i in ordered), warn, (*notes, *warnings))
 
 
 # --- service-account keys -----------------------------------------------------------------------
@@ -125,6 +128,7 @@ class IssuerFacts:
     subject: str
     not_after: datetime
     is_default: bool
+    serial: int = 1
 
 
 def issuer_lifetimes(issuers: list[IssuerFacts]) -> list[Lifetime]:
@@ -132,7 +136,17 @@ def issuer_lifetimes(issuers: list[IssuerFacts]) -> list[Lifetime]:
     cross-signed certificate (a newer root's key, signed by an older root: `ca rotate`)."""
     root_keys = {i.key_id for i in issuers if i.self_signed and i.key_id}
     return [Lifetime(_issuer_kind(i, root_keys), f"{i.mount}/issuer/{i.issuer_name or i.issuer_id}", i.not_after,
-                     Renewal.PERSON, "vaultk8s ca rotate", _issuer_detail(i)) for i in issuers]
+                     Renewal.PERSON, "vaultk8s ca rotate", _issuer_detail(i), warning=_serial_warning(i))
+            for i in issuers]
+
+
+def _serial_warning(issuer: IssuerFacts) -> str:
+    """kubeadm's CAs have serial 0 (docs/adopt-facts.md, 2): adopted, they stay the roots until rotated.
+    A retired root is in no bundle any more; Vault keeps it only until its last leaf expires."""
+    if issuer.serial > 0 or issuer.issuer_name.startswith(RETIRED_PREFIX):
+        return ""
+    return (f"serial number {issuer.serial} (kubeadm makes its CAs so): RFC 5280 forbids it and a future "
+            "cryptography release will refuse to load it; retire it with `vaultk8s ca rotate` (docs/adopt.md)")
 
 
 def _issuer_kind(issuer: IssuerFacts, root_keys: set[str]) -> str:
