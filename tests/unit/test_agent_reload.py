@@ -48,6 +48,7 @@ def test_signal_reaches_the_process_named_by_the_pid_file(tmp_path):
     finally:
         proc.kill()
         proc.wait(timeout=10)
+        proc.stdout.close()
 
 
 def test_missing_garbage_and_stale_pid_files_are_clear_failures(tmp_path):
