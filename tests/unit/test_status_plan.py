@@ -47,7 +47,7 @@ def test_report_is_soonest_first_with_no_end_last_and_names_what_is_due():
 
 def test_issuer_kinds_every_generation():
     def facts(issuer_id, key_id, self_signed, default=False):
-        return IssuerFacts("k8s-ca", issuer_id, issuer_id, key_id, self_signed, f"CN={issuer_id}", NOW + DAY, default)
+        return IssuerFacts("k8s-ca", issuer_id, issuer_id, key_id, self_signed, f"CN={issuer_id}", NOW + DAY, default, 1)
 
     kinds = {i.name: (i.kind, i.detail) for i in plan.issuer_lifetimes([
         facts("old-root", "k1", True), facts("new-root", "k2", True, default=True),

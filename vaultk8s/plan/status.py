@@ -128,7 +128,7 @@ class IssuerFacts:
     subject: str
     not_after: datetime
     is_default: bool
-    serial: int = 1
+    serial: int
 
 
 def issuer_lifetimes(issuers: list[IssuerFacts]) -> list[Lifetime]:
