@@ -58,8 +58,9 @@ def test_adopt_then_in_place_bootstrap_then_remove_ca_keys_fails_no_request(vaul
             result = adopt(cluster, tree, vault_env)
             timings["adopt"] = time.monotonic() - started
             assert result.returncode == 0, result.stderr
-            again = adopt(cluster, tree, vault_env)
-            assert again.returncode == 0 and "no changes" in again.stdout, again.stdout + again.stderr
+            adopt_again = adopt(cluster, tree, vault_env)
+            assert adopt_again.returncode == 0 and "no changes" in adopt_again.stdout, \
+                adopt_again.stdout + adopt_again.stderr
 
             started = time.monotonic()
             boot = run_cli("bootstrap", "--config", str(cluster), "--out", str(plane.out), env=vault_env)
@@ -94,14 +95,15 @@ def test_adopt_then_in_place_bootstrap_then_remove_ca_keys_fails_no_request(vaul
         assert backup.stat().st_mode & 0o777 == 0o600
         with tarfile.open(backup) as tar:
             assert set(CA_KEYS) | {"pki/sa.key", "admin.conf"} <= set(tar.getnames())
-        again = adopt(cluster, tree, vault_env, "--remove-ca-keys")
-        assert again.returncode == 0 and "no changes" in again.stdout, again.stdout + again.stderr
+        removed_again = adopt(cluster, tree, vault_env, "--remove-ca-keys")
+        assert removed_again.returncode == 0 and "no changes" in removed_again.stdout, \
+            removed_again.stdout + removed_again.stderr
         assert plane.kubectl("get", "--raw", "/readyz").stdout.strip() == "ok"  # vaultk8s's admin.conf
         check = run_cli("certs", "check", "--out", str(plane.out))
         assert check.returncode == 0, check.stdout + check.stderr
         assert len(serial_zero_notes(cluster, vault_env)) == 3  # each adopted root, until `ca rotate`
         # kubeadm's CAs have serial number 0, and they stay the roots: no command prints cryptography's warning
-        for run in (dry, result, boot, removed, again, check):
+        for run in (dry, result, adopt_again, boot, removed, removed_again, check):
             assert "Warning" not in run.stderr, run.stderr
 
 
