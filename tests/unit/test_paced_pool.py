@@ -25,8 +25,11 @@ def test_a_small_run_stays_on_one_thread_untimed() -> None:
 
 
 def test_work_that_waits_goes_to_the_pool() -> None:
-    def wait(n: int) -> int:  # sleeping releases the GIL, as kernel time for new inodes does
-        time.sleep(0.005)
+    # Sleeping releases the GIL, as kernel time for new inodes does. 20 ms an item puts the pool's
+    # slice (2 rounds) 120 ms under the thread's (8 items): with 5 ms, a loaded machine's late
+    # wake-ups once ate the 27 ms margin (a full-suite run).
+    def wait(n: int) -> int:
+        time.sleep(0.02)
         return n
 
     with PacedPool(4) as pool:
