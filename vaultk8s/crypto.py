@@ -7,6 +7,7 @@ import warnings
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+import cryptography
 from cryptography import x509
 from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.hazmat.primitives import hashes, serialization
@@ -14,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from vaultk8s.catalog import Usage
+from vaultk8s.errors import CertificateRefused
 from vaultk8s.keytypes import KEY_TYPES
 
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
@@ -98,11 +100,43 @@ def key_usage(*, digital_signature: bool, cert_sign: bool) -> x509.KeyUsage:
 
 
 def load_cert(pem: bytes | str) -> x509.Certificate:
-    return x509.load_pem_x509_certificate(pem.encode() if isinstance(pem, str) else pem)
+    return _loaded(x509.load_pem_x509_certificate, pem)
 
 
 def load_certs(pem: bytes | str) -> list[x509.Certificate]:
-    return x509.load_pem_x509_certificates(pem.encode() if isinstance(pem, str) else pem)
+    return _loaded(x509.load_pem_x509_certificates, pem)
+
+
+def _loaded(load, pem: bytes | str):
+    data = pem.encode() if isinstance(pem, str) else pem
+    try:
+        return load(data)
+    except ValueError:
+        _refuse_if_serial_not_positive(data)
+        raise
+
+
+def _refuse_if_serial_not_positive(data: bytes) -> None:
+    """cryptography 48 warns that a future release will refuse serial 0, which kubeadm's CAs have: on
+    that day, say so and how to get out, rather than call an adopted root unreadable."""
+    for serial, subject in _serials(data):
+        if serial <= 0:
+            raise CertificateRefused(
+                f"cryptography {cryptography.__version__} refuses the certificate {subject!r}: its serial number is "
+                f"{serial} (kubeadm makes its CAs with 0). Install the cryptography release used before, then retire "
+                "that root with `vaultk8s ca rotate` (docs/adopt.md, step 6)")
+
+
+def _serials(data: bytes) -> list[tuple[int, str]]:
+    """(serial, subject) of each PEM certificate, read with asn1crypto, which reads what cryptography refuses."""
+    from asn1crypto import pem as asn1_pem, x509 as asn1_x509  # only a refused load needs it: 20 ms of imports
+
+    try:
+        certs = [asn1_x509.Certificate.load(der) for kind, _, der in asn1_pem.unarmor(data, multiple=True)
+                 if kind == "CERTIFICATE"]
+        return [(cert.serial_number, cert.subject.human_friendly) for cert in certs]
+    except (ValueError, TypeError):
+        return []
 
 
 def load_key(pem: bytes) -> PrivateKey:

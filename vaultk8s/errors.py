@@ -92,6 +92,10 @@ class DevServerError(VaultK8sError, exit_code=7):
     """The local dev OpenBao cannot be started, reached, unsealed or stopped."""
 
 
+class CertificateRefused(VaultK8sError, exit_code=10):
+    """The installed cryptography refuses a certificate that an earlier release read (kubeadm's serial 0)."""
+
+
 class KubeError(VaultK8sError, exit_code=8):
     """The Kubernetes API server is unreachable or refused a request."""
 
