@@ -7,6 +7,7 @@ duplicated (tests/helpers/converge.py says what that means).
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 
@@ -45,6 +46,15 @@ def test_dev_up_three_nodes_prints_the_usual_exports_and_ha_status_lists_all(ope
     assert env.stdout == "".join(f"export {k}={v}\n" for k, v in openbao_ha.exports.items())
     again = run_cli("dev", "up", "--state-dir", str(openbao_ha.state), "--nodes", "1")
     assert again.returncode != 0 and "has 3 node(s)" in again.stderr and again.stdout == ""
+
+
+def test_status_lists_the_certificate_every_node_serves(openbao_ha, tmp_path, mount_prefix):
+    env = openbao_ha.env_for(openbao_ha.standby())
+    path, _, _ = applied_cluster(env, tmp_path, mount_prefix)
+    done = cli(env, "status", "-c", str(path), "--output", "json")
+    assert done.returncode == 0, done.stderr
+    served = sorted(i["name"] for i in json.loads(done.stdout)["items"] if i["kind"] == "vault-tls")
+    assert served == sorted(f"https://127.0.0.1:{openbao_ha.port + 2 * k} serving certificate" for k in range(3))
 
 
 def test_bootstrap_pointed_at_a_standby(openbao_ha, tmp_path, mount_prefix):

@@ -10,6 +10,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 
 from vaultk8s.config import ClusterConfig
 from vaultk8s.plan import naming
@@ -43,6 +44,10 @@ def cluster(openbao, tmp_path, mount_prefix) -> Cluster:
     return Cluster(vault_env, path, config, operator, out)
 
 
+def _rfc3339(pem_file: Path) -> str:
+    return x509.load_pem_x509_certificate(pem_file.read_bytes()).not_valid_after_utc.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def _status(env, path, out, warn, token=None):
     done = cli(env, "status", "-c", str(path), "--out", str(out), "--warn", warn, "--output", "json", token=token)
     return done, json.loads(done.stdout)
@@ -65,6 +70,13 @@ def test_status_lists_every_lifetime_soonest_first(cluster):
     signer = [i for i in items if i["kind"] == "signer-credential"]
     assert len(signer) == 1 and naming.CSR_SIGNER_APPROLE_ROLE in signer[0]["name"]
     assert report["due"] == [] and not any(i["due"] for i in items)
+    # Vault's own TLS: the certificate the listener serves (the dev server's server.pem) and VAULT_CACERT's
+    cacert = Path(vault_env["VAULT_CACERT"])
+    tls = {i["kind"]: i for i in items if i["kind"] in ("vault-tls", "vault-ca")}
+    assert tls["vault-tls"]["name"] == f"{vault_env['VAULT_ADDR']} serving certificate"
+    assert tls["vault-tls"]["not_after"] == _rfc3339(cacert.with_name("server.pem"))
+    assert tls["vault-ca"]["name"] == f"VAULT_CACERT {cacert}" and tls["vault-ca"]["not_after"] == _rfc3339(cacert)
+    assert {i["renewal"] for i in tls.values()} == {"person"}
     # the operator may not list tokens: said, not failed
     assert any("auth/token/accessors" in n for n in report["notes"])
     text = done.stdout + done.stderr
@@ -92,7 +104,7 @@ def test_status_exit_code_follows_warn_and_names_what_is_due(cluster):
     auditor = Secret(make_token(vault_env, [naming.policy_name(cluster.config, "auditor")]))
     done, report = _status(vault_env, path, out, "1s", token=auditor)
     assert done.returncode == 0, done.stderr
-    assert {"leaf", "ca-root", "ca-cross-signed"} == {i["kind"] for i in report["items"]}
+    assert {"leaf", "ca-root", "ca-cross-signed", "vault-tls", "vault-ca"} == {i["kind"] for i in report["items"]}
     assert [n.split(":")[0] for n in report["notes"]] == ["service-account keys", "secret_ids", "tokens"]
     # the defaults: the signer's AppRole secret_id (secret_id_ttl 720h) lapses within --warn 30d, so
     # it is due from the day it is made; nothing else is

@@ -6,7 +6,9 @@ permission, never a failure of the whole report:
 - every issuer of the three CA mounts (every rotation generation);
 - the service-account key set (KV: an operator or admin token);
 - each node's and the CSR signer's AppRole secret_ids (by accessor: the secret_ids are never read);
-- tokens carrying this cluster's policies (listing token accessors needs sudo: root or admin).
+- tokens carrying this cluster's policies (listing token accessors needs sudo: root or admin);
+- the certificate each known Vault node serves, and VAULT_CACERT's (no token needed; vaultk8s renews
+  neither, and every agent and signer stops when one lapses).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Callable, TYPE_CHECKING
 
 from vaultk8s import catalog, crypto
 from vaultk8s.config import ClusterConfig
-from vaultk8s.errors import PermissionDeniedError
+from vaultk8s.errors import PermissionDeniedError, VaultError
 from vaultk8s.ops import check
 from vaultk8s.ops import sa as sa_ops
 from vaultk8s.plan import grants, naming
@@ -52,7 +54,8 @@ def status(config: ClusterConfig, gateway: VaultGateway, *, now: datetime, warn:
     found, note = token_lifetimes(config, gateway)
     items += found
     notes += [note] if note else []
-    return plan.plan_status(items, now, warn, notes)
+    found, tls_notes = vault_tls_lifetimes(gateway)
+    return plan.plan_status(items + found, now, warn, notes + tls_notes)
 
 
 def leaf_lifetimes(out: Path, now: datetime) -> list[Lifetime]:
@@ -130,3 +133,36 @@ def token_lifetimes(config: ClusterConfig, gateway: VaultGateway) -> tuple[list[
     if len(accessors) > MAX_TOKEN_LOOKUPS:
         note = f"tokens: only the first {MAX_TOKEN_LOOKUPS} of {len(accessors)} token accessors were looked up"
     return items, note
+
+
+VAULT_TLS_RENEWED_BY = "whoever runs Vault's listener (not vaultk8s)"
+
+
+def vault_tls_lifetimes(gateway: VaultGateway) -> tuple[list[Lifetime], list[str]]:
+    """What Vault's own TLS rests on: each known node's serving certificate, and the certificates of
+    VAULT_CACERT. A node that does not answer the handshake is a note."""
+    items, notes = [], []
+    for addr in gateway.addresses():
+        try:
+            pem = gateway.served_certificate_pem(addr)
+        except VaultError as err:
+            notes.append(f"Vault TLS: {err}")
+            continue
+        if pem is None:
+            notes.append(f"Vault TLS: {addr} serves plain HTTP: nothing expires, nothing is encrypted")
+            continue
+        items.append(_vault_tls_lifetime(plan.VAULT_TLS, f"{addr} serving certificate", crypto.load_cert(pem)))
+    if gateway.cacert:
+        try:
+            trusted = crypto.load_certs(Path(gateway.cacert).read_bytes())
+        except (OSError, ValueError) as err:
+            return items, [*notes, f"Vault TLS: VAULT_CACERT={gateway.cacert} not read: {err}"]
+        for index, cert in enumerate(trusted):
+            name = f"VAULT_CACERT {gateway.cacert}" + (f" #{index + 1}" if len(trusted) > 1 else "")
+            items.append(_vault_tls_lifetime(plan.VAULT_CA, name, cert))
+    return items, notes
+
+
+def _vault_tls_lifetime(kind: str, name: str, cert) -> Lifetime:
+    return Lifetime(kind, name, cert.not_valid_after_utc, Renewal.PERSON, VAULT_TLS_RENEWED_BY,
+                    cert.subject.rfc4514_string())

@@ -3,8 +3,8 @@
 ops/status.py gathers the facts (files under --out, issuers, the service-account key set,
 secret_ids, tokens); this module classifies and orders them and decides what is *due*:
 - renewed automatically (leaves: the agent, the signer): due in the last third of its life, or expired;
-- renewed by a person (CAs, the active service-account key, the signer's AppRole secret_id): due
-  when it lapses within --warn;
+- renewed by a person (CAs, the active service-account key, the signer's AppRole secret_id, Vault's
+  own listener certificate and the CA file that trusts it): due when it lapses within --warn;
 - a deadline to act on (a previous service-account key: retire it): due once reached;
 - meant to lapse (enrolment secret_ids, short-lived tokens): listed, never due.
 """
@@ -30,6 +30,8 @@ SA_KEY = "sa-key"
 ENROLMENT = "enrolment"
 SIGNER_CREDENTIAL = "signer-credential"
 TOKEN = "token"
+VAULT_TLS = "vault-tls"
+VAULT_CA = "vault-ca"
 
 DEFAULT_WARN = timedelta(days=30)
 

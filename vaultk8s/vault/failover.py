@@ -137,6 +137,10 @@ class FailoverAdapter(JSONAdapter):
         with self._lock:
             self._peers = [a.rstrip("/") for a in addrs if a and a.rstrip("/") != self.base_uri]
 
+    def peers(self) -> list[str]:
+        with self._lock:
+            return list(self._peers)
+
     def request(self, method, url, headers=None, *args, **kwargs):
         started = time.monotonic()
         delay = _FIRST_DELAY

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import ssl
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Mapping
 from urllib.parse import urlsplit
@@ -108,6 +109,9 @@ def _check_cacert(path: str) -> None:
 # "Connection pool is full" warning; the CLI sizes it to --workers + 2.
 DEFAULT_POOL_SIZE = 34
 
+# A node named by sys/ha-status may be unreachable from here (behind a load balancer): bounded.
+TLS_PROBE_SECONDS = 5
+
 
 def make_client(settings: VaultSettings, pool_size: int = DEFAULT_POOL_SIZE) -> hvac.Client:
     session = vault_session(settings.addr, settings.cacert, settings.skip_verify, _RETRY, pool_size)
@@ -121,14 +125,15 @@ def make_client(settings: VaultSettings, pool_size: int = DEFAULT_POOL_SIZE) -> 
 class VaultGateway:
     """The Vault calls vaultk8s makes. Reads return None for "not there"; writes return nothing."""
 
-    def __init__(self, client: hvac.Client, addr: str | None = None):
+    def __init__(self, client: hvac.Client, addr: str | None = None, cacert: str | None = None):
         self.client = client
         self.addr = addr or client.url
+        self.cacert = cacert  # VAULT_CACERT: the file the client trusts Vault's listener by
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, pool_size: int = DEFAULT_POOL_SIZE) -> "VaultGateway":
         settings = settings_from_env(env)
-        return cls(make_client(settings, pool_size), settings.addr)
+        return cls(make_client(settings, pool_size), settings.addr, settings.cacert)
 
     # --- connection ---------------------------------------------------------------------------
 
@@ -160,6 +165,27 @@ class VaultGateway:
         with contextlib.suppress(hv.VaultError, requests.RequestException, AttributeError, TypeError):
             addrs += [n.get("api_address") or "" for n in self.client.read("sys/ha-status").get("nodes") or []]
         adapter.remember_peers(list(dict.fromkeys(addrs)))
+
+    # --- Vault's own TLS ---------------------------------------------------------------------------
+
+    def addresses(self) -> list[str]:
+        """VAULT_ADDR, then the HA nodes check_ready learnt: each serves its own listener certificate."""
+        adapter = self.client.adapter
+        found = [self.addr]
+        if isinstance(adapter, FailoverAdapter):
+            found += [adapter.base_uri, *adapter.peers()]
+        return list(dict.fromkeys(found))
+
+    def served_certificate_pem(self, addr: str) -> str | None:
+        """The certificate the listener at addr serves, read but not verified (only its dates are wanted;
+        every API call verifies it); None for plain http://."""
+        parts = urlsplit(addr)
+        if parts.scheme != "https":
+            return None
+        try:
+            return ssl.get_server_certificate((parts.hostname, url_port(parts) or 443), timeout=TLS_PROBE_SECONDS)
+        except OSError as err:
+            raise VaultError(f"cannot read the TLS certificate served at {addr}: {err.strerror or err}") from None
 
     # --- the hvac calls, once: "not there" as None, upserts marked repeatable ---------------------
 
