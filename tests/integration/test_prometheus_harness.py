@@ -8,8 +8,10 @@ from __future__ import annotations
 import shutil
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
+from cryptography import x509
 
 from tests.helpers.ports import find_free_port
 from tests.helpers.agent import node_env, start_agent, stop_agent, wait_for  # noqa: F401 (fixture)
@@ -57,6 +59,10 @@ UNIT = textwrap.dedent(f"""\
     """)
 
 
+def not_after(pem_file: Path) -> float:
+    return x509.load_pem_x509_certificate(pem_file.read_bytes()).not_valid_after_utc.timestamp()
+
+
 @pytest.fixture
 def rules(tmp_path):
     path = tmp_path / "rules.yml"
@@ -83,6 +89,11 @@ def test_alert_fires_on_a_real_agent_scrape(node_env, rules, tmp_path):  # noqa:
         [sample] = prom.query(f'vaultk8s_agent_rounds_total{{job="{JOB}",node="worker-1",result="success"}}')
         assert float(sample["value"][1]) >= 1
         assert all(r["health"] == "ok" for r in prom.rules())
+        # Vault's own TLS, read by the agent's round: the dev server's listener certificate and its CA
+        cacert = Path(env["VAULT_CACERT"])
+        tls = {s["metric"]["kind"]: float(s["value"][1])
+               for s in prom.query(f'vaultk8s_vault_tls_expiry_timestamp_seconds{{job="{JOB}",node="worker-1"}}')}
+        assert tls == {"vault-tls": not_after(cacert.with_name("server.pem")), "vault-ca": not_after(cacert)}
 
         assert stop_agent(agent) == 0, (tmp_path / "agent.log").read_text()[-2000:]
         took = prom.wait_for_alert("AgentDown", timeout=30)

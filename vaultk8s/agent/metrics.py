@@ -45,7 +45,12 @@ class AgentMetrics:
         self.credential_expiry = Gauge("vaultk8s_credential_expiry_timestamp_seconds", "When a credential the agent "
                                        "logs in with expires (certificate; enrolment while held).",
                                        ["node", "credential"], registry=self.registry)
+        self.vault_tls_expiry = Gauge("vaultk8s_vault_tls_expiry_timestamp_seconds", "When Vault's own TLS "
+                                      "expires: a certificate a Vault node serves (kind vault-tls) or one in "
+                                      "VAULT_CACERT (vault-ca). vaultk8s renews neither.", ["node", "kind", "name"],
+                                      registry=self.registry)
         self._expiries: dict[str, dict[str, datetime]] = {}
+        self._vault_tls: dict[str, set[tuple[str, str]]] = {}
         self._cas: dict[str, set[tuple[str, str]]] = {}
         self._failing_since: dict[str, float] = {}
 
@@ -78,6 +83,15 @@ class AgentMetrics:
         for (ca, subject), when in expiries.items():
             self.ca_expiry.labels(node, ca, subject).set(when.timestamp())
         self._cas[node] = set(expiries)
+
+    def observe_vault_tls(self, node: str, expiries: dict[tuple[str, str], datetime]) -> None:
+        """(kind, name) -> end, as read this round: a node that did not answer (or a certificate gone
+        from VAULT_CACERT) leaves the metrics until it is read again."""
+        for kind, name in self._vault_tls.get(node, set()) - set(expiries):
+            self.vault_tls_expiry.remove(node, kind, name)
+        for (kind, name), when in expiries.items():
+            self.vault_tls_expiry.labels(node, kind, name).set(when.timestamp())
+        self._vault_tls[node] = set(expiries)
 
     def failed(self, node: str, now: datetime) -> None:
         self.rounds.labels(node, "failure").inc()

@@ -30,6 +30,7 @@ from vaultk8s.ops.health import node_health
 from vaultk8s.ops.kubeconfigs import ensure_node_kubeconfigs
 from vaultk8s.ops.node import authenticate
 from vaultk8s.ops.renew import RenewalResult, renew_node
+from vaultk8s.ops.status import vault_tls_lifetimes
 from vaultk8s.store.layout import NodeOutput
 
 if TYPE_CHECKING:  # annotations only: hvac and requests load with the first command that talks to Vault
@@ -86,6 +87,7 @@ class Agent:
                                 now=self.clock(), seed=self._seed, force=force, started=self._started)
             if login is not None and self._login is not None:  # done enrolling: drop the secret_id
                 self._login.enrolled(gateway, login, self.clock())
+            self._observe_vault_tls(gateway)
         finally:
             if login is not None:
                 _quietly(gateway.revoke_self)  # a round's token is not left alive for nobody
@@ -101,6 +103,18 @@ class Agent:
             self._pending.clear()
         self.metrics.observe(self.settings.node, result, self.clock())
         return result
+
+    def _observe_vault_tls(self, gateway: VaultGateway) -> None:
+        """Vault's own certificates, which nobody in vaultk8s renews: a metric to alert on. Only a
+        metric: nothing here fails the round."""
+        try:
+            found, notes = vault_tls_lifetimes(gateway)
+        except (VaultK8sError, ValueError) as err:
+            log.warning("Vault's TLS certificates not read: %s", err)
+            return
+        for note in notes:
+            log.info("%s", note)
+        self.metrics.observe_vault_tls(self.settings.node, {(i.kind, i.name): i.not_after for i in found})
 
     def _authenticate(self, gateway: VaultGateway) -> Login | None:
         """The round's login when it made one (and so owns a token to revoke); None for a given token."""
