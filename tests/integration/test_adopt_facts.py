@@ -235,8 +235,8 @@ def test_c_etcd_reloads_its_serving_certificate_but_reads_its_trusted_ca_only_at
             admin.wait_requests(5)
             assert pki.update({})  # pki/etcd becomes a link into ..data
             assert etcd_accepts(plane, *health)
-            original = etcd_served(plane)
             old_server = load_pair(plane.pki, "etcd/server")[0]
+            assert etcd_served(plane) == fingerprint(old_server)  # so the poll below sees a change
             server, server_key = issue(etcd_ca, etcd_ca_key, "cp-1", server=True, client=True, kind="rsa",
                                        **same_names_as(old_server))
             pki.update({"etcd/server.crt": public(cert_pem(server)), "etcd/server.key": secret(key_pem(server_key))})

@@ -99,7 +99,7 @@ def _cn(cert: x509.Certificate) -> str:
 
 def test_kubelet_bootstraps_and_gets_serving_certificate_through_vault(kubelet_cluster):
     kit = kubelet_cluster
-    plane, node, signer, env, clock = kit.plane, kit.node, kit.signer, kit.env, kit.clock
+    node, signer, clock = kit.node, kit.signer, kit.clock
 
     client = node.wait_client_cert(timeout=60)
     clock.lap("client certificate signed (bootstrap token CSR, KCM approval, Vault)")
@@ -142,7 +142,7 @@ def test_client_rotation(kubelet_cluster, tmp_path):
     system:node:<n>, KCM approves it, Vault signs it. The control plane's own 10m leaves are kept
     fresh meanwhile by the agent of cp-1, as operators run it."""
     kit = kubelet_cluster
-    plane, node, signer, env, clock = kit.plane, kit.node, kit.signer, kit.env, kit.clock
+    plane, node, env, clock = kit.plane, kit.node, kit.env, kit.clock
     creds = tmp_path / "creds-cp-1"
     run_cli("node", "credentials", "--config", str(plane.cluster_file), "--node", "cp-1", "--out", str(creds),
             env=env, check=True)
