@@ -133,3 +133,25 @@ def test_watchdog_pings_only_while_healthy(notify_socket):
         assert sock.recv(4096) == b"STATUS=unhealthy: pki/kubelet.crt expired"  # and no WATCHDOG=1 any more
     finally:
         dog.stop()
+
+
+def test_a_check_that_raises_stops_the_pings_not_the_watchdog(notify_socket):
+    sock, path = notify_socket
+    state = {"broken": True}
+
+    def healthy():
+        if state["broken"]:
+            raise OSError("pki/ unreadable for a moment")
+        return None
+
+    dog = Watchdog(Notifier({"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "100000"}), healthy)
+    assert dog.start()
+    try:
+        assert sock.recv(4096) == b"STATUS=unhealthy: check failed: OSError"
+        state["broken"] = False
+        deadline = time.monotonic() + 10
+        while sock.recv(4096) != b"WATCHDOG=1" and time.monotonic() < deadline:
+            pass
+        assert sock.recv(4096) == b"WATCHDOG=1"  # the thread lived on, and pings again once healthy
+    finally:
+        dog.stop()

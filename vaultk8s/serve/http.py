@@ -7,15 +7,14 @@ import ipaddress
 import socket
 import threading
 from http.server import ThreadingHTTPServer
-from typing import Callable
 from urllib.parse import urlsplit
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import MetricsHandler
 
 from vaultk8s.errors import ConfigError
+from vaultk8s.serve.checks import Check, run_check
 
-Check = Callable[[], "str | None"]  # None: healthy; otherwise why not, in one line
 MAX_REASON = 300
 
 
@@ -107,10 +106,7 @@ def _handler(registry: CollectorRegistry, checks: dict[str, Check]) -> type:
                 self._reply(404, "not found: try /healthz, /readyz or /metrics")
 
         def _answer(self, check: Check) -> None:
-            try:
-                reason = check()
-            except Exception as err:  # a broken check is an unhealthy process, not a dead listener
-                reason = f"check failed: {type(err).__name__}"
+            reason = run_check(check)
             self._reply(200, "ok") if reason is None else self._reply(503, reason)
 
         def _reply(self, status: int, text: str) -> None:

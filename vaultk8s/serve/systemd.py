@@ -8,6 +8,8 @@ import socket
 import threading
 from typing import Callable, Mapping
 
+from vaultk8s.serve.checks import run_check
+
 log = logging.getLogger("vaultk8s.serve")
 
 
@@ -58,7 +60,7 @@ class Watchdog:
 
     def _loop(self, interval: float) -> None:
         while not self._stopped.wait(interval):
-            reason = self.healthy()
+            reason = run_check(self.healthy)
             if reason is None:
                 self.notifier.send("WATCHDOG=1")
             else:
