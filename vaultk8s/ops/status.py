@@ -152,14 +152,16 @@ def vault_tls_lifetimes(gateway: VaultGateway) -> tuple[list[Lifetime], list[str
             notes.append(f"Vault TLS: {addr} serves plain HTTP: nothing expires, nothing is encrypted")
             continue
         items.append(_vault_tls_lifetime(plan.VAULT_TLS, f"{addr} serving certificate", crypto.load_cert(pem)))
-    if gateway.cacert:
-        try:
-            trusted = crypto.load_certs(Path(gateway.cacert).read_bytes())
-        except (OSError, ValueError) as err:
-            return items, [*notes, f"Vault TLS: VAULT_CACERT={gateway.cacert} not read: {err}"]
-        for index, cert in enumerate(trusted):
-            name = f"VAULT_CACERT {gateway.cacert}" + (f" #{index + 1}" if len(trusted) > 1 else "")
-            items.append(_vault_tls_lifetime(plan.VAULT_CA, name, cert))
+    try:
+        pem = gateway.trusted_ca_pem()
+        trusted = crypto.load_certs(pem) if pem else []
+    except VaultError as err:
+        return items, [*notes, f"Vault TLS: {err}"]
+    except ValueError:
+        return items, [*notes, f"Vault TLS: VAULT_CACERT={gateway.cacert} holds no readable PEM certificate"]
+    for index, cert in enumerate(trusted):
+        name = f"VAULT_CACERT {gateway.cacert}" + (f" #{index + 1}" if len(trusted) > 1 else "")
+        items.append(_vault_tls_lifetime(plan.VAULT_CA, name, cert))
     return items, notes
 
 

@@ -187,6 +187,16 @@ class VaultGateway:
         except OSError as err:
             raise VaultError(f"cannot read the TLS certificate served at {addr}: {err.strerror or err}") from None
 
+    def trusted_ca_pem(self) -> bytes | None:
+        """VAULT_CACERT's certificates, the ones the client trusts the listener by; None when unset."""
+        if not self.cacert:
+            return None
+        try:
+            with open(self.cacert, "rb") as handle:
+                return handle.read()
+        except OSError as err:
+            raise VaultError(f"VAULT_CACERT={shown(self.cacert)}: {err.strerror}") from None
+
     # --- the hvac calls, once: "not there" as None, upserts marked repeatable ---------------------
 
     def _get(self, action: str, where: str, call: Callable[[], Any],
