@@ -46,7 +46,7 @@ def signer(
     """
     # Imported here: the kubernetes client is heavy and only this command needs it.
     from vaultk8s.signer import kube
-    from vaultk8s.signer.controller import Signer, SignerSettings, VaultSigner, run_elector
+    from vaultk8s.signer.controller import Signer, SignerSettings, VaultSigner, run_until_stopped
     from vaultk8s.signer.leader import LeaseElector
     from vaultk8s.signer.metrics import SignerMetrics
     from vaultk8s.ops import node as ops
@@ -83,21 +83,12 @@ def signer(
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    elect = threading.Thread(target=run_elector, args=(elector, runner.metrics, stop), name="lease", daemon=True)
-    work = threading.Thread(target=runner.run, name="signer", daemon=True)
-    elect.start()
-    work.start()
-    while not stop.is_set() and work.is_alive():
-        stop.wait(1.0)
-    crashed = not stop.is_set()
-    runner.stop()
-    stop.set()
-    elect.join(timeout=10)  # releases the lease, so a standby takes over at once
+    ended = run_until_stopped(runner, elector, stop)
     vault.close()
     if health is not None:
         health.stop()
-    if crashed:
-        raise VaultK8sError("the signer loop stopped unexpectedly (see the log above); restarting it is safe")
+    if ended is not None:
+        raise VaultK8sError(f"the {ended} loop stopped unexpectedly (see the log above); restarting the signer is safe")
 
 
 def signer_credentials(

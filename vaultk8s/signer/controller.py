@@ -317,9 +317,41 @@ class Signer:
 
 
 def run_elector(elector: LeaseElector, metrics: SignerMetrics, stop: threading.Event, period: float = 2.0) -> None:
-    """Renew (or try to take) the lease every period until stop; then release it."""
-    while not stop.is_set():
-        metrics.leader.set(1 if elector.try_acquire_or_renew() else 0)
-        stop.wait(period)
-    elector.release()
-    metrics.leader.set(0)
+    """Renew (or try to take) the lease every period until stop; then release it (also when a renewal raised)."""
+    try:
+        while not stop.is_set():
+            metrics.leader.set(1 if elector.try_acquire_or_renew() else 0)
+            stop.wait(period)
+    finally:
+        elector.release()
+        metrics.leader.set(0)
+
+
+def run_until_stopped(runner: Signer, elector: LeaseElector, stop: threading.Event, poll: float = 1.0,
+                      lease_period: float = 2.0) -> str | None:
+    """Run the signer loop and the lease loop until stop is set or either ends by itself; then stop both.
+
+    Returns the name of a loop that ended by itself, None after a requested stop. Watching only the
+    signer loop was not enough: with the lease loop gone, leadership lapses and the signer idles as a
+    standby forever while its heartbeat (and so /healthz) stays green. Exiting lets the supervisor
+    restart it.
+    """
+    loops = {"lease": lambda: run_elector(elector, runner.metrics, stop, lease_period), "signer": runner.run}
+    threads = {name: threading.Thread(target=_logged, args=(name, loop), name=name, daemon=True)
+               for name, loop in loops.items()}
+    for thread in threads.values():
+        thread.start()
+    while not stop.is_set() and all(thread.is_alive() for thread in threads.values()):
+        stop.wait(poll)
+    ended = None if stop.is_set() else next(name for name, thread in threads.items() if not thread.is_alive())
+    runner.stop()
+    stop.set()
+    threads["lease"].join(timeout=10)  # releases the lease, so a standby takes over at once
+    return ended
+
+
+def _logged(name: str, loop: Callable[[], None]) -> None:
+    try:
+        loop()
+    except Exception:  # noqa: BLE001 - a bug: its traceback goes to the log, and the process exits non-zero
+        log.exception("the %s loop stopped on an unexpected error", name)
