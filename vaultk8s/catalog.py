@@ -40,6 +40,8 @@ class Server(str, Enum):
 
 
 NODE = "{node}"  # placeholder in a common name, replaced by the node's name
+# Every renewal window opens here: the agent's schedule, bootstrap's re-issue, the dev listener's.
+RENEW_FRACTION = 2 / 3
 
 
 @dataclass(frozen=True)

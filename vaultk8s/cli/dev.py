@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from vaultk8s.cli import common
+from vaultk8s.errors import ConfigError
 
 
 app = common.command_group()
@@ -95,11 +96,31 @@ def _yes_no(value: bool | None) -> str:
 def serve(
     state_dir: StateDir = Path("/var/lib/vaultk8s/openbao"),
     hostname: str = typer.Option("openbao", "--hostname", help="The name clients use; goes in the TLS SANs."),
+    listen: str = typer.Option("0.0.0.0:8200", "--listen", help="HOST:PORT of the API listener (the cluster "
+                               "port is PORT+1)."),
+    tls_lifetime: str = typer.Option("825d", "--tls-lifetime", help="Lifetime of each listener certificate; "
+                                     "a new one is issued from the kept CA at 2/3 of it, and the server reloads it."),
 ) -> None:
-    """Run OpenBao in the foreground on 0.0.0.0:8200 (raft + TLS), for a container."""
-    from vaultk8s.dev.container import exec_server, prepare_container_server
+    """Run OpenBao in the foreground (raft + TLS), for a container, renewing its listener certificate.
 
-    exec_server(prepare_container_server(state_dir, hostname))
+    OpenBao runs as this process's child: SIGTERM, SIGINT and SIGHUP are passed on, and the exit
+    status is the server's.
+    """
+    import logging
+
+    from vaultk8s.dev.container import prepare_container_server, run_server
+    from vaultk8s.serve import parse_listen_addr
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s vaultk8s-dev %(levelname)s %(message)s")
+    host, port = parse_listen_addr(listen, "--listen")
+    if ":" in host or port > 65534:
+        raise ConfigError(f"--listen {listen!r}: give an IPv4 address or a host name, and a port below 65535 "
+                          "(PORT+1 is the cluster port)", "command line")
+    lifetime = common.duration_flag(tls_lifetime, "--tls-lifetime")
+    if lifetime.total_seconds() < 3:
+        raise ConfigError(f"--tls-lifetime {tls_lifetime!r}: give at least 3s", "command line")
+    argv, listener = prepare_container_server(state_dir, hostname, port=port, listen_host=host, tls_lifetime=lifetime)
+    raise typer.Exit(run_server(argv, listener))
 
 
 @app.command("init")

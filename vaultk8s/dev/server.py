@@ -25,9 +25,10 @@ import hvac
 import hvac.exceptions
 import requests
 
-from vaultk8s.dev.tls import render_tls_material
+from vaultk8s.dev.listener import ListenerChange, ListenerTls
+from vaultk8s.dev.tls import SERVER_LIFETIME
 from vaultk8s.errors import DevServerError
-from vaultk8s.store.atomic import locked, public, replace_file, secret
+from vaultk8s.store.atomic import locked, replace_file, secret
 
 DEFAULT_PORT = 8200
 HOST = "127.0.0.1"
@@ -180,6 +181,7 @@ class DevServer:
     """
 
     http_timeout = 5  # seconds per request to the server
+    manages_tls = True  # keeps the listener TLS in its state dir (a server started elsewhere does not)
 
     def __init__(
         self,
@@ -190,6 +192,7 @@ class DevServer:
         progress: Callable[[str], None] = lambda _msg: None,
         start_timeout: float = START_TIMEOUT,
         stop_timeout: float = STOP_TIMEOUT,
+        tls_lifetime: dt.timedelta = SERVER_LIFETIME,
     ):
         self.state_dir = Path(state_dir).absolute()
         self._requested_port = port
@@ -197,6 +200,7 @@ class DevServer:
         self._progress = progress
         self._start_timeout = start_timeout
         self._stop_timeout = stop_timeout
+        self.listener = ListenerTls(self.state_dir, lifetime=tls_lifetime)
 
     # -- files ---------------------------------------------------------------------------------
 
@@ -250,6 +254,9 @@ class DevServer:
         with self._lock():
             self._check_shape()
             nodes = self.nodes(self._start_port())
+            running = [pid for pid in map(self.running_pid, nodes) if pid is not None]
+            if self.manages_tls:
+                self._renew_listener(running)
             for node in nodes:
                 if self.running_pid(node) is None:
                     self._start(node, nodes)
@@ -338,7 +345,6 @@ class DevServer:
         span = (nodes[0].port, nodes[-1].port + 1)
         _ensure_port_free(node.port, span)
         _ensure_port_free(node.port + 1, span)
-        self._ensure_tls()
         node.dir.mkdir(mode=0o700, exist_ok=True)
         (node.dir / "raft").mkdir(mode=0o700, exist_ok=True)
         peers = tuple(n.port for n in nodes if n is not node)
@@ -364,15 +370,15 @@ class DevServer:
         _CHILDREN[proc.pid] = proc
         replace_file(node.pid_file, secret(f"{proc.pid}\n".encode()))
 
-    def _ensure_tls(self) -> None:
-        names = ("ca.pem", "ca.key", "server.pem", "server.key")
-        if all(self._file(n).is_file() for n in names):
+    def _renew_listener(self, running: list[int]) -> None:
+        """Make the listener TLS, or re-issue its certificate when due; running nodes load it on SIGHUP."""
+        change = self.listener.ensure(dt.datetime.now(dt.timezone.utc))
+        if change is ListenerChange.NONE or not running:
             return
-        tls = render_tls_material(dt.datetime.now(dt.timezone.utc))
-        replace_file(self._file("ca.key"), secret(tls.ca_key))
-        replace_file(self._file("server.key"), secret(tls.server_key))
-        replace_file(self._file("server.pem"), public(tls.server_cert))
-        replace_file(self._file("ca.pem"), public(tls.ca_cert))
+        self._progress(f"listener certificate {change.value}: reloading {len(running)} running node(s)")
+        for pid in running:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGHUP)  # the server alone: a plugin in its session would die of it
 
     # -- init, unseal, readiness ---------------------------------------------------------------
 

@@ -1,5 +1,5 @@
 """The dev server's listener TLS: a small self-signed CA and a server cert for 127.0.0.1/localhost
-(plus extra host names, e.g. the compose service name `openbao`)."""
+(plus extra host names, e.g. the compose service name `openbao`). Pure: dev/listener.py keeps the files."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from vaultk8s.catalog import RENEW_FRACTION
 from vaultk8s.crypto import cert_pem, certificate_builder, key_pem, key_usage
 
 CA_LIFETIME = dt.timedelta(days=3650)
@@ -28,17 +29,36 @@ class TlsMaterial:
     server_key: bytes
 
 
-def render_tls_material(now: dt.datetime, hostnames: tuple[str, ...] = ()) -> TlsMaterial:
+def render_tls_material(now: dt.datetime, hostnames: tuple[str, ...] = (),
+                        server_lifetime: dt.timedelta = SERVER_LIFETIME) -> TlsMaterial:
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_cert = _ca_cert(ca_key, now)
-    server_key = ec.generate_private_key(ec.SECP256R1())
-    server_cert = _server_cert(server_key, ca_cert, ca_key, now, hostnames)
-    return TlsMaterial(
-        ca_cert=cert_pem(ca_cert),
-        ca_key=key_pem(ca_key),
-        server_cert=cert_pem(server_cert),
-        server_key=key_pem(server_key),
-    )
+    server_cert, server_key = render_server_cert(ca_cert, ca_key, now, hostnames, server_lifetime)
+    return TlsMaterial(ca_cert=cert_pem(ca_cert), ca_key=key_pem(ca_key), server_cert=server_cert,
+                       server_key=server_key)
+
+
+def render_server_cert(ca_cert: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey, now: dt.datetime,
+                       hostnames: tuple[str, ...] = (), lifetime: dt.timedelta = SERVER_LIFETIME) -> tuple[bytes, bytes]:
+    """A new key and listener certificate from the kept CA (the PEMs of both); never past the CA's end."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    not_after = min(now + lifetime, ca_cert.not_valid_after_utc)
+    return cert_pem(_server_cert(key, ca_cert, ca_key, now, not_after, hostnames)), key_pem(key)
+
+
+def listener_hostnames(cert: x509.Certificate) -> set[str]:
+    try:
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return set()
+    return set(sans.get_values_for_type(x509.DNSName))
+
+
+def renewal_due_at(cert: x509.Certificate, lifetime: dt.timedelta = SERVER_LIFETIME) -> dt.datetime:
+    """When the listener certificate is re-issued: at the same fraction of its life as every leaf.
+    Counted back from its end, not from notBefore, which is backdated by minutes (crypto.NOT_BEFORE_SKEW)
+    and would put a short certificate's window past its end."""
+    return cert.not_valid_after_utc - lifetime * (1 - RENEW_FRACTION)
 
 
 def _ca_cert(key: ec.EllipticCurvePrivateKey, now: dt.datetime) -> x509.Certificate:
@@ -56,14 +76,14 @@ def _ca_cert(key: ec.EllipticCurvePrivateKey, now: dt.datetime) -> x509.Certific
 
 def _server_cert(
     key: ec.EllipticCurvePrivateKey, ca_cert: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey, now: dt.datetime,
-    hostnames: tuple[str, ...] = (),
+    not_after: dt.datetime, hostnames: tuple[str, ...] = (),
 ) -> x509.Certificate:
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
     dns = [x509.DNSName(h) for h in dict.fromkeys(("localhost", *hostnames))]
     sans = x509.SubjectAlternativeName([*dns, x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
     ca_ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
     return (
-        certificate_builder(name, ca_cert.subject, key.public_key(), now, now + SERVER_LIFETIME)
+        certificate_builder(name, ca_cert.subject, key.public_key(), now, not_after)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(key_usage(digital_signature=True, cert_sign=False), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)

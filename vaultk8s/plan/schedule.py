@@ -15,7 +15,8 @@ from __future__ import annotations
 import random
 from datetime import datetime, timedelta
 
-RENEW_FRACTION = 2 / 3  # the renewal window opens here: the agent's schedule and bootstrap's re-issue (plan/leaves.py)
+from vaultk8s.catalog import RENEW_FRACTION
+
 JITTER_FRACTION = 1 / 20
 MIN_BACKOFF = timedelta(seconds=5)
 MIN_SLEEP = timedelta(seconds=30)  # never a hot loop, even when Vault's clock is behind ours

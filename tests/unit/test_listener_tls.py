@@ -1,0 +1,72 @@
+"""The dev listener's TLS files over time (dev/listener.py), on a fake clock: made once, the server
+certificate re-issued from the same CA once its renewal window opens, a new CA only when the old one
+cannot be used. The real server reloading them on SIGHUP is in tests/integration/test_dev_listener.py."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from cryptography import x509
+
+from vaultk8s.dev.listener import ListenerChange, ListenerTls
+from vaultk8s.dev.tls import CA_LIFETIME
+
+T0 = dt.datetime(2026, 12, 7, tzinfo=dt.timezone.utc)
+DAY = dt.timedelta(days=1)
+
+
+def _cert(path):
+    return x509.load_pem_x509_certificate(path.read_bytes())
+
+
+def test_made_once_then_renewed_at_two_thirds_from_the_same_ca(tmp_path):
+    tls = ListenerTls(tmp_path, ("openbao",), lifetime=30 * DAY)
+    assert tls.ensure(T0) is ListenerChange.CREATED
+    ca, first = (tmp_path / "ca.pem").read_bytes(), _cert(tmp_path / "server.pem")
+    assert tls.ensure(T0 + 19 * DAY) is ListenerChange.NONE
+    assert tls.renew_at() < T0 + 21 * DAY
+    assert tls.ensure(T0 + 21 * DAY) is ListenerChange.RENEWED
+    second = _cert(tmp_path / "server.pem")
+    assert (tmp_path / "ca.pem").read_bytes() == ca and second.serial_number != first.serial_number
+    assert second.not_valid_after_utc == T0 + 51 * DAY
+    second.verify_directly_issued_by(x509.load_pem_x509_certificate(ca))
+    assert tls.ensure(T0 + 22 * DAY) is ListenerChange.NONE  # idempotent
+
+
+def test_every_renewal_over_years_keeps_a_valid_certificate(tmp_path):
+    """Runs past many lifetimes: at no moment of a daily check is the served pair expired."""
+    tls = ListenerTls(tmp_path, lifetime=30 * DAY)
+    tls.ensure(T0)
+    renewals = 0
+    for day in range(1, 3 * 365):
+        now = T0 + day * DAY
+        renewals += tls.ensure(now) is ListenerChange.RENEWED
+        assert now < _cert(tmp_path / "server.pem").not_valid_after_utc
+    assert renewals >= 3 * 365 // 21
+
+
+def test_a_volume_without_the_ca_key_keeps_its_certificate_until_due_then_gets_a_new_ca(tmp_path):
+    tls = ListenerTls(tmp_path, lifetime=30 * DAY)
+    tls.ensure(T0)
+    (tmp_path / "ca.key").unlink()  # a compose volume made before the key was kept
+    ca = (tmp_path / "ca.pem").read_bytes()
+    assert tls.ensure(T0 + DAY) is ListenerChange.NONE and (tmp_path / "ca.pem").read_bytes() == ca
+    assert tls.ensure(T0 + 21 * DAY) is ListenerChange.NEW_CA
+    assert (tmp_path / "ca.pem").read_bytes() != ca and (tmp_path / "ca.key").is_file()
+
+
+def test_a_ca_near_its_end_is_replaced_rather_than_cut_short(tmp_path):
+    tls = ListenerTls(tmp_path, lifetime=30 * DAY)
+    tls.ensure(T0)
+    ca = (tmp_path / "ca.pem").read_bytes()
+    late = T0 + CA_LIFETIME - 20 * DAY  # the CA cannot cover a whole server lifetime any more
+    assert tls.ensure(late) is ListenerChange.NEW_CA and (tmp_path / "ca.pem").read_bytes() != ca
+    assert _cert(tmp_path / "server.pem").not_valid_after_utc == late + 30 * DAY
+
+
+def test_an_unreadable_server_certificate_is_reissued(tmp_path):
+    tls = ListenerTls(tmp_path, lifetime=30 * DAY)
+    tls.ensure(T0)
+    (tmp_path / "server.pem").write_text("torn")
+    assert tls.renew_at() is None
+    assert tls.ensure(T0 + DAY) is ListenerChange.RENEWED
