@@ -100,26 +100,29 @@ def key_usage(*, digital_signature: bool, cert_sign: bool) -> x509.KeyUsage:
 
 
 def load_cert(pem: bytes | str) -> x509.Certificate:
-    return _loaded(x509.load_pem_x509_certificate, pem)
+    """The first certificate of the text (as cryptography reads it)."""
+    return _loaded(x509.load_pem_x509_certificate, pem, first_only=True)
 
 
 def load_certs(pem: bytes | str) -> list[x509.Certificate]:
-    return _loaded(x509.load_pem_x509_certificates, pem)
+    return _loaded(x509.load_pem_x509_certificates, pem, first_only=False)
 
 
-def _loaded(load, pem: bytes | str):
+def _loaded(load, pem: bytes | str, first_only: bool):
     data = pem.encode() if isinstance(pem, str) else pem
     try:
         return load(data)
     except ValueError:
-        _refuse_if_serial_not_positive(data)
+        _refuse_if_serial_not_positive(data, first_only)
         raise
 
 
-def _refuse_if_serial_not_positive(data: bytes) -> None:
+def _refuse_if_serial_not_positive(data: bytes, first_only: bool) -> None:
     """cryptography 48 warns that a future release will refuse serial 0, which kubeadm's CAs have: on
-    that day, say so and how to get out, rather than call an adopted root unreadable."""
-    for serial, subject in _serials(data):
+    that day, say so and how to get out, rather than call an adopted root unreadable. first_only: the
+    loader read only the first certificate, so a later one cannot be why it failed."""
+    serials = _serials(data)
+    for serial, subject in serials[:1] if first_only else serials:
         if serial <= 0:
             raise CertificateRefused(
                 f"cryptography {cryptography.__version__} refuses the certificate {subject!r}: its serial number is "

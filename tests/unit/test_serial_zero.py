@@ -43,9 +43,9 @@ def test_a_serial_zero_root_loads_today(tmp_path):
     assert [c.serial_number for c in crypto.load_certs(pem)] == [0]
 
 
-@pytest.mark.parametrize("load", [crypto.load_cert, crypto.load_certs])
-def test_a_release_that_refuses_it_names_the_cause_and_the_way_out(tmp_path, refusing_release, load):
-    pem = openssl_root(tmp_path, 1) + openssl_root(tmp_path, 0)  # a bundle during a rotation
+@pytest.mark.parametrize("load, serials", [(crypto.load_cert, (0, 1)), (crypto.load_certs, (1, 0))])
+def test_a_release_that_refuses_it_names_the_cause_and_the_way_out(tmp_path, refusing_release, load, serials):
+    pem = b"".join(openssl_root(tmp_path, n) for n in serials)  # a bundle during a rotation
     with pytest.raises(CertificateRefused) as refused:
         load(pem)
     message = str(refused.value)
@@ -73,3 +73,10 @@ def test_certs_check_says_why_in_one_line(tmp_path, refusing_release, monkeypatc
     assert main.run() == CertificateRefused.exit_code == 10
     err = capsys.readouterr().err
     assert err.startswith("error: cryptography ") and "serial number is 0" in err and err.count("\n") == 1
+
+
+def test_one_certificate_is_not_blamed_on_a_later_one_it_never_read(tmp_path, refusing_release):
+    pem = openssl_root(tmp_path, 1) + openssl_root(tmp_path, 0)  # load_cert reads only the first
+    with pytest.raises(ValueError) as refused:
+        crypto.load_cert(pem)
+    assert not isinstance(refused.value, CertificateRefused)
