@@ -96,10 +96,14 @@ def test_dev_serve_renews_its_listener_certificate_past_two_lifetimes(dev_serve)
         _served(port)  # the server went with it
 
 
-def test_dev_serve_refuses_a_bad_listen_address_before_writing(tmp_path):
+@pytest.mark.parametrize("flag, value", [("--listen", "[::1]:8200"), ("--listen", "127.0.0.1:65535"),
+                                         ("--tls-lifetime", "soon"), ("--tls-lifetime", "1s"),
+                                         ("--hostname", "open bao")])
+def test_dev_serve_refuses_bad_input_before_writing(tmp_path, flag, value):
     out = subprocess.run([sys.executable, "-m", "vaultk8s", "dev", "serve", "--state-dir", str(tmp_path / "s"),
-                          "--listen", "[::1]:8200"], capture_output=True, text=True, timeout=60)
-    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1 and "--listen" in out.stderr
+                          flag, value], capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0 and len(out.stderr.strip().splitlines()) == 1 and flag in out.stderr
+    assert "Traceback" not in out.stderr
     assert not (tmp_path / "s").exists()
 
 
