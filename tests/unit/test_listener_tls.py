@@ -70,3 +70,18 @@ def test_an_unreadable_server_certificate_is_reissued(tmp_path):
     (tmp_path / "server.pem").write_text("torn")
     assert tls.renew_at() is None
     assert tls.ensure(T0 + DAY) is ListenerChange.RENEWED
+
+
+def test_an_unreadable_or_foreign_ca_key_gets_a_new_ca_not_a_certificate_nobody_trusts(tmp_path):
+    tls = ListenerTls(tmp_path, lifetime=30 * DAY)
+    tls.ensure(T0)
+    other = tmp_path / "other"
+    other.mkdir()
+    ListenerTls(other, lifetime=30 * DAY).ensure(T0)
+    for key in (b"torn", (other / "ca.key").read_bytes()):
+        (tmp_path / "ca.key").write_bytes(key)
+        ca = (tmp_path / "ca.pem").read_bytes()
+        assert tls.ensure(T0 + 21 * DAY) is ListenerChange.NEW_CA
+        assert (tmp_path / "ca.pem").read_bytes() != ca
+        _cert(tmp_path / "server.pem").verify_directly_issued_by(_cert(tmp_path / "ca.pem"))
+        (tmp_path / "server.pem").unlink()  # due again at once for the next round

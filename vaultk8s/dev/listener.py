@@ -38,14 +38,15 @@ class ListenerTls:
 
     def ensure(self, now: dt.datetime) -> ListenerChange:
         """Make the files when missing; re-issue the server certificate when it is due, names other
-        hosts, or is unreadable. A new CA only when there is none, its key is not kept (a compose
-        volume from before the key was kept), or it cannot cover a whole server lifetime."""
+        hosts, or is unreadable. A new CA only when there is none, its key is missing (a compose
+        volume from before the key was kept), unreadable or another CA's, or it cannot cover a whole
+        server lifetime."""
         server, ca = self._cert("server.pem"), self._cert("ca.pem")
         if server is not None and ca is not None and self._current(server, now):
             return ListenerChange.NONE
-        ca_key = read_file(self._file("ca.key"))
+        ca_key = self._ca_key(ca) if ca is not None else None
         if ca is not None and ca_key is not None and ca.not_valid_after_utc - now >= self.lifetime:
-            cert_pem, key_pem = render_server_cert(ca, load_key(ca_key), now, self.hostnames, self.lifetime)
+            cert_pem, key_pem = render_server_cert(ca, ca_key, now, self.hostnames, self.lifetime)
             self._write_server(cert_pem, key_pem)
             return ListenerChange.RENEWED
         created = not self._file("ca.pem").exists()
@@ -67,6 +68,16 @@ class ListenerTls:
     def _write_server(self, cert_pem: bytes, key_pem: bytes) -> None:
         replace_file(self._file("server.key"), secret(key_pem))
         replace_file(self._file("server.pem"), public(cert_pem))
+
+    def _ca_key(self, ca: x509.Certificate):
+        """The kept CA key, or None when missing, unreadable or not ca.pem's (it could sign nothing
+        that clients of ca.pem trust)."""
+        pem = read_file(self._file("ca.key"))
+        try:
+            key = load_key(pem) if pem is not None else None
+        except (ValueError, TypeError):
+            return None
+        return key if key is not None and key.public_key() == ca.public_key() else None
 
     def _cert(self, name: str) -> x509.Certificate | None:
         pem = read_file(self._file(name))
