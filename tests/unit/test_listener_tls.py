@@ -85,3 +85,13 @@ def test_an_unreadable_or_foreign_ca_key_gets_a_new_ca_not_a_certificate_nobody_
         assert (tmp_path / "ca.pem").read_bytes() != ca
         _cert(tmp_path / "server.pem").verify_directly_issued_by(_cert(tmp_path / "ca.pem"))
         (tmp_path / "server.pem").unlink()  # due again at once for the next round
+
+
+def test_a_torn_or_foreign_server_key_is_reissued_from_the_same_ca(tmp_path):
+    tls = ListenerTls(tmp_path, lifetime=30 * DAY)
+    tls.ensure(T0)
+    ca = (tmp_path / "ca.pem").read_bytes()
+    for key in (b"torn", (tmp_path / "ca.key").read_bytes()):
+        (tmp_path / "server.key").write_bytes(key)
+        assert tls.ensure(T0 + DAY) is ListenerChange.RENEWED and (tmp_path / "ca.pem").read_bytes() == ca
+        assert tls.ensure(T0 + DAY) is ListenerChange.NONE

@@ -44,7 +44,7 @@ class ListenerTls:
         server, ca = self._cert("server.pem"), self._cert("ca.pem")
         if server is not None and ca is not None and self._current(server, now):
             return ListenerChange.NONE
-        ca_key = self._ca_key(ca) if ca is not None else None
+        ca_key = self._key_of(ca, "ca.key") if ca is not None else None
         if ca is not None and ca_key is not None and ca.not_valid_after_utc - now >= self.lifetime:
             cert_pem, key_pem = render_server_cert(ca, ca_key, now, self.hostnames, self.lifetime)
             self._write_server(cert_pem, key_pem)
@@ -62,22 +62,22 @@ class ListenerTls:
         return renewal_due_at(server, self.lifetime) if server is not None else None
 
     def _current(self, server: x509.Certificate, now: dt.datetime) -> bool:
-        return (now < renewal_due_at(server, self.lifetime) and self._file("server.key").is_file()
-                and set(self.hostnames) <= listener_hostnames(server))
+        return (now < renewal_due_at(server, self.lifetime) and set(self.hostnames) <= listener_hostnames(server)
+                and self._key_of(server, "server.key") is not None)
 
     def _write_server(self, cert_pem: bytes, key_pem: bytes) -> None:
         replace_file(self._file("server.key"), secret(key_pem))
         replace_file(self._file("server.pem"), public(cert_pem))
 
-    def _ca_key(self, ca: x509.Certificate):
-        """The kept CA key, or None when missing, unreadable or not ca.pem's (it could sign nothing
-        that clients of ca.pem trust)."""
-        pem = read_file(self._file("ca.key"))
+    def _key_of(self, cert: x509.Certificate, name: str):
+        """The key in name when it is readable and cert's; else None (a CA key that is not ca.pem's
+        could sign nothing that clients of ca.pem trust, and OpenBao would not start on a torn pair)."""
+        pem = read_file(self._file(name))
         try:
             key = load_key(pem) if pem is not None else None
         except (ValueError, TypeError):
             return None
-        return key if key is not None and key.public_key() == ca.public_key() else None
+        return key if key is not None and key.public_key() == cert.public_key() else None
 
     def _cert(self, name: str) -> x509.Certificate | None:
         pem = read_file(self._file(name))
