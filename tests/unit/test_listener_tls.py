@@ -95,3 +95,17 @@ def test_a_torn_or_foreign_server_key_is_reissued_from_the_same_ca(tmp_path):
         (tmp_path / "server.key").write_bytes(key)
         assert tls.ensure(T0 + DAY) is ListenerChange.RENEWED and (tmp_path / "ca.pem").read_bytes() == ca
         assert tls.ensure(T0 + DAY) is ListenerChange.NONE
+
+
+def test_a_server_certificate_from_another_ca_is_reissued_from_ca_pem(tmp_path):
+    """As a new CA's write cut short between server.pem and ca.pem would leave it."""
+    tls = ListenerTls(tmp_path, lifetime=30 * DAY)
+    tls.ensure(T0)
+    other = tmp_path / "other"
+    other.mkdir()
+    ListenerTls(other, lifetime=30 * DAY).ensure(T0)
+    for name in ("server.pem", "server.key"):
+        (tmp_path / name).write_bytes((other / name).read_bytes())
+    assert tls.ensure(T0 + DAY) is ListenerChange.RENEWED
+    _cert(tmp_path / "server.pem").verify_directly_issued_by(_cert(tmp_path / "ca.pem"))
+    assert tls.ensure(T0 + DAY) is ListenerChange.NONE

@@ -16,6 +16,7 @@ from enum import Enum
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 
 from vaultk8s.crypto import load_cert, load_key
 from vaultk8s.dev.tls import SERVER_LIFETIME, listener_hostnames, render_server_cert, render_tls_material, \
@@ -42,7 +43,7 @@ class ListenerTls:
         volume from before the key was kept), unreadable or another CA's, or it cannot cover a whole
         server lifetime."""
         server, ca = self._cert("server.pem"), self._cert("ca.pem")
-        if server is not None and ca is not None and self._current(server, now):
+        if server is not None and ca is not None and self._current(server, ca, now):
             return ListenerChange.NONE
         ca_key = self._key_of(ca, "ca.key") if ca is not None else None
         if ca is not None and ca_key is not None and ca.not_valid_after_utc - now >= self.lifetime:
@@ -61,9 +62,9 @@ class ListenerTls:
         server = self._cert("server.pem")
         return renewal_due_at(server, self.lifetime) if server is not None else None
 
-    def _current(self, server: x509.Certificate, now: dt.datetime) -> bool:
+    def _current(self, server: x509.Certificate, ca: x509.Certificate, now: dt.datetime) -> bool:
         return (now < renewal_due_at(server, self.lifetime) and set(self.hostnames) <= listener_hostnames(server)
-                and self._key_of(server, "server.key") is not None)
+                and _issued_by(server, ca) and self._key_of(server, "server.key") is not None)
 
     def _write_server(self, cert_pem: bytes, key_pem: bytes) -> None:
         replace_file(self._file("server.key"), secret(key_pem))
@@ -88,3 +89,13 @@ class ListenerTls:
 
     def _file(self, name: str) -> Path:
         return self.state_dir / name
+
+
+def _issued_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
+    """cert is signed by ca: a write of a new CA cut short between server.pem and ca.pem left
+    clients trusting a CA that did not sign what the server serves."""
+    try:
+        cert.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
