@@ -72,12 +72,18 @@ def test_an_unreadable_server_certificate_is_reissued(tmp_path):
     assert tls.ensure(T0 + DAY) is ListenerChange.RENEWED
 
 
-def test_an_unreadable_or_foreign_ca_key_gets_a_new_ca_not_a_certificate_nobody_trusts(tmp_path):
+def _made_with_another(tmp_path):
+    """This dir's listener files, and a second set from another CA (in tmp_path/other)."""
     tls = ListenerTls(tmp_path, lifetime=30 * DAY)
     tls.ensure(T0)
     other = tmp_path / "other"
     other.mkdir()
     ListenerTls(other, lifetime=30 * DAY).ensure(T0)
+    return tls, other
+
+
+def test_an_unreadable_or_foreign_ca_key_gets_a_new_ca_not_a_certificate_nobody_trusts(tmp_path):
+    tls, other = _made_with_another(tmp_path)
     for key in (b"torn", (other / "ca.key").read_bytes()):
         (tmp_path / "ca.key").write_bytes(key)
         ca = (tmp_path / "ca.pem").read_bytes()
@@ -99,11 +105,7 @@ def test_a_torn_or_foreign_server_key_is_reissued_from_the_same_ca(tmp_path):
 
 def test_a_server_certificate_from_another_ca_is_reissued_from_ca_pem(tmp_path):
     """As a new CA's write cut short between server.pem and ca.pem would leave it."""
-    tls = ListenerTls(tmp_path, lifetime=30 * DAY)
-    tls.ensure(T0)
-    other = tmp_path / "other"
-    other.mkdir()
-    ListenerTls(other, lifetime=30 * DAY).ensure(T0)
+    tls, other = _made_with_another(tmp_path)
     for name in ("server.pem", "server.key"):
         (tmp_path / name).write_bytes((other / name).read_bytes())
     assert tls.ensure(T0 + DAY) is ListenerChange.RENEWED
