@@ -30,6 +30,14 @@ def test_our_errors_are_one_line(monkeypatch, capsys, tmp_path):
     assert err.startswith("error: no dev server is running") and err.count("\n") == 1
 
 
+def test_an_unwritable_listener_tls_is_one_line_before_any_server_starts(monkeypatch, capsys, tmp_path):
+    (tmp_path / "server.key").mkdir(parents=True)  # a file the listener TLS must replace
+    assert run(monkeypatch, "dev", "up", "--state-dir", str(tmp_path)) == 7
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot write the listener TLS in") and err.count("\n") == 1
+    assert not (tmp_path / "bao.hcl").exists()  # no server was configured or started
+
+
 def test_typer_exit_code_is_returned(monkeypatch, tmp_path):
     assert run(monkeypatch, "dev", "status", "--state-dir", str(tmp_path)) == 1
 

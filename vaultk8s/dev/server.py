@@ -372,7 +372,10 @@ class DevServer:
 
     def _renew_listener(self, running: list[int]) -> None:
         """Make the listener TLS, or re-issue its certificate when due; running nodes load it on SIGHUP."""
-        change = self.listener.ensure(dt.datetime.now(dt.timezone.utc))
+        try:
+            change = self.listener.ensure(dt.datetime.now(dt.timezone.utc))
+        except OSError as err:
+            raise DevServerError(f"cannot write the listener TLS in {self.state_dir}: {err.strerror}") from None
         if change is ListenerChange.NONE or not running:
             return
         self._progress(f"listener certificate {change.value}: reloading {len(running)} running node(s)")
