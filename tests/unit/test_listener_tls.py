@@ -111,3 +111,20 @@ def test_a_server_certificate_from_another_ca_is_reissued_from_ca_pem(tmp_path):
     assert tls.ensure(T0 + DAY) is ListenerChange.RENEWED
     _cert(tmp_path / "server.pem").verify_directly_issued_by(_cert(tmp_path / "ca.pem"))
     assert tls.ensure(T0 + DAY) is ListenerChange.NONE
+
+
+def test_the_defaults_renew_for_a_decade_and_replace_the_ca_once_near_its_end(tmp_path):
+    """825-day certificates, renewed at 550 days from the ten-year CA, checked every five days: never
+    lapsed; the CA is replaced once, at the first renewal it cannot cover (day 3300), not before."""
+    tls = ListenerTls(tmp_path)
+    assert tls.ensure(T0) is ListenerChange.CREATED
+    changes = []
+    for day in range(5, 11 * 365, 5):
+        now = T0 + day * DAY
+        change = tls.ensure(now)
+        if change is not ListenerChange.NONE:
+            changes.append((day, change))
+        assert now < _cert(tmp_path / "server.pem").not_valid_after_utc
+    assert changes[:6] == [(550, ListenerChange.RENEWED), (1100, ListenerChange.RENEWED),
+                           (1650, ListenerChange.RENEWED), (2200, ListenerChange.RENEWED),
+                           (2750, ListenerChange.RENEWED), (3300, ListenerChange.NEW_CA)]
