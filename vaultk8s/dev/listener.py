@@ -18,9 +18,8 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
-from vaultk8s.crypto import load_cert, load_key
-from vaultk8s.dev.tls import SERVER_LIFETIME, listener_hostnames, render_server_cert, render_tls_material, \
-    renewal_due_at
+from vaultk8s.crypto import facts, load_cert, load_key
+from vaultk8s.dev.tls import SERVER_LIFETIME, render_server_cert, render_tls_material, renewal_due_at
 from vaultk8s.store.atomic import public, read_file, replace_file, secret
 
 
@@ -63,7 +62,7 @@ class ListenerTls:
         return renewal_due_at(server, self.lifetime) if server is not None else None
 
     def _current(self, server: x509.Certificate, ca: x509.Certificate, now: dt.datetime) -> bool:
-        return (now < renewal_due_at(server, self.lifetime) and set(self.hostnames) <= listener_hostnames(server)
+        return (now < renewal_due_at(server, self.lifetime) and set(self.hostnames) <= facts(server).dns_sans
                 and _issued_by(server, ca) and self._key_of(server, "server.key") is not None)
 
     def _write_server(self, cert_pem: bytes, key_pem: bytes) -> None:

@@ -46,14 +46,6 @@ def render_server_cert(ca_cert: x509.Certificate, ca_key: ec.EllipticCurvePrivat
     return cert_pem(_server_cert(key, ca_cert, ca_key, now, not_after, hostnames)), key_pem(key)
 
 
-def listener_hostnames(cert: x509.Certificate) -> set[str]:
-    try:
-        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return set()
-    return set(sans.get_values_for_type(x509.DNSName))
-
-
 def renewal_due_at(cert: x509.Certificate, lifetime: dt.timedelta = SERVER_LIFETIME) -> dt.datetime:
     """When the listener certificate is re-issued: at the same fraction of its life as every leaf.
     Counted back from its end, not from notBefore, which is backdated by minutes (crypto.NOT_BEFORE_SKEW)
