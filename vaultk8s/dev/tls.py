@@ -39,7 +39,8 @@ def render_tls_material(now: dt.datetime, hostnames: tuple[str, ...] = (),
 
 
 def render_server_cert(ca_cert: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey, now: dt.datetime,
-                       hostnames: tuple[str, ...] = (), lifetime: dt.timedelta = SERVER_LIFETIME) -> tuple[bytes, bytes]:
+                       hostnames: tuple[str, ...] = (),
+                       lifetime: dt.timedelta = SERVER_LIFETIME) -> tuple[bytes, bytes]:
     """A new key and listener certificate from the kept CA (the PEMs of both); never past the CA's end."""
     key = ec.generate_private_key(ec.SECP256R1())
     not_after = min(now + lifetime, ca_cert.not_valid_after_utc)
