@@ -49,12 +49,12 @@ class Kube:
     credentials: Path
     kubeconfig: Path  # the signer's ServiceAccount token
 
-    def signer(self, *extra: str, vault_addr: str | None = None) -> SignerProcess:
+    def signer(self, *extra: str, vault_addr: str | None = None, credentials: Path | None = None) -> SignerProcess:
         env = {k: v for k, v in self.env.items() if k != "VAULT_TOKEN"}  # only the AppRole credential
         if vault_addr:
             env["VAULT_ADDR"] = vault_addr
         return SignerProcess(self.plane.workdir, env, "--config", str(self.plane.cluster_file),
-                             "--kubeconfig", str(self.kubeconfig), "--credentials", str(self.credentials),
+                             "--kubeconfig", str(self.kubeconfig), "--credentials", str(credentials or self.credentials),
                              "--approve-serving", *extra)
 
     def issued_count(self) -> int:
@@ -351,6 +351,38 @@ def test_vault_down_is_retried_with_backoff_never_failed(kube):
         assert metric_total(port, 'vaultk8s_signer_last_login_timestamp_seconds{method="approle"}') > 0
         assert metric_total(port, 'vaultk8s_signer_login_failures_total{method="approle",reason="unavailable"}') >= 1
     assert kube.issued_count() == before + 1
+
+
+def test_an_idle_signer_replaces_its_secret_id_before_it_lapses(kube, tmp_path):
+    """The shipped settings (policy.secret_id_ttl 24h), but a first secret_id that lives 24 s (root may
+    shorten one): the real process replaces it at 2/3 with no CSR in sight, destroys it, and signs
+    after its end with the new one, which gets the role's 24h."""
+    from vaultk8s.plan import naming
+
+    role = f"auth/{naming.approle_mount(kube.config)}/role/{naming.CSR_SIGNER_APPROLE_ROLE}"
+    creds = tmp_path / "creds"
+    creds.mkdir(mode=0o700)
+    for name in ("role_id", "approle_mount"):
+        (creds / name).write_bytes((kube.credentials / name).read_bytes())
+    made = call(kube.env, kube.env["VAULT_TOKEN"], "POST", f"{role}/secret-id", {"ttl": "24s"})
+    first = made.json()["data"]["secret_id"]
+    (creds / "secret_id").write_text(first)
+    (creds / "secret_id").chmod(0o600)
+    port, started = loopback_port(), time.monotonic()
+    with kube.signer("--metrics-addr", f"127.0.0.1:{port}", credentials=creds) as signer:
+        while (creds / "secret_id").read_text() == first:
+            assert time.monotonic() - started < 40, signer.text()
+            time.sleep(0.5)
+        time.sleep(max(0.0, started + 26 - time.monotonic()))  # past the first one's end
+        name = post_csr(kube.plane, make_request("system:node:worker-2")[1],
+                        kubeconfig=kube.plane.out / "worker-2" / "kubelet.conf")
+        assert "Failed" not in conditions(wait_csr(kube.plane, name, timeout=60))
+        expiry = metric_total(port, 'vaultk8s_signer_credential_expiry_timestamp_seconds{credential="secret_id"}')
+        assert time.time() + 23 * 3600 < expiry < time.time() + 24 * 3600 + 60
+    looked = call(kube.env, kube.env["VAULT_TOKEN"], "POST", f"{role}/secret-id/lookup", {"secret_id": first})
+    assert not (looked.status_code == 200 and (looked.json() or {}).get("data"))  # destroyed
+    assert "replaced the AppRole secret_id" in signer.text()
+    assert first not in signer.text() and (creds / "secret_id").read_text() not in signer.text()
 
 
 @needs_softhsm

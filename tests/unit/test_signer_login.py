@@ -180,3 +180,46 @@ def test_a_403_on_the_current_session_still_fails_and_drops_it(tmp_path):
     with pytest.raises(PermissionDeniedError):
         signer.sign("c1/kubernetes-ca", "kubelet-client-cp-1", "CSR", 600)
     assert signer._gateway is None  # the next sign logs in again
+
+
+class FakeAppRole(FakeVault):
+    """AppRole side: a secret_id Vault no longer holds is refused (400); lookups say nothing (no end)."""
+
+    def __init__(self, valid: set[str]):
+        super().__init__()
+        self.valid, self.approle_logins = valid, []
+
+    def login_approle(self, mount, role_id, secret_id):
+        self.approle_logins.append(secret_id)
+        if secret_id not in self.valid:
+            raise VaultRequestRefused("Vault refused to log in at auth/c1/approle/login: invalid role or secret ID")
+        return "t"
+
+    def token_ttl(self) -> int:
+        return 60
+
+    def lookup_secret_id(self, mount, role, secret_id):
+        return {}
+
+
+def test_a_refused_secret_id_is_not_sent_again_until_the_file_changes(tmp_path):
+    """Each refusal counts toward OpenBao's lockout of the role_id (5 lock it for every holder), so a
+    secret_id Vault refused once is not tried again: a replica on a stale copy cannot lock the others out."""
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    for name, value in (("role_id", "r"), ("approle_mount", "c1/approle"), ("secret_id", "stale")):
+        (creds / name).write_text(value)
+    vault, clock = FakeAppRole({"fresh"}), Clock()
+    settings = SignerSettings(config=parse_config(DOC), credentials_dir=creds)
+    metrics = SignerMetrics()
+    signer = VaultSigner(lambda: vault, settings, monotonic=clock, metrics=metrics, clock=lambda: 5000.0)
+    for _ in range(3):
+        with pytest.raises(VaultError) as refused:
+            signer.session()
+    assert vault.approle_logins == ["stale"]  # sent once, never again
+    assert "not tried again" in str(refused.value) and "signer-credentials --out" in str(refused.value)
+    assert "stale" not in str(refused.value)
+    assert _value(metrics, "vaultk8s_signer_login_failures_total", method="approle", reason="rejected") == 3
+    (creds / "secret_id").write_text("fresh\n")  # the operator wrote a new one
+    signer.session()
+    assert vault.approle_logins == ["stale", "fresh"]

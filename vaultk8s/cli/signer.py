@@ -25,7 +25,9 @@ def signer(
                                          "pass every check (nothing else approves them in these clusters)."),
     metrics_addr: str = typer.Option("", "--metrics-addr", help="Serve /healthz and /metrics on HOST:PORT."),
     credentials: Path = typer.Option(None, "--credentials", help="Directory with role_id and secret_id from "
-                                     "`vaultk8s signer-credentials` (AppRole login).", file_okay=False),
+                                     "`vaultk8s signer-credentials` (AppRole login), one per replica. The signer "
+                                     "replaces the secret_id at 2/3 of its life, so keep it writable.",
+                                     file_okay=False),
     token_file: Path = typer.Option(None, "--token-file", help="A file holding a Vault token (re-read on each login)."),
     jwt_file: Path = typer.Option(None, "--jwt-file", help="The projected ServiceAccount token (audience vaultk8s), "
                                   "re-read on each login at auth/<prefix>jwt, role csr-signer.", dir_okay=False),
@@ -42,7 +44,8 @@ def signer(
     sets a Failed condition with the reason when one fails. Runs as one leader among replicas
     (a coordination.k8s.io Lease). Vault comes from VAULT_ADDR/VAULT_CACERT; the token from
     --jwt-file (in the cluster), --credentials (AppRole, outside it), --token-file or VAULT_TOKEN;
-    it logs in again at 2/3 of each token's lease. SIGTERM or SIGINT stop it and release the lease.
+    it logs in again at 2/3 of each token's lease, and on AppRole replaces its own secret_id at 2/3
+    of its life. SIGTERM or SIGINT stop it and release the lease.
     """
     # Imported here: the kubernetes client is heavy and only this command needs it.
     from vaultk8s.signer import kube
@@ -83,7 +86,7 @@ def signer(
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    ended = run_until_stopped(runner, elector, stop)
+    ended = run_until_stopped(runner, elector, stop, keep_logged_in=vault if credentials is not None else None)
     vault.close()
     if health is not None:
         health.stop()

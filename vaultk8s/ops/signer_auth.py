@@ -5,23 +5,27 @@ ServiceAccount token, validated offline against the service-account keys vaultk8
 every `sa rotate` phase (operator) write the mount's config so `jwt_validation_pubkeys` always
 equals sa.pub (the staged, active and previous keys kube-apiserver verifies with). Vault never
 calls the API server. The signer logs in with `login`, re-reading the token file each time.
+
+Outside the cluster it logs in with an AppRole secret_id instead, and replaces that secret_id
+itself at 2/3 of its life (`refresh_secret_id`), as an agent's certificate renews itself.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vaultk8s.config import ClusterConfig
-from vaultk8s.errors import StoreError, VaultError
+from vaultk8s.errors import StoreError
 from vaultk8s.ops.auth_mounts import ensure_auth_mount
 from vaultk8s.ops.node import SECRET_ID_FILE
 from vaultk8s.plan import jwt_claims, machine_auth, naming, sa
 from vaultk8s.plan import status as plan_status
 from vaultk8s.plan.actions import Action
-from vaultk8s.store.atomic import read_file
+from vaultk8s.plan.leaves import renewal_time
+from vaultk8s.store.atomic import read_file, secret, write_file
 
 if TYPE_CHECKING:  # annotations only: hvac and requests load with the first command that talks to Vault
     from vaultk8s.vault.gateway import VaultGateway
@@ -65,18 +69,43 @@ class Login:
     credential_expiry: datetime | None  # the JWT's `exp`
 
 
-def approle_secret_id_expiry(config: ClusterConfig, gateway: VaultGateway, credentials_dir: Path) -> datetime | None:
-    """When the signer's own AppRole secret_id (in credentials_dir, after login unwrapped it) lapses;
-    None when it has no end or cannot be read (a gauge, not worth failing a login for)."""
-    data = read_file(Path(credentials_dir) / SECRET_ID_FILE)
-    if not data:
-        return None
+@dataclass(frozen=True)
+class SecretIdState:
+    """The signer's AppRole secret_id after a login: when it lapses and when it is replaced next."""
+    issued: datetime | None = None
+    expiry: datetime | None = None  # None: no end (policy.secret_id_ttl 0), or Vault could not say
+    renew_at: datetime | None = None  # 2/3 of its life; None: never
+    rotated: bool = False
+
+
+def refresh_secret_id(config: ClusterConfig, gateway: VaultGateway, credentials_dir: Path,
+                      now: datetime) -> SecretIdState:
+    """After an AppRole login (gateway holds its token): once 2/3 of the directory's secret_id's life has
+    passed, generate a new one, write it (0600, atomically) and only then destroy the old one, so a copy
+    of the directory taken before is worth nothing. Raises on a failed replacement; the old one stays."""
+    path = Path(credentials_dir) / SECRET_ID_FILE
+    held = (read_file(path) or b"").decode(errors="replace").strip()
+    if not held:
+        return SecretIdState()
+    am, role = naming.approle_mount(config), naming.CSR_SIGNER_APPROLE_ROLE
+    state = _secret_id_state(gateway.lookup_secret_id(am, role, held))
+    if state.renew_at is None or now < state.renew_at:
+        return state
+    fresh = gateway.generate_secret_id(am, role)
     try:
-        found = gateway.lookup_secret_id(naming.approle_mount(config), naming.CSR_SIGNER_APPROLE_ROLE,
-                                         data.decode(errors="replace").strip())
-    except VaultError:
-        return None
-    return plan_status.vault_time((found or {}).get("expiration_time"))
+        write_file(path, secret(fresh.encode()))
+    except StoreError:
+        gateway.destroy_secret_id(am, role, fresh)  # nobody holds it: leave nothing behind
+        raise
+    gateway.destroy_secret_id(am, role, held)
+    return replace(_secret_id_state(gateway.lookup_secret_id(am, role, fresh)), rotated=True)
+
+
+def _secret_id_state(found: dict | None) -> SecretIdState:
+    issued = plan_status.vault_time((found or {}).get("creation_time"))
+    expiry = plan_status.vault_time((found or {}).get("expiration_time"))
+    renew_at = renewal_time(issued, expiry) if issued and expiry else None
+    return SecretIdState(issued, expiry, renew_at)
 
 
 def login(config: ClusterConfig, gateway: VaultGateway, jwt_file: Path) -> Login:

@@ -249,10 +249,23 @@ def grants_for(kind: str, config: ClusterConfig) -> list[Grant]:
     else:
         grants = identity_grants(_identity(kind), config)
     if kind == CSR_SIGNER:
-        grants.append(Grant(f"auth/{approle_mount(config)}/role/{CSR_SIGNER_APPROLE_ROLE}/secret-id/lookup", ("update",),
-                            "a signer on AppRole exports its own secret_id's expiry (it must hold the secret_id)",
-                            (("secret_id", ()),)))
+        grants += signer_secret_id_grants(config)
     return sorted(grants, key=lambda g: g.path)
+
+
+def signer_secret_id_grants(config: ClusterConfig) -> list[Grant]:
+    """A signer on AppRole keeps its own secret_id fresh: it reads its expiry, makes the next one with
+    nothing the role does not set (no TTL, uses or CIDRs of its choosing: metadata may only be empty),
+    and destroys the old one. Each path needs the secret_id itself, so only its holder gets that far."""
+    role = f"auth/{approle_mount(config)}/role/{CSR_SIGNER_APPROLE_ROLE}"
+    return [Grant(f"{role}/secret-id/lookup", ("update",),
+                  "a signer on AppRole exports its own secret_id's expiry (it must hold the secret_id)",
+                  (("secret_id", ()),)),
+            Grant(f"{role}/secret-id", ("update",),
+                  "a signer on AppRole replaces its secret_id at 2/3 of its life, on the role's terms only",
+                  (("metadata", ("",)),)),
+            Grant(f"{role}/secret-id/destroy", ("update",),
+                  "then it destroys the one it replaced (it must hold the secret_id)", (("secret_id", ()),))]
 
 
 def _identity(kind: str) -> IdentitySpec:

@@ -12,6 +12,7 @@ at a time.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import random
 import threading
@@ -23,15 +24,17 @@ from pathlib import Path
 from typing import Callable, TYPE_CHECKING
 
 from vaultk8s.config import ClusterConfig
+from vaultk8s.durations import rfc3339
 from vaultk8s.errors import (KubeConflict, KubeError, PermissionDeniedError, StoreError, VaultError, VaultK8sError,
                              VaultRequestRefused)
 from vaultk8s.ops import signer_auth
 from vaultk8s.ops.defaults import DEFAULT_SIGNER_WORKERS
-from vaultk8s.ops.node import authenticate
+from vaultk8s.ops.node import SECRET_ID_FILE, WRAPPED_SECRET_ID_FILE, authenticate
 from vaultk8s.plan.csr_review import Decision, Verdict, review_csr, skipped, status_certificate
 from vaultk8s.signer.kube import KubeGateway, Obj, view_of
 from vaultk8s.signer.leader import LeaseElector
 from vaultk8s.signer.metrics import Heartbeat, SignerMetrics
+from vaultk8s.store.atomic import read_file
 
 if TYPE_CHECKING:  # annotations only: hvac and requests load with the first command that talks to Vault
     from vaultk8s.vault.gateway import VaultGateway
@@ -39,6 +42,8 @@ if TYPE_CHECKING:  # annotations only: hvac and requests load with the first com
 log = logging.getLogger("vaultk8s.signer")
 
 MAX_BACKOFF_SECONDS = 60.0
+MIN_RELOGIN_SECONDS = 5.0  # a clock far off Vault's must not turn secret_id replacement into a login loop
+SECRET_ID_RETRY_SECONDS = 60.0
 
 
 class Transient(Exception):
@@ -95,6 +100,7 @@ class VaultSigner:
         self._login_lock = threading.RLock()  # one login however many threads sign
         self._owned = False
         self._relogin_at = self._expires_at = 0.0  # monotonic
+        self._refused_secret_id: str | None = None  # digest of a secret_id Vault refused: not sent again
 
     def sign(self, mount: str, role: str, csr_pem: str, ttl_seconds: int) -> bytes:
         gateway = self.session()
@@ -143,7 +149,9 @@ class VaultSigner:
             self.metrics.logged_in(self.settings.login_method, self.clock(), lease)
             self._gateway = gateway
             now = self.monotonic()
-            self._relogin_at = now + lease * self.settings.relogin_fraction if lease else float("inf")
+            token_in = lease * self.settings.relogin_fraction if lease else float("inf")
+            # the secret_id is replaced at a login: one is due when either ends its 2/3
+            self._relogin_at = now + min(token_in, max(MIN_RELOGIN_SECONDS, self._refresh_secret_id(gateway)))
             self._expires_at = now + lease if lease else float("inf")
         return self._gateway
 
@@ -154,11 +162,57 @@ class VaultSigner:
             if login.credential_expiry is not None:
                 self.metrics.credential_expiry.labels("jwt").set(login.credential_expiry.timestamp())
             return True, login.lease_seconds
-        owned = authenticate(gateway, self.settings.credentials_dir, self.settings.token_file)
-        if self.settings.credentials_dir is not None:
-            expiry = signer_auth.approle_secret_id_expiry(self.settings.config, gateway, self.settings.credentials_dir)
-            self.metrics.credential_expiry.labels("secret_id").set(expiry.timestamp() if expiry else 0)
-        return owned, gateway.token_ttl()
+        if self.settings.credentials_dir is None:
+            return authenticate(gateway, None, self.settings.token_file), gateway.token_ttl()
+        held = self._held_secret_id()
+        if held is not None and held == self._refused_secret_id:
+            raise VaultRequestRefused(
+                f"Vault refused the secret_id in {self.settings.credentials_dir} before; it is not tried again, as "
+                "every refusal counts toward OpenBao's lockout of the role_id: write a new one with "
+                f"`vaultk8s signer-credentials --out {self.settings.credentials_dir}`")
+        try:
+            authenticate(gateway, self.settings.credentials_dir)
+        except VaultRequestRefused:  # destroyed or lapsed (400): only a new file can help
+            self._refused_secret_id = held
+            raise
+        return True, gateway.token_ttl()
+
+    def _held_secret_id(self) -> str | None:
+        """A digest of the directory's secret_id (plain or wrapped), to remember one Vault refused."""
+        for name in (SECRET_ID_FILE, WRAPPED_SECRET_ID_FILE):
+            data = read_file(self.settings.credentials_dir / name)
+            if data:
+                return hashlib.sha256(data.strip()).hexdigest()
+        return None
+
+    def _refresh_secret_id(self, gateway: VaultGateway) -> float:
+        """Seconds until the AppRole secret_id is to be replaced (inf: no AppRole, or no end), after
+        replacing it when due. A failed replacement keeps the old one and is tried again soon."""
+        if self.settings.credentials_dir is None:
+            return float("inf")
+        now = self.clock()
+        try:
+            state = signer_auth.refresh_secret_id(self.settings.config, gateway, self.settings.credentials_dir,
+                                                  datetime.fromtimestamp(now, timezone.utc))
+        except VaultK8sError as err:
+            hint = " (an admin's `vaultk8s policy apply` grants it)" if isinstance(err, PermissionDeniedError) else ""
+            log.warning("could not replace the AppRole secret_id in %s, keeping the one it has%s: %s",
+                        self.settings.credentials_dir, hint, err)
+            return SECRET_ID_RETRY_SECONDS
+        if state.rotated:
+            log.info("replaced the AppRole secret_id in %s (the old one is destroyed); the new one lapses at %s",
+                     self.settings.credentials_dir, rfc3339(state.expiry) if state.expiry else "no end")
+        self.metrics.credential_expiry.labels("secret_id").set(state.expiry.timestamp() if state.expiry else 0)
+        self.metrics.credential_issued.labels("secret_id").set(state.issued.timestamp() if state.issued else 0)
+        return state.renew_at.timestamp() - now if state.renew_at else float("inf")
+
+    def keep_logged_in(self) -> float:
+        """Log in again now if it is due, though no CSR came: a standby or a quiet signer on AppRole must
+        replace its secret_id before it lapses. Returns the seconds until the next one is due."""
+        with self._login_lock:
+            if self._gateway is None or self.monotonic() >= self._relogin_at:
+                self._session()
+            return self._relogin_at - self.monotonic()
 
     def close(self) -> None:
         """Revoke a token this process logged in for; the next sign logs in again."""
@@ -327,9 +381,21 @@ def run_elector(elector: LeaseElector, metrics: SignerMetrics, stop: threading.E
         metrics.leader.set(0)
 
 
+def run_login_keeper(vault: VaultSigner, stop: threading.Event, longest: float = 60.0) -> None:
+    """Keep an AppRole signer logged in, and so its secret_id replaced, whether or not CSRs come."""
+    while not stop.is_set():
+        try:
+            delay = vault.keep_logged_in()
+        except VaultK8sError as err:  # Vault down or the credential refused: counted and retried
+            log.warning("Vault login failed, trying again in %.0fs: %s", SECRET_ID_RETRY_SECONDS, err)
+            delay = SECRET_ID_RETRY_SECONDS
+        stop.wait(min(max(delay, 1.0), longest))
+
+
 def run_until_stopped(runner: Signer, elector: LeaseElector, stop: threading.Event, poll: float = 1.0,
-                      lease_period: float = 2.0) -> str | None:
-    """Run the signer loop and the lease loop until stop is set or either ends by itself; then stop both.
+                      lease_period: float = 2.0, keep_logged_in: VaultSigner | None = None) -> str | None:
+    """Run the signer loop and the lease loop (and with keep_logged_in, an AppRole signer's login
+    keeper) until stop is set or one ends by itself; then stop them all.
 
     Returns the name of a loop that ended by itself, None after a requested stop. Watching only the
     signer loop was not enough: with the lease loop gone, leadership lapses and the signer idles as a
@@ -337,6 +403,8 @@ def run_until_stopped(runner: Signer, elector: LeaseElector, stop: threading.Eve
     restart it.
     """
     loops = {"lease": lambda: run_elector(elector, runner.metrics, stop, lease_period), "signer": runner.run}
+    if keep_logged_in is not None:
+        loops["login"] = lambda: run_login_keeper(keep_logged_in, stop)
     threads = {name: threading.Thread(target=_logged, args=(name, loop), name=name, daemon=True)
                for name, loop in loops.items()}
     for thread in threads.values():

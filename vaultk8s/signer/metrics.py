@@ -32,6 +32,8 @@ class SignerMetrics:
         self.credential_expiry = Gauge("vaultk8s_signer_credential_expiry_timestamp_seconds", "When the login "
                                        "credential stops working, by credential (jwt, secret_id).", ["credential"],
                                        registry=r)
+        self.credential_issued = Gauge("vaultk8s_signer_credential_issued_timestamp_seconds", "When the login "
+                                       "credential was made, by credential (secret_id).", ["credential"], registry=r)
 
     def logged_in(self, method: str, now: float, lease_seconds: int) -> None:
         self.last_login.labels(method).set(now)
