@@ -19,7 +19,7 @@ RULES_DIR = Path(__file__).resolve().parents[2] / "deploy" / "prometheus"
 def test_rules_check():
     done = promtool("check", "rules", str(RULES_DIR / "vaultk8s-alerts.yml"))
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "SUCCESS: 5 rules found" in done.stdout
+    assert "SUCCESS: 6 rules found" in done.stdout
 
 
 def test_rules_unit_tests_pass():

@@ -93,12 +93,13 @@ def sa_key_lifetimes(config: ClusterConfig, gateway: VaultGateway) -> list[Lifet
 
 
 def secret_id_lifetimes(config: ClusterConfig, gateway: VaultGateway) -> list[Lifetime]:
-    """Each node's enrolment secret_ids (meant to lapse) and the signer's AppRole secret_ids (a person renews)."""
+    """Each node's enrolment secret_ids (meant to lapse) and the signer's AppRole secret_ids (the signer
+    replaces its own at 2/3 of its life: one past that is not being replaced)."""
     am = naming.approle_mount(config)
     roles = [(naming.approle_role(n.name), plan.ENROLMENT, Renewal.LAPSES, f"node {n.name}",
               "vaultk8s node credentials") for n in config.nodes]
-    roles.append((naming.CSR_SIGNER_APPROLE_ROLE, plan.SIGNER_CREDENTIAL, Renewal.PERSON, grants.CSR_SIGNER,
-                  "vaultk8s signer-credentials"))
+    roles.append((naming.CSR_SIGNER_APPROLE_ROLE, plan.SIGNER_CREDENTIAL, Renewal.AUTOMATIC, grants.CSR_SIGNER,
+                  "vaultk8s signer (at 2/3 of its life)"))
     items = []
     for role, kind, renewal, who, renewed_by in roles:
         for accessor in gateway.list_secret_id_accessors(am, role):
@@ -108,7 +109,8 @@ def secret_id_lifetimes(config: ClusterConfig, gateway: VaultGateway) -> list[Li
             uses = data.get("secret_id_num_uses") or 0
             items.append(Lifetime(kind, f"auth/{am}/role/{role} secret_id {accessor[:8]}",
                                   plan.vault_time(data.get("expiration_time")), renewal, renewed_by,
-                                  f"{who}: AppRole secret_id, {'unlimited' if not uses else uses} use(s) left"))
+                                  f"{who}: AppRole secret_id, {'unlimited' if not uses else uses} use(s) left",
+                                  not_before=plan.vault_time(data.get("creation_time"))))
     return items
 
 

@@ -2,8 +2,9 @@
 
 ops/status.py gathers the facts (files under --out, issuers, the service-account key set,
 secret_ids, tokens); this module classifies and orders them and decides what is *due*:
-- renewed automatically (leaves: the agent, the signer): due in the last third of its life, or expired;
-- renewed by a person (CAs, the active service-account key, the signer's AppRole secret_id, Vault's
+- renewed automatically (leaves: the agent, the signer; the signer's own AppRole secret_id): due in
+  the last third of its life, or expired;
+- renewed by a person (CAs, the active service-account key, Vault's
   own listener certificate and the CA file that trusts it): due when it lapses within --warn;
 - a deadline to act on (a previous service-account key: retire it): due once reached;
 - meant to lapse (enrolment secret_ids, short-lived tokens): listed, never due.
