@@ -223,3 +223,57 @@ def test_a_refused_secret_id_is_not_sent_again_until_the_file_changes(tmp_path):
     (creds / "secret_id").write_text("fresh\n")  # the operator wrote a new one
     signer.session()
     assert vault.approle_logins == ["stale", "fresh"]
+
+
+class RotatingAppRole(FakeAppRole):
+    """Secret_ids with Vault's times: made now (wall clock), living `ttl` seconds."""
+
+    def __init__(self, wall, ttl: int):
+        super().__init__(set())
+        self.wall, self.ttl, self.times, self.destroyed = wall, ttl, {}, []
+
+    def add(self, secret_id: str) -> str:
+        self.valid.add(secret_id)
+        self.times[secret_id] = self.wall()
+        return secret_id
+
+    def lookup_secret_id(self, mount, role, secret_id):
+        made = self.times.get(secret_id)
+        if made is None:
+            return None
+        iso = lambda t: datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.000000001Z")  # noqa: E731
+        return {"creation_time": iso(made), "expiration_time": iso(made + self.ttl)}
+
+    def generate_secret_id(self, mount, role, wrap_ttl_seconds=None):
+        return self.add(f"s{len(self.times)}")
+
+    def destroy_secret_id(self, mount, role, secret_id):
+        self.destroyed.append(secret_id)
+        self.valid.discard(secret_id)
+
+
+def test_the_keeper_logs_in_at_two_thirds_of_the_secret_id_and_replaces_it(tmp_path):
+    """Token lease 60 s, secret_id 24 s: the next login is due at 16 s (the secret_id's 2/3, before the
+    token's 40 s); that login writes a new secret_id and destroys the old one, and so on."""
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    clock = Clock()
+    wall = lambda: clock.now + 1_800_000_000  # noqa: E731 - Vault's times are wall-clock times
+    vault = RotatingAppRole(wall, ttl=24)
+    for name, value in (("role_id", "r"), ("approle_mount", "c1/approle"), ("secret_id", vault.add("s0"))):
+        (creds / name).write_text(value)
+    metrics = SignerMetrics()
+    signer = VaultSigner(lambda: vault, SignerSettings(config=parse_config(DOC), credentials_dir=creds),
+                         monotonic=clock, metrics=metrics, clock=wall)
+    assert signer.keep_logged_in() == pytest.approx(16)
+    assert vault.approle_logins == ["s0"] and (creds / "secret_id").read_text() == "s0"
+    clock.now += 15
+    assert signer.keep_logged_in() == pytest.approx(1) and len(vault.approle_logins) == 1  # not due yet
+    for n in range(1, 4):
+        clock.now += 1 if n == 1 else 16
+        assert signer.keep_logged_in() == pytest.approx(16)
+        assert (creds / "secret_id").read_text() == f"s{n}" and vault.destroyed == [f"s{i}" for i in range(n)]
+    assert vault.approle_logins == ["s0", "s0", "s1", "s2"]  # each login with the one the file held
+    assert _value(metrics, "vaultk8s_signer_credential_expiry_timestamp_seconds", credential="secret_id") == \
+        pytest.approx(wall() + 24)
+    assert vault.revoked == 3  # each earlier token revoked
