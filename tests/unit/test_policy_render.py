@@ -200,6 +200,14 @@ def test_csr_signer_signs_exactly_every_nodes_kubelet_roles(config):
     assert params["token_policies"] == ["vaultk8s-agent", "vaultk8s-csr-signer"] and params["token_no_default_policy"]
 
 
+def test_the_signers_secret_id_has_no_use_limit_whatever_enrolment_gets(config):
+    """It logs in with one secret_id many times (every 2/3 of a token) until it replaces it; a use
+    limit meant for enrolment would end the signer's logins after a few."""
+    limited = dataclasses.replace(config, policy=dataclasses.replace(config.policy, secret_id_num_uses=2))
+    assert machine_auth.signer_approle_params(limited)["secret_id_num_uses"] == 0
+    assert machine_auth.approle_params(limited, limited.nodes[0])["secret_id_num_uses"] == 2
+
+
 @pytest.mark.parametrize("extra", [
     'path "kubernetes-ca/sign/apiserver-cp-1" { capabilities = ["create", "update"] }',
     'path "kubernetes-ca/sign/kube-proxy" { capabilities = ["create", "update"] }',

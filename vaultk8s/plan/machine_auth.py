@@ -38,8 +38,10 @@ def approle_params(config: ClusterConfig, node: NodeSpec) -> dict[str, Any]:
 
 def signer_approle_params(config: ClusterConfig) -> dict[str, Any]:
     """The CSR signer's AppRole role. It runs as a pod (no fixed IP to bind) and signs for as long
-    as it runs (no use limit); its tokens are still short-lived and it logs in again."""
-    return _approle_role(config.policy, signer_policies(config), [], 0)
+    as it runs: no use limit on its tokens, nor on its secret_id, which it logs in with again and
+    again and replaces itself (`policy.secret_id_num_uses` is for node enrolment); its tokens are
+    still short-lived and it logs in again."""
+    return {**_approle_role(config.policy, signer_policies(config), [], 0), "secret_id_num_uses": 0}
 
 
 def signer_jwt_role_params(config: ClusterConfig) -> dict[str, Any]:
