@@ -86,3 +86,43 @@ def test_a_requested_stop_is_not_an_unexpected_end(caplog):
     assert ended is None and not caplog.records
     assert store.version >= 3  # created, renewed at least once, released
     assert store.lease["spec"]["holderIdentity"] == ""
+
+
+class Keeper:
+    """Stands in for VaultSigner.keep_logged_in: counts logins, or raises a bug on the first."""
+
+    def __init__(self, raises=False, takes=0.0):
+        self.raises, self.takes, self.logins = raises, takes, 0
+        self.second_login = threading.Event()
+
+    def keep_logged_in(self) -> float:
+        if self.raises:
+            raise KeyError("a bug in the login keeper")
+        if self.logins == 1:
+            self.second_login.set()
+        threading.Event().wait(self.takes)  # a login on its way to Vault
+        self.logins += 1
+        return 0.05
+
+
+def _run_with_keeper(keeper, stop_when=None):
+    store = LeaseStore()
+    elector = LeaseElector(store, "kube-system", "vaultk8s-signer", "a")
+    stop = threading.Event()
+    if stop_when is not None:
+        threading.Thread(target=lambda: stop_when.wait(10) and stop.set(), daemon=True).start()
+    ended = run_until_stopped(WaitingSigner(elector), elector, stop, poll=0.02, lease_period=0.02,
+                              keep_logged_in=keeper)
+    return ended, store
+
+
+def test_an_approle_signers_login_keeper_is_supervised_like_the_other_loops(caplog):
+    with caplog.at_level(logging.ERROR, logger="vaultk8s.signer"):
+        ended, store = _run_with_keeper(Keeper(raises=True))
+    assert ended == "login" and store.lease["spec"]["holderIdentity"] == ""
+    assert "a bug in the login keeper" in caplog.records[0].exc_text
+    keeper = Keeper(takes=0.4)
+    ended, _ = _run_with_keeper(keeper, stop_when=keeper.second_login)  # stopped during its second login
+    assert ended is None
+    assert keeper.logins == 2  # joined before returning: no login ends after the caller revokes its token
+    assert not [t for t in threading.enumerate() if t.name == "login"]

@@ -415,6 +415,8 @@ def run_until_stopped(runner: Signer, elector: LeaseElector, stop: threading.Eve
     runner.stop()
     stop.set()
     threads["lease"].join(timeout=10)  # releases the lease, so a standby takes over at once
+    if "login" in threads:  # a login it finishes after the caller's close() would leave a token unrevoked
+        threads["login"].join(timeout=10)
     return ended
 
 
