@@ -379,6 +379,11 @@ def test_an_idle_signer_replaces_its_secret_id_before_it_lapses(kube, tmp_path):
         assert "Failed" not in conditions(wait_csr(kube.plane, name, timeout=60))
         expiry = metric_total(port, 'vaultk8s_signer_credential_expiry_timestamp_seconds{credential="secret_id"}')
         assert time.time() + 23 * 3600 < expiry < time.time() + 24 * 3600 + 60
+        # Vault's own TLS, read at each login as the agents do: the dev server's listener certificate
+        served = x509.load_pem_x509_certificate(Path(kube.env["VAULT_CACERT"]).with_name("server.pem").read_bytes())
+        tls = metric_total(port, 'vaultk8s_vault_tls_expiry_timestamp_seconds{kind="vault-tls",'
+                                 f'name="{kube.env["VAULT_ADDR"]} serving certificate"}}')
+        assert tls == served.not_valid_after_utc.timestamp()
     looked = call(kube.env, kube.env["VAULT_TOKEN"], "POST", f"{role}/secret-id/lookup", {"secret_id": first})
     assert not (looked.status_code == 200 and (looked.json() or {}).get("data"))  # destroyed
     assert "replaced the AppRole secret_id" in signer.text()

@@ -46,6 +46,12 @@ class FakeVault:
     def check_ready(self) -> None:
         pass
 
+    def addresses(self) -> list[str]:  # Vault's own TLS, read at each login: plain HTTP here
+        return []
+
+    def trusted_ca_pem(self) -> None:
+        return None
+
     def sign(self, mount, role, csr, ttl):
         raise VaultRequestRefused("not under test")
 

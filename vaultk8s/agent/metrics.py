@@ -8,6 +8,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from vaultk8s.errors import PermissionDeniedError, VaultError, VaultRequestRefused
 from vaultk8s.ops.renew import RenewalResult
+from vaultk8s.serve.gauges import VAULT_TLS_HELP, ExpiryGauge
 
 REJECTED = "rejected"  # Vault answered and refused the credential (400/403)
 UNANSWERED = "error"  # anything else: unreachable, sealed, a broken connection
@@ -45,13 +46,11 @@ class AgentMetrics:
         self.credential_expiry = Gauge("vaultk8s_credential_expiry_timestamp_seconds", "When a credential the agent "
                                        "logs in with expires (certificate; enrolment while held).",
                                        ["node", "credential"], registry=self.registry)
-        self.vault_tls_expiry = Gauge("vaultk8s_vault_tls_expiry_timestamp_seconds", "When Vault's own TLS "
-                                      "expires: a certificate a Vault node serves (kind vault-tls) or one in "
-                                      "VAULT_CACERT (vault-ca). vaultk8s renews neither.", ["node", "kind", "name"],
-                                      registry=self.registry)
+        self.vault_tls_expiry = Gauge("vaultk8s_vault_tls_expiry_timestamp_seconds", VAULT_TLS_HELP,
+                                      ["node", "kind", "name"], registry=self.registry)
+        self._vault_tls = ExpiryGauge(self.vault_tls_expiry)
+        self._cas = ExpiryGauge(self.ca_expiry)
         self._expiries: dict[str, dict[str, datetime]] = {}
-        self._vault_tls: dict[str, set[tuple[str, str]]] = {}
-        self._cas: dict[str, set[tuple[str, str]]] = {}
         self._failing_since: dict[str, float] = {}
 
     def start(self, node: str, methods: tuple[str, ...]) -> None:
@@ -66,7 +65,7 @@ class AgentMetrics:
             self.expiry.labels(node, name).set(when.timestamp())
         for name, when in result.not_befores.items():
             self.not_before.labels(node, name).set(when.timestamp())
-        self._observe_cas(node, result.ca_expiries)
+        self._cas.observe((node,), result.ca_expiries)  # a root retired by ca rotate leaves with it
         for name, when in result.next_renewals.items():
             self.next_renewal.labels(node, name).set(when.timestamp())
         self._expiries[node] = dict(result.expiries)
@@ -76,22 +75,10 @@ class AgentMetrics:
         self.failing_since.labels(node).set(0)
         self._failing_since[node] = 0.0
 
-    def _observe_cas(self, node: str, expiries: dict[tuple[str, str], datetime]) -> None:
-        """A root dropped from the bundles (ca rotate retire) leaves the metrics with it."""
-        for ca, subject in self._cas.get(node, set()) - set(expiries):
-            self.ca_expiry.remove(node, ca, subject)
-        for (ca, subject), when in expiries.items():
-            self.ca_expiry.labels(node, ca, subject).set(when.timestamp())
-        self._cas[node] = set(expiries)
-
     def observe_vault_tls(self, node: str, expiries: dict[tuple[str, str], datetime]) -> None:
         """(kind, name) -> end, as read this round: a node that did not answer (or a certificate gone
         from VAULT_CACERT) leaves the metrics until it is read again."""
-        for kind, name in self._vault_tls.get(node, set()) - set(expiries):
-            self.vault_tls_expiry.remove(node, kind, name)
-        for (kind, name), when in expiries.items():
-            self.vault_tls_expiry.labels(node, kind, name).set(when.timestamp())
-        self._vault_tls[node] = set(expiries)
+        self._vault_tls.observe((node,), expiries)
 
     def failed(self, node: str, now: datetime) -> None:
         self.rounds.labels(node, "failure").inc()

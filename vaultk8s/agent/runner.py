@@ -30,7 +30,7 @@ from vaultk8s.ops.health import node_health
 from vaultk8s.ops.kubeconfigs import ensure_node_kubeconfigs
 from vaultk8s.ops.node import authenticate
 from vaultk8s.ops.renew import RenewalResult, renew_node
-from vaultk8s.ops.status import vault_tls_lifetimes
+from vaultk8s.ops.status import vault_tls_expiries
 from vaultk8s.store.layout import NodeOutput
 
 if TYPE_CHECKING:  # annotations only: hvac and requests load with the first command that talks to Vault
@@ -105,16 +105,10 @@ class Agent:
         return result
 
     def _observe_vault_tls(self, gateway: VaultGateway) -> None:
-        """Vault's own certificates, which nobody in vaultk8s renews: a metric to alert on. Only a
-        metric: nothing here fails the round."""
-        try:
-            found, notes = vault_tls_lifetimes(gateway)
-        except (VaultK8sError, ValueError) as err:
-            log.warning("Vault's TLS certificates not read: %s", err)
-            return
-        for note in notes:
-            log.info("%s", note)
-        self.metrics.observe_vault_tls(self.settings.node, {(i.kind, i.name): i.not_after for i in found})
+        """Vault's own certificates, which nobody in vaultk8s renews: a metric to alert on."""
+        expiries = vault_tls_expiries(gateway, log)
+        if expiries is not None:
+            self.metrics.observe_vault_tls(self.settings.node, expiries)
 
     def _authenticate(self, gateway: VaultGateway) -> Login | None:
         """The round's login when it made one (and so owns a token to revoke); None for a given token."""

@@ -13,13 +13,14 @@ permission, never a failure of the whole report:
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Callable, TYPE_CHECKING
 
 from vaultk8s import catalog, crypto
 from vaultk8s.config import ClusterConfig
-from vaultk8s.errors import PermissionDeniedError, VaultError
+from vaultk8s.errors import PermissionDeniedError, VaultError, VaultK8sError
 from vaultk8s.ops import check
 from vaultk8s.ops import sa as sa_ops
 from vaultk8s.plan import grants, naming
@@ -165,6 +166,19 @@ def vault_tls_lifetimes(gateway: VaultGateway) -> tuple[list[Lifetime], list[str
         name = f"VAULT_CACERT {gateway.cacert}" + (f" #{index + 1}" if len(trusted) > 1 else "")
         items.append(_vault_tls_lifetime(plan.VAULT_CA, name, cert))
     return items, notes
+
+
+def vault_tls_expiries(gateway: VaultGateway, log: logging.Logger) -> dict[tuple[str, str], datetime] | None:
+    """(kind, name) -> end of Vault's own TLS, for a long-running process's gauge; None when it could
+    not be read (logged: only a metric, never worth failing a round or a login for)."""
+    try:
+        found, notes = vault_tls_lifetimes(gateway)
+    except (VaultK8sError, ValueError) as err:
+        log.warning("Vault's TLS certificates not read: %s", err)
+        return None
+    for note in notes:
+        log.info("%s", note)
+    return {(i.kind, i.name): i.not_after for i in found}
 
 
 def _vault_tls_lifetime(kind: str, name: str, cert) -> Lifetime:

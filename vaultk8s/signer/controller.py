@@ -30,6 +30,7 @@ from vaultk8s.errors import (KubeConflict, KubeError, PermissionDeniedError, Sto
 from vaultk8s.ops import signer_auth
 from vaultk8s.ops.defaults import DEFAULT_SIGNER_WORKERS
 from vaultk8s.ops.node import SECRET_ID_FILE, WRAPPED_SECRET_ID_FILE, authenticate
+from vaultk8s.ops.status import vault_tls_expiries
 from vaultk8s.plan.csr_review import Decision, Verdict, review_csr, skipped, status_certificate
 from vaultk8s.signer.kube import KubeGateway, Obj, view_of
 from vaultk8s.signer.leader import LeaseElector
@@ -147,6 +148,7 @@ class VaultSigner:
                     raise VaultError(f"the signer's {self.settings.login_method} login was refused: {err}") from None
                 raise
             self.metrics.logged_in(self.settings.login_method, self.clock(), lease)
+            self._observe_vault_tls(gateway)
             self._gateway = gateway
             now = self.monotonic()
             token_in = lease * self.settings.relogin_fraction if lease else float("inf")
@@ -205,6 +207,12 @@ class VaultSigner:
         self.metrics.credential_expiry.labels("secret_id").set(state.expiry.timestamp() if state.expiry else 0)
         self.metrics.credential_issued.labels("secret_id").set(state.issued.timestamp() if state.issued else 0)
         return state.renew_at.timestamp() - now if state.renew_at else float("inf")
+
+    def _observe_vault_tls(self, gateway: VaultGateway) -> None:
+        """Vault's own certificates, which nobody in vaultk8s renews: the agents' gauge, here too."""
+        expiries = vault_tls_expiries(gateway, log)
+        if expiries is not None:
+            self.metrics.vault_tls.observe((), expiries)
 
     def keep_logged_in(self) -> float:
         """Log in again now if it is due, though no CSR came: a standby or a quiet signer on AppRole must

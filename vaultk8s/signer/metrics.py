@@ -7,6 +7,8 @@ from typing import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from vaultk8s.serve.gauges import VAULT_TLS_HELP, ExpiryGauge
+
 
 class SignerMetrics:
     def __init__(self) -> None:
@@ -32,6 +34,9 @@ class SignerMetrics:
         self.credential_expiry = Gauge("vaultk8s_signer_credential_expiry_timestamp_seconds", "When the login "
                                        "credential stops working, by credential (jwt, secret_id).", ["credential"],
                                        registry=r)
+        self.vault_tls_expiry = Gauge("vaultk8s_vault_tls_expiry_timestamp_seconds", VAULT_TLS_HELP, ["kind", "name"],
+                                      registry=r)
+        self.vault_tls = ExpiryGauge(self.vault_tls_expiry)  # read at each login
         self.credential_issued = Gauge("vaultk8s_signer_credential_issued_timestamp_seconds", "When the login "
                                        "credential was made, by credential (secret_id).", ["credential"], registry=r)
 
