@@ -1,6 +1,6 @@
 """The out-of-cluster signer replaces its own AppRole secret_id at 2/3 of its life, on a real OpenBao.
 
-With `policy.secret_id_ttl` scaled down to 24 s, the signer's login keeper (the loop `vaultk8s signer`
+With `policy.secret_id_ttl` scaled down to 15 s, the signer's login keeper (the loop `vaultk8s signer`
 runs beside the signer loop) is run for four lifetimes with no CSR at all, as a standby or a quiet
 leader would be: every secret_id it held is destroyed once replaced, the file stays 0600, and a
 sign at the end works with what is left. A credentials directory that cannot take the new file
@@ -27,7 +27,7 @@ from tests.helpers.policy import CLUSTER, applied_cluster, call, cli
 
 pytestmark = pytest.mark.integration
 
-SECRET_ID_TTL = 24  # seconds: replaced at 16 s
+SECRET_ID_TTL = 15  # seconds: replaced at 10 s
 
 
 @pytest.fixture
@@ -92,7 +92,7 @@ def test_a_quiet_signer_replaces_its_secret_id_for_four_lifetimes(vault_env, sig
         thread.join(timeout=30)
     if (out / "secret_id").read_text() != held[-1]:  # replaced once more before it saw the stop
         held.append((out / "secret_id").read_text())
-    assert len(held) >= 5, f"{len(held) - 1} replacement(s) in four lifetimes"  # one per 16 s
+    assert len(held) >= 5, f"{len(held) - 1} replacement(s) in four lifetimes"  # one per 10 s
     assert stat.S_IMODE(os.stat(out / "secret_id").st_mode) == 0o600
     assert not any(_known(vault_env, config, s) for s in held[:-1])  # destroyed, not left to lapse
     assert _logs_in(vault_env, config, out, held[-1])
