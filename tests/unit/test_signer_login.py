@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
 from datetime import datetime, timezone
 
 import pytest
@@ -283,3 +284,36 @@ def test_the_keeper_logs_in_at_two_thirds_of_the_secret_id_and_replaces_it(tmp_p
     assert _value(metrics, "vaultk8s_signer_credential_expiry_timestamp_seconds", credential="secret_id") == \
         pytest.approx(wall() + 24)
     assert vault.revoked == 3  # each earlier token revoked
+
+
+class SlowTlsVault(FakeVault):
+    """One HTTPS node whose TLS handshake hangs until released (a Vault node that does not answer)."""
+
+    def __init__(self):
+        super().__init__()
+        self.probing, self.release = threading.Event(), threading.Event()
+
+    def addresses(self) -> list[str]:
+        return ["https://vault-1:8200"]
+
+    def served_certificate_pem(self, addr):
+        self.probing.set()
+        self.release.wait(10)
+        raise VaultError(f"cannot read the TLS certificate served at {addr}: timed out")
+
+
+def test_reading_vaults_tls_after_a_login_holds_up_no_other_signing_thread(tmp_path):
+    vault, clock = SlowTlsVault(), Clock()
+    signer, _ = _signer(tmp_path, vault, clock)
+    first = threading.Thread(target=signer.session, daemon=True)
+    first.start()  # logs in, then reads Vault's TLS: stuck in the handshake
+    assert vault.probing.wait(5)
+    other = threading.Thread(target=signer.session, daemon=True)
+    other.start()
+    other.join(timeout=5)
+    try:
+        assert not other.is_alive()  # not waiting on the login lock behind the handshake
+        assert len(vault.logins) == 1
+    finally:
+        vault.release.set()
+        first.join(timeout=5)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vaultk8s.config import ClusterConfig
-from vaultk8s.errors import StoreError
+from vaultk8s.errors import StoreError, VaultError
 from vaultk8s.ops.auth_mounts import ensure_auth_mount
 from vaultk8s.ops.node import SECRET_ID_FILE
 from vaultk8s.plan import jwt_claims, machine_auth, naming, sa
@@ -95,7 +95,10 @@ def refresh_secret_id(config: ClusterConfig, gateway: VaultGateway, credentials_
     try:
         write_file(path, secret(fresh.encode()))
     except StoreError:
-        gateway.destroy_secret_id(am, role, fresh)  # nobody holds it: leave nothing behind
+        try:
+            gateway.destroy_secret_id(am, role, fresh)  # nobody holds it: leave nothing behind
+        except VaultError:
+            pass  # it lapses at its TTL; the write's failure is the one to report
         raise
     gateway.destroy_secret_id(am, role, held)
     return replace(_secret_id_state(gateway.lookup_secret_id(am, role, fresh)), rotated=True)

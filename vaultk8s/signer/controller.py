@@ -102,6 +102,7 @@ class VaultSigner:
         self._owned = False
         self._relogin_at = self._expires_at = 0.0  # monotonic
         self._refused_secret_id: str | None = None  # digest of a secret_id Vault refused: not sent again
+        self._tls_unread: VaultGateway | None = None  # logged in since Vault's TLS was last read
 
     def sign(self, mount: str, role: str, csr_pem: str, ttl_seconds: int) -> bytes:
         gateway = self.session()
@@ -132,7 +133,9 @@ class VaultSigner:
     def session(self) -> VaultGateway:
         """The logged-in gateway; logs in (again) first when there is none or 2/3 of its lease passed."""
         with self._login_lock:
-            return self._session()
+            gateway = self._session()
+        self._observe_vault_tls()
+        return gateway
 
     def _session(self) -> VaultGateway:
         if self._gateway is not None and self._owned and self.monotonic() >= self._relogin_at:
@@ -148,7 +151,7 @@ class VaultSigner:
                     raise VaultError(f"the signer's {self.settings.login_method} login was refused: {err}") from None
                 raise
             self.metrics.logged_in(self.settings.login_method, self.clock(), lease)
-            self._observe_vault_tls(gateway)
+            self._tls_unread = gateway
             self._gateway = gateway
             now = self.monotonic()
             token_in = lease * self.settings.relogin_fraction if lease else float("inf")
@@ -181,7 +184,7 @@ class VaultSigner:
 
     def _held_secret_id(self) -> str | None:
         """A digest of the directory's secret_id (plain or wrapped), to remember one Vault refused."""
-        for name in (SECRET_ID_FILE, WRAPPED_SECRET_ID_FILE):
+        for name in (WRAPPED_SECRET_ID_FILE, SECRET_ID_FILE):  # the order login_from_dir reads them in
             data = read_file(self.settings.credentials_dir / name)
             if data:
                 return hashlib.sha256(data.strip()).hexdigest()
@@ -208,8 +211,14 @@ class VaultSigner:
         self.metrics.credential_issued.labels("secret_id").set(state.issued.timestamp() if state.issued else 0)
         return state.renew_at.timestamp() - now if state.renew_at else float("inf")
 
-    def _observe_vault_tls(self, gateway: VaultGateway) -> None:
-        """Vault's own certificates, which nobody in vaultk8s renews: the agents' gauge, here too."""
+    def _observe_vault_tls(self) -> None:
+        """After a login, Vault's own certificates, which nobody in vaultk8s renews: the agents' gauge,
+        here too. Outside the login lock: a Vault node that does not answer the handshake holds up
+        this caller for TLS_PROBE_SECONDS, not every thread that signs."""
+        with self._login_lock:
+            gateway, self._tls_unread = self._tls_unread, None
+        if gateway is None:
+            return
         expiries = vault_tls_expiries(gateway, log)
         if expiries is not None:
             self.metrics.vault_tls.observe((), expiries)
@@ -220,7 +229,9 @@ class VaultSigner:
         with self._login_lock:
             if self._gateway is None or self.monotonic() >= self._relogin_at:
                 self._session()
-            return self._relogin_at - self.monotonic()
+            due_in = self._relogin_at - self.monotonic()
+        self._observe_vault_tls()
+        return due_in
 
     def close(self) -> None:
         """Revoke a token this process logged in for; the next sign logs in again."""
