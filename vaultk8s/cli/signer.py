@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import socket
 import threading
@@ -68,6 +69,10 @@ def signer(
         raise ConfigError(f"--jwt-file {jwt_file} does not exist: mount the projected ServiceAccount token "
                           "(deploy/signer/signer.yaml)", "command line")
     common.vault_gateway()  # VAULT_ADDR missing: fail now, not at the first CSR
+    if credentials is not None and not os.access(credentials, os.W_OK):
+        logging.getLogger("vaultk8s.signer").warning(
+            "--credentials %s is not writable: the signer cannot replace its secret_id, which then lapses after "
+            "policy.secret_id_ttl", credentials)
     settings = SignerSettings(config=cluster, approve_serving=approve_serving, credentials_dir=credentials,
                               token_file=token_file, jwt_file=jwt_file, resync_seconds=resync_seconds,
                               workers=workers)
