@@ -2,7 +2,8 @@
 # The compose demo's one-shot operator job (docs/compose.md): initialise and unseal OpenBao, make
 # the PKI, apply the policies, and issue the node's enrolment credential (AppRole secret_id, 24h)
 # for its agent, which uses it once and then logs in with the node's own certificate. Idempotent:
-# a re-run only unseals, checks, and issues a fresh secret_id (the agent destroys it at its next round).
+# a re-run only unseals, checks, and issues a fresh secret_id (the agent destroys it at its next round;
+# one the agent has not used yet is destroyed by the re-run itself).
 set -eu
 CONFIG=/etc/vaultk8s/cluster.yaml
 CREDS=/var/lib/vaultk8s/credentials

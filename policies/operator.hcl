@@ -20,6 +20,14 @@ path "auth/approle/role/csr-signer/secret-id-accessor/lookup" {
   }
 }
 
+# csr-signer: credentials written over a directory destroy the secret_id it held
+path "auth/approle/role/csr-signer/secret-id/destroy" {
+  capabilities = ["update"]
+  allowed_parameters = {
+    "secret_id" = []
+  }
+}
+
 # cp-1: node credentials
 path "auth/approle/role/node-cp-1/role-id" {
   capabilities = ["read"]
@@ -40,6 +48,14 @@ path "auth/approle/role/node-cp-1/secret-id-accessor/lookup" {
   capabilities = ["update"]
   allowed_parameters = {
     "secret_id_accessor" = []
+  }
+}
+
+# cp-1: credentials written over a directory destroy the secret_id it held
+path "auth/approle/role/node-cp-1/secret-id/destroy" {
+  capabilities = ["update"]
+  allowed_parameters = {
+    "secret_id" = []
   }
 }
 
@@ -66,6 +82,14 @@ path "auth/approle/role/node-worker-1/secret-id-accessor/lookup" {
   }
 }
 
+# worker-1: credentials written over a directory destroy the secret_id it held
+path "auth/approle/role/node-worker-1/secret-id/destroy" {
+  capabilities = ["update"]
+  allowed_parameters = {
+    "secret_id" = []
+  }
+}
+
 # worker-2: node credentials
 path "auth/approle/role/node-worker-2/role-id" {
   capabilities = ["read"]
@@ -86,6 +110,14 @@ path "auth/approle/role/node-worker-2/secret-id-accessor/lookup" {
   capabilities = ["update"]
   allowed_parameters = {
     "secret_id_accessor" = []
+  }
+}
+
+# worker-2: credentials written over a directory destroy the secret_id it held
+path "auth/approle/role/node-worker-2/secret-id/destroy" {
+  capabilities = ["update"]
+  allowed_parameters = {
+    "secret_id" = []
   }
 }
 

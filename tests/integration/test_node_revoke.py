@@ -14,7 +14,8 @@ def test_revoke_kills_secret_ids_and_tokens_of_that_node_only(vault_env, tmp_pat
     path, config, operator = applied_cluster(vault_env, tmp_path, mount_prefix)
     w1, w2 = tmp_path / "w1", tmp_path / "w2"
     write_node_credentials(vault_env, path, "worker-1", w1, operator)
-    write_node_credentials(vault_env, path, "worker-1", w1, operator)  # a second secret_id; both must go
+    # a second secret_id in another directory (written over w1, the first would be destroyed); both must go
+    write_node_credentials(vault_env, path, "worker-1", tmp_path / "w1-again", operator)
     write_node_credentials(vault_env, path, "worker-2", w2, operator)
     token1 = approle_login(vault_env, config, w1).json()["auth"]["client_token"]
     plain1 = (w1 / "token").read_text()

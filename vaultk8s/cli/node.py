@@ -43,9 +43,15 @@ def credentials(
 
 def print_credentials(report: ops.CredentialsReport, output: common.Output) -> None:
     """The files written (as JSON with --output json); their contents never go to stdout."""
+    from vaultk8s.ops.node import PREVIOUS_DESTROYED
+
+    for warning in report.warnings:
+        typer.echo(f"warning: {warning}", err=True)
     if not common.json_output(output, report):
         for path in report.files:
             typer.echo(f"wrote {path} (0600)")
+        if report.previous_secret_id == PREVIOUS_DESTROYED:
+            typer.echo("destroyed the secret_id the directory held before")
 
 
 @app.command("revoke")

@@ -33,9 +33,16 @@ MOUNT_FILE = "approle_mount"
 class CredentialsReport:
     node: str
     files: list[str] = field(default_factory=list)
+    previous_secret_id: str | None = None  # what became of the secret_id the directory held (PREVIOUS_*)
+    warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        return {"node": self.node, "files": self.files}
+        return {"node": self.node, "files": self.files, "previous_secret_id": self.previous_secret_id,
+                "warnings": self.warnings}
+
+
+PREVIOUS_DESTROYED = "destroyed"
+PREVIOUS_KEPT = "kept"  # Vault refused the destroy: it lapses at its TTL
 
 
 def write_credentials(config: ClusterConfig, node_name: str, out: Path, gateway: VaultGateway, *,
@@ -80,6 +87,7 @@ def _write_login(out: Path, gateway: VaultGateway, am: str, role: str, wrap_ttl_
     role_id = gateway.role_id(am, role)
     if role_id is None:
         raise PlanRefused(no_role)
+    previous = _held_secret_id(out, am, role_id)
     _write(out, ROLE_ID_FILE, role_id, report)
     _write(out, MOUNT_FILE, am, report)
     secret_id = gateway.generate_secret_id(am, role, wrap_ttl_seconds)
@@ -88,6 +96,32 @@ def _write_login(out: Path, gateway: VaultGateway, am: str, role: str, wrap_ttl_
         remove_file(out / SECRET_ID_FILE)  # a stale plain secret_id would shadow the new one
     else:
         _write(out, SECRET_ID_FILE, secret_id, report)
+    if previous is not None:
+        _destroy_previous(gateway, am, role, previous, out, report)
+
+
+def _held_secret_id(out: Path, mount: str, role_id: str) -> str | None:
+    """The plain secret_id the directory already holds for this very role (same role_id and mount)."""
+    held = {name: read_file(out / name) for name in (ROLE_ID_FILE, MOUNT_FILE, SECRET_ID_FILE)}
+    if any(value is None for value in held.values()):
+        return None
+    if (held[ROLE_ID_FILE].decode().strip(), held[MOUNT_FILE].decode().strip()) != (role_id, mount):
+        return None
+    return held[SECRET_ID_FILE].decode().strip() or None
+
+
+def _destroy_previous(gateway: VaultGateway, mount: str, role: str, secret_id: str, out: Path,
+                      report: CredentialsReport) -> None:
+    """Overwriting the file leaves the old secret_id alive in Vault, worth as much as any copy of it:
+    destroy it, after the new one is safely written. A refusal only warns (it lapses at its TTL)."""
+    try:
+        gateway.destroy_secret_id(mount, role, secret_id)
+    except VaultError as err:
+        report.previous_secret_id = PREVIOUS_KEPT
+        report.warnings.append(f"the secret_id {out / SECRET_ID_FILE} held before stays valid until its TTL "
+                               f"({err}); an admin's `vaultk8s policy apply` grants operators its destroy")
+        return
+    report.previous_secret_id = PREVIOUS_DESTROYED
 
 
 def _write(out: Path, name: str, value: str, report: CredentialsReport) -> None:

@@ -134,6 +134,7 @@ def operator_grants(config: ClusterConfig) -> list[Grant]:
     signer = f"auth/{am}/role/{CSR_SIGNER_APPROLE_ROLE}"
     grants += [Grant(f"{signer}/role-id", READ_CAPS, "csr-signer: signer credentials"),
                Grant(f"{signer}/secret-id", ("create", "list", "update"), "csr-signer: issue and list secret_ids"),
+               _secret_id_destroy(signer, "csr-signer"),
                _secret_id_lookup(signer, "csr-signer")]
     for node in config.nodes:
         role = f"auth/{am}/role/{approle_role(node.name)}"
@@ -141,6 +142,7 @@ def operator_grants(config: ClusterConfig) -> list[Grant]:
             Grant(f"{role}/role-id", READ_CAPS, f"{node.name}: node credentials"),
             Grant(f"{role}/secret-id", ("create", "list", "update"), f"{node.name}: issue and list secret_ids"),
             Grant(f"{role}/secret-id-accessor/destroy", ("update",), f"{node.name}: node revoke"),
+            _secret_id_destroy(role, node.name),
             _secret_id_lookup(role, node.name),
             Grant(f"auth/token/create/{entity_name(config, node.name)}", SIGN_CAPS, f"{node.name}: plain token file"),
             Grant(f"identity/entity/name/{entity_name(config, node.name)}", ("create", "delete", "read", "update"),
@@ -151,6 +153,12 @@ def operator_grants(config: ClusterConfig) -> list[Grant]:
                   (("certificate", ()),)),
         ]
     return grants
+
+
+def _secret_id_destroy(role_path: str, who: str) -> Grant:
+    """Writing credentials over a directory destroys the secret_id it held (the operator must hold it)."""
+    return Grant(f"{role_path}/secret-id/destroy", ("update",),
+                 f"{who}: credentials written over a directory destroy the secret_id it held", (("secret_id", ()),))
 
 
 def _secret_id_lookup(role_path: str, who: str) -> Grant:
