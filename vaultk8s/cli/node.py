@@ -30,6 +30,7 @@ def credentials(
 
     The secret_id is the node's enrolment credential (policy.secret_id_ttl, default 24h): the agent
     uses it for one round, then logs in with the node's certificate and destroys it (docs/identity.md).
+    A secret_id the directory held for this node is destroyed once the new one is written.
     """
     from vaultk8s.ops import node as ops
 

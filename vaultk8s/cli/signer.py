@@ -105,7 +105,10 @@ def signer_credentials(
     wrap_ttl: str = typer.Option("", "--wrap-ttl", help="Write a response-wrapped secret_id (secret_id.wrapped), e.g. 10m."),
     output: common.Output = common.OutputOption,
 ) -> None:
-    """Write the CSR signer's AppRole role_id and a new secret_id as 0600 files (for `signer --credentials`)."""
+    """Write the CSR signer's AppRole role_id and a new secret_id as 0600 files (for `signer --credentials`).
+
+    A secret_id the directory held for this role is destroyed once the new one is written.
+    """
     from vaultk8s.ops import node as ops
 
     wrap_seconds = int(common.duration_flag(wrap_ttl, "--wrap-ttl").total_seconds()) if wrap_ttl else None
