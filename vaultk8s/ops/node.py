@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vaultk8s.config import ClusterConfig
-from vaultk8s.errors import PlanRefused, StoreError, VaultError
+from vaultk8s.errors import PermissionDeniedError, PlanRefused, StoreError, VaultError
 from vaultk8s.durations import rfc3339
 from vaultk8s.plan import grants, machine_auth, naming
 from vaultk8s.store.atomic import check_writable, read_file, remove_file, secret, write_file
@@ -117,9 +117,12 @@ def _destroy_previous(gateway: VaultGateway, mount: str, role: str, secret_id: s
     try:
         gateway.destroy_secret_id(mount, role, secret_id)
     except VaultError as err:
+        # only a 403 is the policy's doing (the token just made the new one, so it is alive)
+        hint = "; an admin's `vaultk8s policy apply` grants operators its destroy" \
+            if isinstance(err, PermissionDeniedError) else ""
         report.previous_secret_id = PREVIOUS_KEPT
         report.warnings.append(f"the secret_id {out / SECRET_ID_FILE} held before stays valid until its TTL "
-                               f"({err}); an admin's `vaultk8s policy apply` grants operators its destroy")
+                               f"({err}){hint}")
         return
     report.previous_secret_id = PREVIOUS_DESTROYED
 
